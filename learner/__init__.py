@@ -1,0 +1,1 @@
+"""The learner: losses (pure functions), log-probs, the DeepSpeed engine, weight export."""

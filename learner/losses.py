@@ -1,0 +1,135 @@
+"""Losses as pure torch functions: one equation each, no Ray, no DeepSpeed.
+
+Conventions. Sequences are rows of a padded batch. ``token_logps[i, t]`` is log pi(y_t | x, y_<t)
+of the token at position t of row i, and ``mask[i, t]`` is 1 where that token is a response token
+the loss sees (prompt and padding are 0). All per-token tensors share the shape [N, T].
+Pairs index rows: ``chosen[k], rejected[k]`` are the row indices of pair k.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum_t values[i, t] * mask[i, t], per row."""
+    return (values * mask).sum(dim=-1)
+
+
+def token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(sum_i sum_t values * mask) / (sum_i sum_t mask): every response token weighs the same."""
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def ld_sequence_logps(
+    chosen_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    alpha: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Length-desensitized sequence log-probs of a pair (LD-DPO, arXiv 2505.02142).
+
+        l_p = min(|y_w|, |y_l|)
+        log pi_ld(y|x) = sum_{t <= l_p} log pi(y_t|x,y_<t) + alpha * sum_{t > l_p} log pi(y_t|x,y_<t)
+
+    t counts response tokens (mask positions), from 1. alpha = 1 gives the plain sums of DPO.
+    Inputs are [P, T] rows of the chosen and rejected responses; returns two [P] tensors.
+    """
+    shared = torch.minimum(chosen_mask.sum(-1), rejected_mask.sum(-1)).unsqueeze(-1)
+
+    def weighted(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        position = mask.cumsum(-1)
+        weight = torch.where(position <= shared, 1.0, alpha).to(logps.dtype)
+        return masked_sum(logps, mask * weight)
+
+    return weighted(chosen_logps, chosen_mask), weighted(rejected_logps, rejected_mask)
+
+
+def dpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """Sigmoid DPO loss of each pair (Rafailov et al. 2023):
+
+        L = -log sigmoid(beta * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))])
+
+    Inputs are [P] sequence log-probs; returns [P].
+    """
+    margin = (chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps)
+    return -F.logsigmoid(beta * margin)
+
+
+def group_mean(per_item: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Mean over groups of the mean within each group:
+
+        L = (1/G) sum_g (1/|P_g|) sum_{k in P_g} per_item[k]
+
+    With one pair per group this is the plain mean over pairs (DPO); with every (correct,
+    incorrect) pair of a prompt's samples in one group it is GroupDPO.
+    """
+    _, inverse, counts = torch.unique(group, return_inverse=True, return_counts=True)
+    weight = 1.0 / counts[inverse].to(per_item.dtype)
+    return (per_item * weight).sum() / counts.numel()
+
+
+def nll_loss(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Length-normalized negative log-likelihood, averaged over rows:
+
+        L = (1/N) sum_i [ -(1/|y_i|) sum_t log pi(y_{i,t}) ]
+    """
+    per_row = -masked_sum(token_logps, mask) / mask.sum(-1).clamp(min=1)
+    return per_row.mean()
+
+
+def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(pi || ref) (Schulman 2020), unbiased and >= 0:
+
+        k3 = exp(log ref - log pi) - (log ref - log pi) - 1
+    """
+    log_ratio = ref_logps - logps
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def grpo_loss(
+    logps: torch.Tensor,
+    behaviour_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    ref_logps: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Token-level clipped GRPO objective, aggregated as a token mean:
+
+        rho_t = exp(log pi(y_t) - log mu(y_t))       (mu: the rollout engine that sampled y)
+        l_t   = -min(rho_t * A, clip(rho_t, 1 - clip_low, 1 + clip_high) * A) + kl_coef * k3_t
+        L     = sum_{i,t} mask * l_t / sum_{i,t} mask
+
+    ``advantages`` is [N] (one per sequence). Returns the loss and detached statistics
+    (clip fraction, mean ratio, mean KL when a reference is given).
+    """
+    adv = advantages.unsqueeze(-1).to(logps.dtype)
+    ratio = torch.exp(logps - behaviour_logps)
+    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
+    per_token = -torch.minimum(ratio * adv, clipped * adv)
+    stats = {
+        "clip_frac": token_mean(((ratio * adv) > (clipped * adv)).to(logps.dtype), mask).detach(),
+        "ratio_mean": token_mean(ratio, mask).detach(),
+    }
+    if ref_logps is not None:
+        kl = kl_k3(logps, ref_logps)
+        stats["kl"] = token_mean(kl, mask).detach()
+        if kl_coef:
+            per_token = per_token + kl_coef * kl
+    return token_mean(per_token, mask), stats
+
+
+def entropy_loss(entropy: torch.Tensor, mask: torch.Tensor, coef: float) -> torch.Tensor:
+    """Entropy regularization: L = -coef * token_mean(H_t), H_t = -sum_v pi(v) log pi(v)."""
+    return -coef * token_mean(entropy, mask)

@@ -1,0 +1,1 @@
+"""Rollout: the vLLM engine wrapper, rollout records and the batch builders of each algorithm."""

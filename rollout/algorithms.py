@@ -1,0 +1,175 @@
+"""Algorithms turn scored samples into training records and name the loss terms.
+
+An algorithm is a batch builder plus a ``LossSpec``; the learner sees only the records and the
+spec. Samples of one prompt share ``prompt_id`` and form its group.
+
+- grpo:            every sample, with its group-normalized advantage.
+- dpo:             one pair per prompt: a highest-reward sample against a lowest-reward one
+                   (with 0/1 verifier rewards: a correct one against an incorrect one, picked at
+                   random). LD-DPO is dpo with ``ld_alpha < 1``.
+- group_dpo:       every (above-group-mean, below-group-mean) pair of a prompt's samples, i.e.
+                   every (correct, incorrect) pair under 0/1 rewards; averaged per prompt.
+- group_dpo_grpo:  the group_dpo pairs plus every sample's GRPO advantage; the loss is
+                   GroupDPO + grpo_weight * GRPO.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+from rollout.records import LossSpec, Sample, TrainBatch, TrainSequence
+
+
+def group_by_prompt(samples: list[Sample]) -> dict[str, list[Sample]]:
+    groups: dict[str, list[Sample]] = {}
+    for s in samples:
+        if s.reward is None:
+            raise ValueError(f"sample of prompt {s.prompt_id!r} has no reward: score it before building a batch")
+        groups.setdefault(s.prompt_id, []).append(s)
+    return groups
+
+
+def group_advantages(rewards: list[float], scale_by_std: bool = True, eps: float = 1e-6) -> list[float]:
+    """GRPO advantages of one prompt's samples:
+
+        A_i = (r_i - mean(r)) / (std(r) + eps)      (A_i = r_i - mean(r) without std scaling)
+
+    std is the unbiased sample std. A single sample, or a group whose rewards are all equal,
+    gets A = 0.
+    """
+    n = len(rewards)
+    if n < 2:
+        return [0.0] * n
+    mean = sum(rewards) / n
+    centered = [r - mean for r in rewards]
+    if not scale_by_std:
+        return centered
+    std = math.sqrt(sum(c * c for c in centered) / (n - 1))
+    if std == 0.0:
+        return [0.0] * n
+    return [c / (std + eps) for c in centered]
+
+
+def _sequence(s: Sample, advantage: float = 0.0) -> TrainSequence:
+    return TrainSequence(
+        prompt_ids=s.prompt_ids,
+        response_ids=s.response_ids,
+        behaviour_logps=s.logprobs,
+        advantage=advantage,
+        policy_version=s.policy_version,
+    )
+
+
+def build_grpo_batch(
+    samples: list[Sample], scale_by_std: bool = True, skip_uniform_groups: bool = False
+) -> TrainBatch:
+    sequences: list[TrainSequence] = []
+    groups = group_by_prompt(samples)
+    uniform = 0
+    for group in groups.values():
+        rewards = [s.reward for s in group]
+        if max(rewards) == min(rewards):
+            uniform += 1
+            if skip_uniform_groups:
+                continue
+        for s, a in zip(group, group_advantages(rewards, scale_by_std)):
+            sequences.append(_sequence(s, a))
+    counts = {"groups": len(groups), "groups_uniform": uniform, "groups_skipped": uniform if skip_uniform_groups else 0}
+    return TrainBatch(sequences=sequences, counts=counts)
+
+
+def build_dpo_batch(samples: list[Sample], rng: random.Random) -> TrainBatch:
+    batch = TrainBatch(sequences=[])
+    skipped = 0
+    for group in group_by_prompt(samples).values():
+        best, worst = max(s.reward for s in group), min(s.reward for s in group)
+        if best == worst:
+            skipped += 1
+            continue
+        chosen = rng.choice([s for s in group if s.reward == best])
+        rejected = rng.choice([s for s in group if s.reward == worst])
+        _add_pair(batch, _sequence(chosen), _sequence(rejected), group_id=len(batch.chosen))
+    batch.counts = {"pairs": batch.num_pairs, "prompts_without_pair": skipped}
+    return batch
+
+
+def _add_pair(batch: TrainBatch, chosen: TrainSequence, rejected: TrainSequence, group_id: int) -> None:
+    batch.sequences += [chosen, rejected]
+    batch.chosen.append(len(batch.sequences) - 2)
+    batch.rejected.append(len(batch.sequences) - 1)
+    batch.pair_group.append(group_id)
+
+
+def build_group_dpo_batch(
+    samples: list[Sample], with_advantages: bool = False, scale_by_std: bool = True
+) -> TrainBatch:
+    """Every (above-mean, below-mean) pair of each prompt; rows are shared by the pairs."""
+    sequences: list[TrainSequence] = []
+    chosen: list[int] = []
+    rejected: list[int] = []
+    pair_group: list[int] = []
+    skipped = 0
+    groups = group_by_prompt(samples)
+    for g, group in enumerate(groups.values()):
+        rewards = [s.reward for s in group]
+        advantages = group_advantages(rewards, scale_by_std) if with_advantages else [0.0] * len(group)
+        mean = sum(rewards) / len(rewards)
+        above = [i for i, r in enumerate(rewards) if r > mean]
+        below = [i for i, r in enumerate(rewards) if r < mean]
+        if not above:  # all rewards equal: no pair (the rows still carry GRPO advantages)
+            skipped += 1
+            if not with_advantages:
+                continue
+        base = len(sequences)
+        sequences += [_sequence(s, a) for s, a in zip(group, advantages)]
+        for i in above:
+            for j in below:
+                chosen.append(base + i)
+                rejected.append(base + j)
+                pair_group.append(g)
+    counts = {"groups": len(groups), "pairs": len(chosen), "prompts_without_pair": skipped}
+    return TrainBatch(sequences, chosen, rejected, pair_group, counts)
+
+
+class Algorithm:
+    """A named way of turning scored samples into a TrainBatch, and the loss that trains on it."""
+
+    def __init__(self, name: str, build: Callable[[list[Sample]], TrainBatch], loss: LossSpec):
+        self.name = name
+        self.build = build
+        self.loss = loss
+
+    def __repr__(self) -> str:
+        return f"Algorithm({self.name!r}, {self.loss})"
+
+
+def make_algorithm(cfg: Any, seed: int = 0) -> Algorithm:
+    """Build the algorithm an ``AlgorithmConfig`` names (duck-typed: rollout does not import launch)."""
+    rng = random.Random(seed)
+    grpo_terms = dict(clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef)
+    dpo_terms = dict(beta=cfg.beta, ld_alpha=cfg.ld_alpha, nll_coef=cfg.nll_coef)
+    common = dict(entropy_coef=cfg.entropy_coef)
+    if cfg.name == "grpo":
+        return Algorithm(
+            "grpo",
+            lambda samples: build_grpo_batch(samples, cfg.scale_by_std, cfg.skip_uniform_groups),
+            LossSpec(grpo_weight=1.0, **grpo_terms, **common),
+        )
+    if cfg.name == "dpo":
+        return Algorithm(
+            "dpo", lambda samples: build_dpo_batch(samples, rng), LossSpec(dpo_weight=1.0, **dpo_terms, **common)
+        )
+    if cfg.name == "group_dpo":
+        return Algorithm(
+            "group_dpo", build_group_dpo_batch, LossSpec(dpo_weight=1.0, **dpo_terms, **common)
+        )
+    if cfg.name == "group_dpo_grpo":
+        return Algorithm(
+            "group_dpo_grpo",
+            lambda samples: build_group_dpo_batch(samples, with_advantages=True, scale_by_std=cfg.scale_by_std),
+            LossSpec(dpo_weight=1.0, grpo_weight=cfg.grpo_weight, **dpo_terms, **grpo_terms, **common),
+        )
+    raise ValueError(f"algorithm.name: unknown algorithm {cfg.name!r}")

@@ -1,0 +1,102 @@
+"""Plain records exchanged between rollout, rewards, algorithms and the learner.
+
+No Ray, no vLLM, no torch: these cross process boundaries as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Prompt:
+    """One task item: what to ask, how to grade it."""
+
+    id: str
+    messages: list[dict[str, str]]  # chat messages; the engine applies the chat template
+    answer: str | None = None  # reference answer for verifiers
+    source: str = "default"  # picks the reward route
+
+
+@dataclass
+class Sample:
+    """One generated response, as the rollout engine returned it, plus its reward once scored."""
+
+    prompt_id: str
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]  # behaviour log-prob of each response token (same length as response_ids)
+    finish_reason: str  # "stop" | "length"
+    policy_version: int  # version of the weights that generated it
+    prompt_text: str = ""
+    response_text: str = ""
+    answer: str | None = None
+    source: str = "default"
+    reward: float | None = None
+    reward_info: dict = field(default_factory=dict)
+
+    @property
+    def response_len(self) -> int:
+        return len(self.response_ids)
+
+
+@dataclass
+class TrainSequence:
+    """One row the learner trains on: a prompt, a response, and what the loss needs of it."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    behaviour_logps: list[float] | None = None  # needed by GRPO's importance ratio
+    advantage: float = 0.0
+    policy_version: int = 0
+
+
+@dataclass
+class TrainBatch:
+    """What an algorithm hands the learner: rows, and the pairs that index them.
+
+    ``chosen[k]`` and ``rejected[k]`` are row indices of pair k; pairs with the same
+    ``pair_group[k]`` are averaged together first (GroupDPO), then groups are averaged.
+    ``counts`` reports what was used and skipped (e.g. prompts with no pair).
+    """
+
+    sequences: list[TrainSequence]
+    chosen: list[int] = field(default_factory=list)
+    rejected: list[int] = field(default_factory=list)
+    pair_group: list[int] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.sequences)
+        if not (len(self.chosen) == len(self.rejected) == len(self.pair_group)):
+            raise ValueError("chosen, rejected and pair_group must have one entry per pair")
+        for idx in (*self.chosen, *self.rejected):
+            if not 0 <= idx < n:
+                raise ValueError(f"pair index {idx} is out of range for {n} sequences")
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.chosen)
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """Which terms the learner's loss has, and their coefficients. The learner knows no algorithm:
+
+        L = dpo_weight * GroupMean_k DPO_k(ld_alpha, beta) + nll_coef * NLL(chosen)
+          + grpo_weight * GRPO(clip_low, clip_high, kl_coef) - entropy_coef * H
+    """
+
+    dpo_weight: float = 0.0
+    grpo_weight: float = 0.0
+    beta: float = 0.1
+    ld_alpha: float = 1.0
+    nll_coef: float = 0.0
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.dpo_weight > 0 or self.kl_coef > 0

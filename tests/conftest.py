@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny models are built once per test session into a temporary folder."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    """A random tiny Llama with tied embeddings and a locally built tokenizer (HF folder)."""
+    from launch.models import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama", tie_word_embeddings=True, seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory) -> str:
+    """A random tiny Qwen2 (untied embeddings), a different seed from tiny_llama."""
+    from launch.models import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2", tie_word_embeddings=False, seed=1))
