@@ -25,3 +25,16 @@ def tiny_qwen2(tmp_path_factory) -> str:
     from launch.models import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2", tie_word_embeddings=False, seed=1))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A private local Ray cluster for the whole test session (never attaches to another one)."""
+    import tempfile
+
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="syncrl-ray-", dir="/tmp")  # short: Ray's socket paths are limited
+    ray.init(address="local", num_cpus=8, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True)
+    yield ray
+    ray.shutdown()
