@@ -17,9 +17,13 @@ def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum(dim=-1)
 
 
-def token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(sum_i sum_t values * mask) / (sum_i sum_t mask): every response token weighs the same."""
-    return (values * mask).sum() / mask.sum().clamp(min=1)
+def token_mean(values: torch.Tensor, mask: torch.Tensor, total: float | None = None) -> torch.Tensor:
+    """(sum_i sum_t values * mask) / (sum_i sum_t mask): every response token weighs the same.
+
+    ``total`` replaces the denominator when this batch is one part of a larger one (micro-batches,
+    data-parallel ranks): the parts then sum to the token mean of the whole.
+    """
+    return (values * mask).sum() / (mask.sum().clamp(min=1) if total is None else total)
 
 
 def ld_sequence_logps(
@@ -64,26 +68,27 @@ def dpo_loss(
     return -F.logsigmoid(beta * margin)
 
 
-def group_mean(per_item: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+def group_mean(per_item: torch.Tensor, group: torch.Tensor, num_groups: int | None = None) -> torch.Tensor:
     """Mean over groups of the mean within each group:
 
         L = (1/G) sum_g (1/|P_g|) sum_{k in P_g} per_item[k]
 
     With one pair per group this is the plain mean over pairs (DPO); with every (correct,
-    incorrect) pair of a prompt's samples in one group it is GroupDPO.
+    incorrect) pair of a prompt's samples in one group it is GroupDPO. A group's items must all
+    be in this batch; ``num_groups`` gives G when the batch is a part of a larger one.
     """
     _, inverse, counts = torch.unique(group, return_inverse=True, return_counts=True)
     weight = 1.0 / counts[inverse].to(per_item.dtype)
-    return (per_item * weight).sum() / counts.numel()
+    return (per_item * weight).sum() / (counts.numel() if num_groups is None else num_groups)
 
 
-def nll_loss(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def nll_loss(token_logps: torch.Tensor, mask: torch.Tensor, num_rows: int | None = None) -> torch.Tensor:
     """Length-normalized negative log-likelihood, averaged over rows:
 
-        L = (1/N) sum_i [ -(1/|y_i|) sum_t log pi(y_{i,t}) ]
+        L = (1/N) sum_i [ -(1/|y_i|) sum_t log pi(y_{i,t}) ]      (N = ``num_rows`` if given)
     """
     per_row = -masked_sum(token_logps, mask) / mask.sum(-1).clamp(min=1)
-    return per_row.mean()
+    return per_row.sum() / (per_row.numel() if num_rows is None else num_rows)
 
 
 def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
@@ -104,6 +109,7 @@ def grpo_loss(
     clip_high: float = 0.2,
     ref_logps: torch.Tensor | None = None,
     kl_coef: float = 0.0,
+    total_tokens: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Token-level clipped GRPO objective, aggregated as a token mean:
 
@@ -111,25 +117,26 @@ def grpo_loss(
         l_t   = -min(rho_t * A, clip(rho_t, 1 - clip_low, 1 + clip_high) * A) + kl_coef * k3_t
         L     = sum_{i,t} mask * l_t / sum_{i,t} mask
 
-    ``advantages`` is [N] (one per sequence). Returns the loss and detached statistics
-    (clip fraction, mean ratio, mean KL when a reference is given).
+    ``advantages`` is [N] (one per sequence); ``total_tokens`` replaces sum(mask) when this batch
+    is a part of a larger one. Returns the loss and detached statistics (clip fraction, mean
+    ratio, mean KL when a reference is given), normalized the same way.
     """
     adv = advantages.unsqueeze(-1).to(logps.dtype)
     ratio = torch.exp(logps - behaviour_logps)
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
     per_token = -torch.minimum(ratio * adv, clipped * adv)
     stats = {
-        "clip_frac": token_mean(((ratio * adv) > (clipped * adv)).to(logps.dtype), mask).detach(),
-        "ratio_mean": token_mean(ratio, mask).detach(),
+        "clip_frac": token_mean(((ratio * adv) > (clipped * adv)).to(logps.dtype), mask, total_tokens).detach(),
+        "ratio_mean": token_mean(ratio, mask, total_tokens).detach(),
     }
     if ref_logps is not None:
         kl = kl_k3(logps, ref_logps)
-        stats["kl"] = token_mean(kl, mask).detach()
+        stats["kl"] = token_mean(kl, mask, total_tokens).detach()
         if kl_coef:
             per_token = per_token + kl_coef * kl
-    return token_mean(per_token, mask), stats
+    return token_mean(per_token, mask, total_tokens), stats
 
 
-def entropy_loss(entropy: torch.Tensor, mask: torch.Tensor, coef: float) -> torch.Tensor:
+def entropy_loss(entropy: torch.Tensor, mask: torch.Tensor, coef: float, total_tokens: float | None = None) -> torch.Tensor:
     """Entropy regularization: L = -coef * token_mean(H_t), H_t = -sum_v pi(v) log pi(v)."""
-    return -coef * token_mean(entropy, mask)
+    return -coef * token_mean(entropy, mask, total_tokens)

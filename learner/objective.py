@@ -61,52 +61,131 @@ def collate(batch: TrainBatch, pad_token_id: int) -> CollatedBatch:
     )
 
 
+@dataclass(frozen=True)
+class Totals:
+    """Denominators of the whole step's batch. A micro-batch normalized by them contributes its
+    exact share: the parts' losses (and metrics) sum to those of the whole batch."""
+
+    tokens: float  # response tokens of all rows (GRPO token mean, entropy)
+    groups: int  # pair groups (DPO / GroupDPO mean)
+    pairs: int
+    chosen_rows: int  # distinct chosen rows (NLL mean)
+
+    @staticmethod
+    def of(batch: TrainBatch) -> Totals:
+        return Totals(
+            tokens=float(sum(len(s.response_ids) for s in batch.sequences)),
+            groups=len(set(batch.pair_group)),
+            pairs=batch.num_pairs,
+            chosen_rows=len(set(batch.chosen)),
+        )
+
+
+def units(batch: TrainBatch) -> list[list[int]]:
+    """Rows that must stay together: the rows of each pair group; every other row alone."""
+    unit_of: dict[int, int] = {}
+    found: list[list[int]] = []
+    for group in dict.fromkeys(batch.pair_group):
+        rows = sorted({r for k, g in enumerate(batch.pair_group) if g == group for r in (batch.chosen[k], batch.rejected[k])})
+        if any(r in unit_of for r in rows):
+            raise ValueError(f"pair group {group} shares rows with another group")
+        unit_of.update({r: len(found) for r in rows})
+        found.append(rows)
+    found += [[r] for r in range(len(batch.sequences)) if r not in unit_of]
+    return found
+
+
+def subset(batch: TrainBatch, rows: list[int]) -> TrainBatch:
+    """The rows given (whole pair groups) and their pairs, re-indexed."""
+    index = {r: i for i, r in enumerate(rows)}
+    keep = [k for k, c in enumerate(batch.chosen) if c in index]
+    return TrainBatch(
+        sequences=[batch.sequences[r] for r in rows],
+        chosen=[index[batch.chosen[k]] for k in keep],
+        rejected=[index[batch.rejected[k]] for k in keep],
+        pair_group=[batch.pair_group[k] for k in keep],
+    )
+
+
+def split_batch(batch: TrainBatch, parts: int) -> list[TrainBatch]:
+    """Split into ``parts`` batches of about equal token count, keeping pair groups whole
+    (largest unit first onto the lightest part). Parts may be empty."""
+    size = lambda rows: sum(len(batch.sequences[r].prompt_ids) + len(batch.sequences[r].response_ids) for r in rows)  # noqa: E731
+    buckets: list[list[int]] = [[] for _ in range(parts)]
+    loads = [0] * parts
+    for unit in sorted(units(batch), key=size, reverse=True):
+        i = loads.index(min(loads))
+        buckets[i] += unit
+        loads[i] += size(unit)
+    return [subset(batch, sorted(rows)) for rows in buckets]
+
+
+def micro_batches(batch: TrainBatch, max_rows: int) -> list[TrainBatch]:
+    """Consecutive micro-batches of at most ``max_rows`` rows (a larger pair group stays whole)."""
+    out: list[list[int]] = [[]]
+    for unit in units(batch):
+        if out[-1] and len(out[-1]) + len(unit) > max_rows:
+            out.append([])
+        out[-1] += unit
+    return [subset(batch, rows) for rows in out if rows]
+
+
 def compute_loss(
     spec: LossSpec,
     batch: CollatedBatch,
     logps: torch.Tensor,
     entropy: torch.Tensor | None = None,
     ref_logps: torch.Tensor | None = None,
+    totals: Totals | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """L = dpo_weight * L_(Group)DPO + nll_coef * L_NLL + grpo_weight * L_GRPO - entropy_coef * H.
 
     ``logps``/``entropy``/``ref_logps`` are [N, T] per-token tensors aligned with input_ids.
-    Returns the loss and float metrics of each term.
+    ``totals`` are the whole step's denominators when ``batch`` is a micro-batch of it (default:
+    this batch's own). Returns the loss and float metrics, each normalized by the same totals,
+    so micro-batch values add up to the whole batch's.
     """
     mask = batch.loss_mask.to(logps.dtype)
     loss = logps.new_zeros(())
     metrics: dict[str, float] = {}
     if spec.needs_reference and ref_logps is None:
         raise ValueError("this loss needs reference log-probs (DPO term or KL) but none were given")
+    if totals is None:
+        totals = Totals(float(mask.sum()), len(set(batch.pair_group.tolist())), batch.chosen.numel(),
+                        len(set(batch.chosen.tolist())))  # fmt: skip
 
     if spec.dpo_weight and batch.chosen.numel():
         c, r = batch.chosen, batch.rejected
         pol_c, pol_r = losses.ld_sequence_logps(logps[c], mask[c], logps[r], mask[r], spec.ld_alpha)
         ref_c, ref_r = losses.ld_sequence_logps(ref_logps[c], mask[c], ref_logps[r], mask[r], spec.ld_alpha)
         per_pair = losses.dpo_loss(pol_c, pol_r, ref_c, ref_r, spec.beta)
-        dpo = losses.group_mean(per_pair, batch.pair_group)
+        dpo = losses.group_mean(per_pair, batch.pair_group, totals.groups)
         loss = loss + spec.dpo_weight * dpo
         margin = ((pol_c - ref_c) - (pol_r - ref_r)).detach()
-        metrics.update(dpo_loss=dpo.item(), dpo_margin=margin.mean().item(), dpo_accuracy=(margin > 0).float().mean().item())
+        metrics.update(
+            dpo_loss=dpo.item(),
+            dpo_margin=margin.sum().item() / totals.pairs,
+            dpo_accuracy=(margin > 0).sum().item() / totals.pairs,
+        )
         if spec.nll_coef:
             rows = torch.unique(c)
-            nll = losses.nll_loss(logps[rows], mask[rows])
+            nll = losses.nll_loss(logps[rows], mask[rows], totals.chosen_rows)
             loss = loss + spec.nll_coef * nll
             metrics["nll_loss"] = nll.item()
 
     if spec.grpo_weight:
         grpo, stats = losses.grpo_loss(
             logps, batch.behaviour_logps.to(logps.dtype), batch.advantages, mask,
-            spec.clip_low, spec.clip_high, ref_logps, spec.kl_coef,
+            spec.clip_low, spec.clip_high, ref_logps, spec.kl_coef, totals.tokens,
         )  # fmt: skip
         loss = loss + spec.grpo_weight * grpo
         metrics["grpo_loss"] = grpo.item()
         metrics.update({k: v.item() for k, v in stats.items()})
 
     if entropy is not None:
-        metrics["entropy"] = losses.token_mean(entropy.detach(), mask).item()
+        metrics["entropy"] = losses.token_mean(entropy.detach(), mask, totals.tokens).item()
         if spec.entropy_coef:
-            loss = loss + losses.entropy_loss(entropy, mask, spec.entropy_coef)
+            loss = loss + losses.entropy_loss(entropy, mask, spec.entropy_coef, totals.tokens)
 
     metrics["loss"] = loss.item()
     return loss, metrics

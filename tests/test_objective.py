@@ -63,3 +63,44 @@ def test_no_pairs_gives_no_dpo_term():
     logps = torch.zeros(cb.input_ids.shape, requires_grad=True)
     loss, metrics = compute_loss(LossSpec(dpo_weight=1.0), cb, logps, ref_logps=logps.detach())
     assert loss.item() == 0.0 and "dpo_loss" not in metrics
+
+
+def test_micro_batches_sum_to_the_whole_batch():
+    """Split into parts (pair groups kept whole), normalized by the whole batch's totals, the
+    parts' losses and gradients add up to the whole batch's."""
+    from learner.objective import Totals, micro_batches, split_batch
+
+    torch.manual_seed(1)
+    samples = []
+    for g in range(5):
+        for k in range(4):
+            n = 1 + (g + k) % 4
+            samples.append(Sample(prompt_id=f"g{g}", prompt_ids=[1, 2], response_ids=list(range(3, 3 + n)),
+                                  logprobs=[-1.0] * n, finish_reason="stop", policy_version=0, reward=float((g + k) % 2 or g == 4)))  # fmt: skip
+    tb = build_group_dpo_batch(samples, with_advantages=True)
+    spec = LossSpec(dpo_weight=1.0, grpo_weight=0.3, nll_coef=0.2, kl_coef=0.1, entropy_coef=0.01, ld_alpha=0.5)
+    table = torch.randn(64, requires_grad=True)  # a "model": log-prob of token v at any position = f(table[v])
+
+    def run(part: TrainBatch, totals=None):
+        cb = collate(part, pad_token_id=0)
+        logps = -torch.nn.functional.softplus(table[cb.input_ids]) * cb.attention_mask
+        return compute_loss(spec, cb, logps, torch.sigmoid(table[cb.input_ids]), logps.detach() * 0.9, totals)
+
+    whole, whole_metrics = run(tb)
+    (g_whole,) = torch.autograd.grad(whole, table)
+    totals = Totals.of(tb)
+    shards = split_batch(tb, 2)
+    parts = [m for shard in shards for m in micro_batches(shard, 6)]
+    assert len(parts) > 2 and sum(len(p.sequences) for p in parts) == len(tb.sequences)
+    assert sum(p.num_pairs for p in parts) == tb.num_pairs
+    total_loss, grads, summed = 0.0, torch.zeros_like(table), {}
+    for part in parts:
+        loss, metrics = run(part, totals)
+        grads += torch.autograd.grad(loss, table)[0]
+        total_loss += loss.item()
+        for k, v in metrics.items():
+            summed[k] = summed.get(k, 0.0) + v
+    assert total_loss == pytest.approx(whole.item(), rel=1e-5)
+    torch.testing.assert_close(grads, g_whole, rtol=1e-5, atol=1e-7)
+    for key in ("dpo_loss", "dpo_accuracy", "grpo_loss", "kl", "entropy", "nll_loss"):
+        assert summed[key] == pytest.approx(whole_metrics[key], rel=1e-5, abs=1e-7), key
