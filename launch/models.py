@@ -127,3 +127,37 @@ def _build_once(target: Path, build) -> Path:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def build_tiny_reward_model(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a random tiny reward model (a one-logit Llama sequence classifier) and its
+    tokenizer, with its chat template, to ``out_dir`` (a Hugging Face folder)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,  # the classifier reads each row's last non-pad token
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(config).to(torch.float32)
+    with torch.no_grad():  # the default init gives near-constant scores; spread them out
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.08)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out

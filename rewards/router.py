@@ -1,0 +1,110 @@
+"""Routing: each sample's ``source`` picks the reward function that scores it.
+
+Routes come from the ``reward`` section of the configuration (``RewardRoute``), taken here by
+their fields only (``kind``, ``model_path``, ``timeout_s``, ``batch_size``): any object with
+those attributes, or a dict of them, is a route. One run can so mix verifiable prompts
+(``math_verify``) and open-ended ones (``reward_model``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
+from typing import Any, Protocol
+
+from rewards.base import RewardFunction, RewardResult
+from rollout.records import Sample
+
+KINDS = ("math_verify", "reward_model")
+
+
+class Route(Protocol):
+    """What the router reads of a route (``launch.config.RewardRoute`` is one)."""
+
+    kind: str
+    model_path: str | None
+    timeout_s: float
+    batch_size: int
+
+
+def build_scorer(route: Route) -> RewardFunction:
+    """The reward function a route describes."""
+    if route.kind == "math_verify":
+        from rewards.math_verify import MathVerifier
+
+        return MathVerifier(timeout_s=route.timeout_s)
+    if route.kind == "reward_model":
+        from rewards.reward_model import RewardModelScorer
+
+        if not route.model_path:
+            raise ValueError("a reward_model route needs model_path")
+        return RewardModelScorer(route.model_path, batch_size=route.batch_size)
+    raise ValueError(f"unknown reward kind {route.kind!r}; expected one of {KINDS}")
+
+
+def _as_route(route: Route | Mapping[str, Any]) -> Route:
+    if isinstance(route, Mapping):
+        fields = {"model_path": None, "timeout_s": 5.0, "batch_size": 16, **route}
+        return SimpleNamespace(**fields)  # type: ignore[return-value]
+    return route
+
+
+class RewardRouter:
+    """Scores a mixed batch: samples go to the route named by their ``source`` (an unknown source
+    goes to ``default``), each route's scorer is built once, on first use, and the results come
+    back in the order of the input.
+    """
+
+    def __init__(self, routes: Mapping[str, Route | Mapping[str, Any]], default: str = "default") -> None:
+        self.routes = {name: _as_route(route) for name, route in routes.items()}
+        if default not in self.routes:
+            raise ValueError(f"default route {default!r} is not one of {sorted(self.routes)}")
+        for name, route in self.routes.items():
+            if route.kind not in KINDS:
+                raise ValueError(f"route {name!r}: unknown reward kind {route.kind!r}; expected one of {KINDS}")
+            if route.kind == "reward_model" and not route.model_path:
+                raise ValueError(f"route {name!r}: kind 'reward_model' needs model_path")
+        self.default = default
+        self._scorers: dict[str, RewardFunction] = {}
+
+    def route_name(self, sample: Sample) -> str:
+        """The route that scores ``sample``: its source if that is a route, else the default."""
+        return sample.source if sample.source in self.routes else self.default
+
+    def scorer(self, name: str) -> RewardFunction:
+        """The reward function of route ``name``, built on first use."""
+        if name not in self._scorers:
+            self._scorers[name] = build_scorer(self.routes[name])
+        return self._scorers[name]
+
+    def score(self, samples: Sequence[Sample]) -> list[RewardResult]:
+        """One result per sample, in input order; each result's info names its ``route``."""
+        by_route: dict[str, list[int]] = {}
+        for i, sample in enumerate(samples):
+            by_route.setdefault(self.route_name(sample), []).append(i)
+        results: list[RewardResult | None] = [None] * len(samples)
+        for name, indices in by_route.items():
+            scored = self.scorer(name).score([samples[i] for i in indices])
+            if len(scored) != len(indices):
+                raise RuntimeError(f"route {name!r} returned {len(scored)} results for {len(indices)} samples")
+            for i, result in zip(indices, scored, strict=True):
+                result.info["route"] = name
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    def apply(self, samples: Sequence[Sample]) -> list[Sample]:
+        """Score ``samples`` and write each result into its sample (``reward``, ``reward_info``)."""
+        for sample, result in zip(samples, self.score(samples), strict=True):
+            sample.reward = result.reward
+            sample.reward_info = result.info
+        return list(samples)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Each built route's counters, by route name."""
+        return {name: scorer.stats() for name, scorer in self._scorers.items()}
+
+    def close(self) -> None:
+        """Close every built scorer (grader processes, models)."""
+        for scorer in self._scorers.values():
+            scorer.close()
+        self._scorers.clear()
