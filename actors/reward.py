@@ -7,6 +7,7 @@ from typing import Any
 
 import ray
 
+from actors.common import join, split_evenly
 from rewards.router import RewardRouter, Route
 from rollout.records import Sample
 
@@ -25,3 +26,22 @@ class RewardWorker:
     def stats(self) -> dict[str, dict[str, int]]:
         """Counters of each route used so far (graded, timed_out, errors, ...)."""
         return self.router.stats()
+
+
+class RewardGroup:
+    """N reward workers; a batch of samples is spread across them and comes back in order."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.workers = [RewardWorker.remote(cfg.routes, cfg.default) for _ in range(cfg.num_workers)]
+
+    def score(self, samples: list[Sample]) -> list[Sample]:
+        chunks = split_evenly(samples, len(self.workers))
+        return join(ray.get([w.score.remote(c) for w, c in zip(self.workers, chunks) if c]))
+
+    def stats(self) -> list[dict[str, dict[str, int]]]:
+        return ray.get([w.stats.remote() for w in self.workers])
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []

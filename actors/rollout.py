@@ -6,22 +6,14 @@ from typing import Any
 
 import ray
 
+from actors.common import ActorMixin, join, split_evenly
 from rollout.engine import RolloutEngine
 from rollout.records import Prompt, Sample
 
-# The actor is the engine itself: every public method of RolloutEngine is a remote method.
-RolloutWorker = ray.remote(RolloutEngine)
 
-
-def split_evenly(items: list, parts: int) -> list[list]:
-    """Contiguous chunks whose sizes differ by at most one (empty chunks at the end)."""
-    size, extra = divmod(len(items), parts)
-    chunks, start = [], 0
-    for i in range(parts):
-        end = start + size + (i < extra)
-        chunks.append(items[start:end])
-        start = end
-    return chunks
+@ray.remote
+class RolloutWorker(ActorMixin, RolloutEngine):
+    """A RolloutEngine as a Ray actor: every public method of the engine is a remote method."""
 
 
 class RolloutGroup:
@@ -36,12 +28,20 @@ class RolloutGroup:
         ]
         ray.get([w.__ray_ready__.remote() for w in self.workers])  # surface start-up errors here
 
-    def generate_refs(self, prompts: list[Prompt], n: int | None = None, **sampling: Any) -> list[ray.ObjectRef]:
+    def generate_refs(self, prompts: list[Prompt], n: int | None = None, seed: int | None = None,
+                      **sampling: Any) -> list[ray.ObjectRef]:  # fmt: skip
+        """Start generation on every worker; ``ray.get`` the refs (in order) for the samples."""
         chunks = split_evenly(prompts, len(self.workers))
-        return [w.generate.remote(c, n, **sampling) for w, c in zip(self.workers, chunks) if c]
+        refs, offset = [], 0
+        for worker, chunk in zip(self.workers, chunks):
+            if chunk:
+                refs.append(worker.generate.remote(chunk, n, None if seed is None else seed + offset, **sampling))
+            offset += len(chunk)
+        return refs
 
-    def generate(self, prompts: list[Prompt], n: int | None = None, **sampling: Any) -> list[Sample]:
-        return [s for part in ray.get(self.generate_refs(prompts, n, **sampling)) for s in part]
+    def generate(self, prompts: list[Prompt], n: int | None = None, seed: int | None = None,
+                 **sampling: Any) -> list[Sample]:  # fmt: skip
+        return join(ray.get(self.generate_refs(prompts, n, seed, **sampling)))
 
     def update_weights(self, named_tensors: list, version: int) -> None:
         """Object-store transport: one ``ray.put`` of the weights, read by every worker."""

@@ -24,6 +24,21 @@ def build_parser() -> argparse.ArgumentParser:
     config_commands = config.add_subparsers(dest="config_command", required=True)
     _add_recipe_args(config_commands.add_parser("show", help="print the resolved configuration of a recipe"))
 
+    train = commands.add_parser("train", help="train: a recipe, or --resume a checkpointed run")
+    _add_recipe_args(train)
+    train.add_argument("--output", help="run directory (default: logging.output_dir)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+
+    ctl = commands.add_parser("ctl", help="talk to a running job's Controller")
+    ctl.add_argument("--address", default="auto", help="Ray cluster address (default: the running cluster)")
+    ctl.add_argument("--name", default="syncrl-controller", help="the Controller's name (logging.controller_name)")
+    ctl_commands = ctl.add_subparsers(dest="ctl_command", required=True)
+    ctl_commands.add_parser("status", help="live settings and the last step's metrics")
+    interval = ctl_commands.add_parser("set-sync-interval", help="change s from the next step on")
+    interval.add_argument("interval", help="a positive integer or inf")
+    ctl_commands.add_parser("pause", help="pause at the next step boundary")
+    ctl_commands.add_parser("resume", help="resume a paused run")
+
     prepare = commands.add_parser("prepare-model", help="build or convert a model into a Hugging Face folder")
     prepare.add_argument("name", choices=["tiny-llama", "tiny-qwen2"])
     prepare.add_argument("out_dir")
@@ -35,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "config":
             print(dump_config(load_config(args.recipe, args.overrides)), end="")
+        elif args.command == "train":
+            from launch.train import run
+
+            cfg = None if (args.resume and args.recipe is None and not args.overrides) else load_config(args.recipe, args.overrides)
+            print(f"run directory: {run(cfg, args.output, args.resume)}")
+        elif args.command == "ctl":
+            return ctl(args)
         elif args.command == "prepare-model":
             from launch.models import TINY_MODELS, build_tiny_model
 
@@ -43,6 +65,34 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"syncrl: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def ctl(args: argparse.Namespace) -> int:
+    import json
+
+    import ray
+
+    from actors.controller import NAMESPACE
+
+    ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
+    try:
+        controller = ray.get_actor(args.name, namespace=NAMESPACE)
+    except ValueError:
+        print(f"syncrl ctl: no Controller named {args.name!r} on the cluster at {args.address}", file=sys.stderr)
+        return 1
+    if args.ctl_command == "set-sync-interval":
+        try:
+            value = ray.get(controller.set_sync_interval.remote(args.interval))
+        except ray.exceptions.RayTaskError as err:
+            print(f"syncrl ctl: sync.interval: {err.cause}", file=sys.stderr)
+            return 2
+        print(f"sync interval set to {value}; it applies from the next step")
+    elif args.ctl_command in ("pause", "resume"):
+        ray.get(getattr(controller, args.ctl_command).remote())
+        print(f"{args.ctl_command} requested")
+    else:
+        print(json.dumps(ray.get(controller.get_status.remote()), indent=1, default=str))
     return 0
 
 

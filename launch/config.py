@@ -164,9 +164,11 @@ class StageConfig(Section):
 
 class LoggingConfig(Section):
     output_dir: str = "runs/{name}"
+    controller_name: str = "syncrl-controller"  # the named actor `syncrl ctl --name` reaches
     progress_bar: bool = True
     ray_metrics: bool = True
     eval_every: int = Field(0, ge=0)  # 0: only before and after training
+    weight_checksums: bool = False  # log the learner's and each engine's weight checksum every step (slow)
 
 
 class CheckpointConfig(Section):

@@ -84,17 +84,23 @@ class RolloutEngine:
         params.update(overrides)
         return SamplingParams(**params)
 
-    def generate(self, prompts: list[Prompt], n: int | None = None, **sampling: Any) -> list[Sample]:
+    def generate(self, prompts: list[Prompt], n: int | None = None, seed: int | None = None,
+                 **sampling: Any) -> list[Sample]:  # fmt: skip
         """``n`` samples of every prompt (default ``samples_per_prompt``); sampling overrides
-        (e.g. ``temperature=0``) replace the configured values for this call."""
+        (e.g. ``temperature=0``) replace the configured values for this call. With ``seed``,
+        prompt i is sampled with seed + i: the same weights give the same samples, whichever
+        engine serves the prompt (a resumed run regenerates exactly)."""
         from vllm.inputs import TokensPrompt
 
         ids = [self.prompt_ids(p) for p in prompts]
         for p, i in zip(prompts, ids):
             if len(i) >= self.cfg.max_model_len:
                 raise ValueError(f"prompt {p.id!r}: {len(i)} tokens do not fit max_model_len={self.cfg.max_model_len}")
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids],
-                                    self.sampling_params(n, **sampling), use_tqdm=False)  # fmt: skip
+        if seed is None:
+            params = self.sampling_params(n, **sampling)
+        else:
+            params = [self.sampling_params(n, seed=seed + i, **sampling) for i in range(len(prompts))]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], params, use_tqdm=False)
         samples = []
         for prompt, prompt_ids, out in zip(prompts, ids, outputs):
             for completion in out.outputs:

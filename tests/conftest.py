@@ -38,3 +38,11 @@ def ray_cluster():
     ray.init(address="local", num_cpus=8, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tmp_path_factory) -> str:
+    """A random tiny sequence classifier (one score per text) sharing the tiny tokenizer."""
+    from launch.models import build_tiny_reward_model
+
+    return str(build_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"), seed=0))

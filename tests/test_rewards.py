@@ -200,10 +200,8 @@ def test_verifier_survives_a_crashed_grader():
 
 
 @pytest.fixture(scope="module")
-def reward_model_path(tmp_path_factory) -> str:
-    from launch.models import build_tiny_reward_model
-
-    return str(build_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"), seed=0))
+def reward_model_path(tiny_reward_model) -> str:
+    return tiny_reward_model
 
 
 def chat_samples(n: int = 7) -> list[Sample]:

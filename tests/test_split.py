@@ -1,4 +1,4 @@
-from actors.rollout import split_evenly
+from actors.common import split_evenly
 
 
 def test_split_evenly_keeps_order_and_balances():

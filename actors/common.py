@@ -1,0 +1,47 @@
+"""What every syncrl actor has beyond its plain class."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ActorMixin:
+    """Run a function inside the actor's process on the actor's object: ``actor.call.remote(fn, ...)``.
+
+    Lets a piece of the system that spans actors (a weight transport, a test probe) keep its
+    code in one module instead of in the classes it visits.
+    """
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(self, *args, **kwargs)
+
+    def node_ip(self) -> str:
+        import ray
+
+        return ray.util.get_node_ip_address()
+
+
+def free_port() -> int:
+    """A TCP port free on this node right now."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def split_evenly(items: list[T], parts: int) -> list[list[T]]:
+    """Contiguous chunks whose sizes differ by at most one (empty chunks at the end)."""
+    size, extra = divmod(len(items), parts)
+    chunks, start = [], 0
+    for i in range(parts):
+        end = start + size + (i < extra)
+        chunks.append(items[start:end])
+        start = end
+    return chunks
+
+
+def join(parts: list[list[T]]) -> list[T]:
+    return [s for part in parts for s in part]

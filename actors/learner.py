@@ -1,0 +1,52 @@
+"""The learner group: R Ray actors, each a DeepSpeed rank (``LearnerRank``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from actors.common import ActorMixin, free_port
+from learner.objective import Totals, micro_batches, split_batch
+from learner.trainer import LearnerRank
+from rollout.records import LossSpec, TrainBatch
+
+
+@ray.remote
+class LearnerWorker(ActorMixin, LearnerRank):
+    """A LearnerRank as a Ray actor."""
+
+
+class LearnerGroup:
+    """Splits each step's batch over the ranks (pair groups whole, tokens balanced) and sums the
+    ranks' parts of the loss and metrics."""
+
+    def __init__(self, model_path: str, cfg: Any, temperature: float = 1.0, needs_reference: bool = False):
+        self.cfg = cfg
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        port = free_port()
+        self.workers = [
+            LearnerWorker.options(num_cpus=1, num_gpus=gpus).remote(
+                model_path, cfg, rank, cfg.num_ranks, "127.0.0.1", port, temperature, needs_reference
+            )
+            for rank in range(cfg.num_ranks)
+        ]
+        ray.get([w.__ray_ready__.remote() for w in self.workers])
+
+    def train_step(self, batch: TrainBatch, spec: LossSpec) -> dict[str, float]:
+        shards = split_batch(batch, len(self.workers))
+        num_micro = max(len(micro_batches(s, self.cfg.micro_batch_size)) for s in shards)
+        totals = Totals.of(batch)
+        results = ray.get([w.train_step.remote(s, spec, totals, num_micro) for w, s in zip(self.workers, shards)])
+        merged = {k: sum(r.get(k, 0.0) for r in results) for k in set().union(*results)}
+        merged.update({k: results[0][k] for k in ("grad_norm", "lr") if k in results[0]})  # global, not parts
+        return merged
+
+    def on_all(self, method: str, *args: Any) -> list:
+        """Call a method on every rank (collective methods need all of them) and wait."""
+        return ray.get([getattr(w, method).remote(*args) for w in self.workers])
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []

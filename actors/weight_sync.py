@@ -1,0 +1,112 @@
+"""Weight transports: how the learner's weights reach the rollout engines.
+
+A transport has one method, ``push(learners, rollouts, version)``. Every learner rank takes part
+(ZeRO-3 gathers each parameter collectively); rank 0 sends the full tensors, in Hugging Face
+names, and every rollout engine loads them in place and adopts ``version``.
+
+- ``ObjectStoreTransport``: rank 0 puts the weights in Ray's object store once; each engine reads
+  them from there. Works everywhere, across nodes, with no setup.
+- ``CollectiveTransport``: a process group of learner rank 0 and the engines, separate from the
+  training group (gloo on CPU, NCCL on GPU), over which rank 0 broadcasts tensor by tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import ray
+import torch
+
+from actors.common import free_port
+from actors.learner import LearnerGroup
+from actors.rollout import RolloutGroup
+
+BUCKET_BYTES = 256 * 2**20  # the engines stage what arrives in buckets of about this size
+
+
+class WeightTransport(Protocol):
+    def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int) -> None: ...
+
+
+class ObjectStoreTransport:
+    def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int) -> None:
+        refs = [w.export_weights.remote() for w in learners.workers]  # rank 0's ref holds the weights
+        ray.get([w.update_weights.remote(refs[0], version) for w in rollouts.workers] + refs[1:])
+
+
+# -- collective broadcast: code that runs inside the actors (through ActorMixin.call) ---------
+def _join_group(obj, host: str, port: int, rank: int, world: int, backend: str) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    store = dist.TCPStore(host, port, world, is_master=rank == 0, timeout=datetime.timedelta(seconds=300))
+    if backend == "nccl":
+        group = dist.ProcessGroupNCCL(store, rank, world)
+    else:
+        group = dist.ProcessGroupGloo(store, rank, world)
+    obj.weight_group = group
+
+
+def _send(learner, with_group: bool) -> list[tuple[str, tuple, str]] | None:
+    """On every learner rank: gather each tensor; rank 0 broadcasts it. Returns the metadata."""
+    meta, pushed = [], []
+    for name, tensor in learner.named_full_weights():
+        meta.append((name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch.")))
+        if learner.rank == 0 and with_group:
+            learner.weight_group.broadcast(tensor.contiguous(), 0).wait()
+            pushed.append((name, tensor.to("cpu", copy=True)))
+    if learner.rank != 0:
+        return None
+    if with_group:
+        learner.pushed = pushed
+    return meta
+
+
+def _receive(engine, meta: list[tuple[str, tuple, str]], version: int) -> int:
+    """On a rollout engine: receive every tensor in order, stage in buckets, load in place."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    bucket, size, staged = [], 0, 0
+    for name, shape, dtype in meta:
+        tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+        engine.weight_group.broadcast(tensor, 0).wait()
+        bucket.append((name, tensor))
+        size += tensor.numel() * tensor.element_size()
+        if size >= BUCKET_BYTES:
+            staged = engine.stage_weights(bucket)
+            bucket, size = [], 0
+    if bucket:
+        staged = engine.stage_weights(bucket)
+    return engine.finish_weight_update(version, expected=staged)
+
+
+class CollectiveTransport:
+    """Broadcast over a dedicated process group: learner rank 0 is its rank 0, engine i is i+1."""
+
+    def __init__(self, learners: LearnerGroup, rollouts: RolloutGroup, backend: str):
+        self.backend = backend
+        host = ray.get(learners.workers[0].node_ip.remote())
+        port = free_port()
+        world = 1 + len(rollouts.workers)
+        members = [learners.workers[0], *rollouts.workers]
+        ray.get([m.call.remote(_join_group, host, port, rank, world, backend) for rank, m in enumerate(members)])
+        # Names, shapes and dtypes do not change during a run: learn them once.
+        self.meta = ray.get([w.call.remote(_send, False) for w in learners.workers])[0]
+
+    def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int) -> None:
+        sends = [w.call.remote(_send, True) for w in learners.workers]
+        receives = [w.call.remote(_receive, self.meta, version) for w in rollouts.workers]
+        ray.get(sends + receives)
+
+
+def make_transport(kind: str, learners: LearnerGroup, rollouts: RolloutGroup) -> WeightTransport:
+    """``auto``: NCCL broadcast on GPUs; on CPU a gloo broadcast on a single node, and the
+    object store across nodes."""
+    gpu = ray.cluster_resources().get("GPU", 0) > 0
+    if kind == "auto":
+        kind = "nccl" if gpu else ("gloo" if len(ray.nodes()) == 1 else "object_store")
+    if kind == "object_store":
+        return ObjectStoreTransport()
+    if kind == "nccl" and not gpu:
+        raise ValueError("sync.transport: 'nccl' needs GPUs; use 'gloo' or 'object_store' on CPU")
+    return CollectiveTransport(learners, rollouts, kind)

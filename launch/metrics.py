@@ -1,0 +1,104 @@
+"""Per-step metrics: ``metrics.jsonl`` in the run directory, the Controller's Ray metrics, and a
+console progress bar."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from rollout.records import Sample, TrainBatch
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def step_record(state, stage: str, sync_interval: float, samples: list[Sample], batch: TrainBatch,
+                loss: dict[str, float], gen: float, score: float, train: float, sync: float) -> dict[str, Any]:  # fmt: skip
+    """One line of metrics.jsonl. Staleness of a sample = learner version it trains - version that
+    generated it. ``state`` is read after the step (learner_version counts this step if it trained)."""
+    trained_at = state.learner_version - (1 if loss else 0)
+    staleness = [trained_at - s.policy_version for s in samples]
+    tokens = loss.get("tokens", 0.0)
+    return {
+        "step": state.step + 1,
+        "stage": stage,
+        "policy_version": state.learner_version,
+        "engine_version": state.engine_version,
+        "sync_interval": "inf" if math.isinf(sync_interval) else int(sync_interval),
+        "staleness_mean": _mean(staleness),
+        "staleness_max": max(staleness, default=0),
+        "sample_versions": sorted({s.policy_version for s in samples}),
+        "prompts_hash": hashlib.sha1(" ".join(dict.fromkeys(s.prompt_id for s in samples)).encode()).hexdigest()[:12],
+        "reward_mean": _mean([s.reward for s in samples]),
+        "response_len_mean": _mean([s.response_len for s in samples]),
+        "truncated_frac": _mean([s.finish_reason == "length" for s in samples]),
+        "entropy_mean": loss.get("entropy", float("nan")),
+        "loss": loss.get("loss", float("nan")),
+        "kl": loss.get("kl"),
+        **{k: v for k, v in loss.items() if k not in ("loss", "entropy", "kl", "tokens")},
+        **{f"batch_{k}": v for k, v in batch.counts.items()},
+        "sequences": len(batch.sequences),
+        "trained": bool(loss),
+        "time_gen_s": gen,
+        "time_score_s": score,
+        "time_train_s": train,
+        "time_sync_s": sync,
+        "tokens_per_s": tokens / max(gen + score + train + sync, 1e-9),
+    }
+
+
+class MetricsLog:
+    def __init__(self, run_dir: str, progress_bar: bool, total_steps: int, resume_step: int = 0):
+        path = Path(run_dir, "metrics.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():  # a resumed run: drop the lines past its checkpoint (the killed run wrote them)
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.file = open(path, "a")
+        self.bar = None
+        if progress_bar and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, desc="syncrl", unit="step")
+        self.started = time.time()
+
+    def write(self, record: dict[str, Any], controller) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        controller.report.remote(record)
+        line = (f"step {record['step']} [{record['stage']}] s={record['sync_interval']} v={record['policy_version']} "
+                f"reward={record['reward_mean']:.3f} loss={record['loss']:.4f} len={record['response_len_mean']:.1f} "
+                f"stale<={record['staleness_max']} gen={record['time_gen_s']:.1f}s train={record['time_train_s']:.1f}s "
+                f"sync={record['time_sync_s']:.1f}s")  # fmt: skip
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(line.split("] ", 1)[1])
+        else:
+            print(line, flush=True)
+
+    def event(self, text: str) -> None:
+        print(f"[controller] {text}", flush=True)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def live_sync_interval(controller, log: MetricsLog) -> float:
+    """The Controller's current sync interval, read at a step boundary; waits while paused."""
+    while True:
+        settings, events = ray.get([controller.settings.remote(), controller.drain_events.remote()])
+        for e in events:
+            log.event(e)
+        if not settings["paused"]:
+            return settings["sync_interval"]
+        time.sleep(0.5)

@@ -1,0 +1,48 @@
+"""Generated tasks and the resumable prompt stream."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rollout.tasks import TASKS, PromptStream, load_prompts, make_task
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_tasks_are_seeded_disjoint_and_correct(name):
+    train, test = make_task(name, num_train=40, num_test=10, seed=3)
+    assert (train, test) == make_task(name, num_train=40, num_test=10, seed=3)
+    assert not {p.messages[-1]["content"] for p in train} & {p.messages[-1]["content"] for p in test}
+    for p in train[:10]:
+        question = p.messages[-1]["content"]
+        if name != "word-1step":  # "What is a op b?": the reference answer is the arithmetic value
+            expr = question.removeprefix("What is ").split("?")[0]
+            assert str(eval(expr)) == p.answer  # noqa: S307 - generated digits and one operator
+        assert "\\boxed{}" in question and p.source == "math"
+
+
+def test_small_task_space_keeps_a_test_split():
+    train, test = make_task("add-1digit", num_train=2000, num_test=100)
+    assert len(train) + len(test) == 100 and len(test) == 20  # only 100 distinct 1-digit sums
+
+
+def test_one_shot_and_system_prompt():
+    (p,), _ = make_task("add-2digit", 1, 0, one_shot=True, system_prompt="Be brief.")
+    assert [m["role"] for m in p.messages] == ["system", "user", "assistant", "user"]
+
+
+def test_prompt_stream_resumes_exactly():
+    prompts, _ = make_task("add-2digit", 10, 0)
+    full = PromptStream(prompts, 4, seed=1)
+    order = [[p.id for p in full.next()] for _ in range(6)]  # crosses epochs
+    assert sorted(sum(order[:2], []) + order[2][:2]) == sorted(p.id for p in prompts)  # each once per epoch
+    resumed = PromptStream(prompts, 4, seed=1, position=12)
+    assert [[p.id for p in resumed.next()] for _ in range(3)] == order[3:]
+
+
+def test_load_prompts_errors_name_the_line(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"prompt": "2+2?", "answer": 4}) + "\n" + json.dumps({"question": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"p.jsonl:2"):
+        load_prompts(str(f))

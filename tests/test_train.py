@@ -1,0 +1,234 @@
+"""System tests of the driver: real local Ray, real vLLM engines, real DeepSpeed ranks, tiny model.
+
+Only the sync interval s separates offline, semi-online and online training; these tests check
+the bounds that s promises (staleness, which weights the engines hold), that a push is exact,
+that s can change while a run goes, that a killed run resumes where it was, and that the ranks
+of ZeRO-3 train like one rank.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from launch.config import dump_config, load_config
+from rollout.records import LossSpec
+
+pytestmark = pytest.mark.system
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(recipe: str, model: str, *overrides: str):
+    return load_config(recipe, [
+        f"model.path={model}", "steps=4", "data.prompts_per_step=4", "rollout.samples_per_prompt=4",
+        "rollout.max_new_tokens=12", "rollout.cpu_kv_cache_gib=0.25", "learner.lr=5e-3",
+        "logging.progress_bar=false", *overrides,
+    ])  # fmt: skip
+
+
+def rm_reward(model: str) -> list[str]:
+    """Score with a (tiny, random) reward model: continuous rewards, so DPO always finds pairs."""
+    return ["reward.routes.default.kind=reward_model", f"reward.routes.default.model_path={model}"]
+
+
+def read_metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+
+
+def interval(value) -> float:
+    return math.inf if value == "inf" else value
+
+
+@pytest.mark.parametrize("s", [1, 2, "inf"])
+@pytest.mark.parametrize("recipe", ["tiny-grpo", "tiny-dpo"])
+def test_sync_interval_bounds_staleness_and_engine_weights(ray_cluster, tiny_llama, tiny_reward_model, tmp_path,
+                                                            recipe, s):  # fmt: skip
+    from launch.train import train
+
+    # DPO on an untrained tiny model rarely finds a correct answer to pair: score with a reward model.
+    rewards = rm_reward(tiny_reward_model) if recipe == "tiny-dpo" else []
+    cfg = tiny_config(recipe, tiny_llama, f"sync.interval={s}", "logging.weight_checksums=true", *rewards)
+    train(cfg, str(tmp_path))
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    s = interval(s)
+    for r in rows:
+        assert r["staleness_max"] <= (s - 1 if s != math.inf else r["step"] - 1)
+        assert r["sync_interval"] == (int(s) if s != math.inf else "inf")
+    trained = [r for r in rows if r["trained"]]
+    assert len(trained) >= 2, "the test needs steps that trained"
+    assert len({r["learner_checksum"] for r in trained}) == len(trained), "the learner must change every step"
+    engine = [r["engine_checksums"][0] for r in rows]
+    if s == math.inf:
+        assert len(set(engine)) == 1 and all(r["engine_version"] == 0 for r in rows)
+        assert all(r["sample_versions"] == [0] for r in rows)
+    else:
+        for r in rows:  # the engines hold the newest version whose number is a multiple of s steps
+            assert r["engine_version"] == r["policy_version"] - r["policy_version"] % s
+        assert len(set(engine)) == len({r["engine_version"] for r in rows})
+    if s == 1:
+        assert all(r["staleness_max"] == 0 for r in rows)
+
+
+def test_push_is_exact_with_each_transport(ray_cluster, tiny_llama, tmp_path):
+    """After a train step and a push, the engine's greedy output equals HF greedy decoding of the
+    learner's current weights (saved by the learner as a HF folder)."""
+    from transformers import AutoModelForCausalLM
+
+    from actors.learner import LearnerGroup
+    from actors.rollout import RolloutGroup
+    from actors.weight_sync import CollectiveTransport, ObjectStoreTransport
+    from rollout.algorithms import build_grpo_batch
+    from rollout.tasks import make_task
+
+    cfg = tiny_config("tiny-grpo", tiny_llama, "learner.lr=0.05")
+    prompts, _ = make_task("add-2digit", 6, 0)
+    rollouts = RolloutGroup(tiny_llama, cfg.rollout)
+    learners = LearnerGroup(tiny_llama, cfg.learner)
+    try:
+        before = [s.response_ids for s in rollouts.generate(prompts, n=1, temperature=0)]
+        transports = {"gloo": CollectiveTransport(learners, rollouts, "gloo"), "object_store": ObjectStoreTransport()}
+        for version, (name, transport) in enumerate(transports.items(), start=1):
+            samples = rollouts.generate(prompts[:2], seed=version)
+            for i, s in enumerate(samples):
+                s.reward = float(i % 2)
+            learners.train_step(build_grpo_batch(samples), LossSpec(grpo_weight=1.0))
+            transport.push(learners, rollouts, version)
+            learners.on_all("save_hf", str(tmp_path / name))
+            hf = AutoModelForCausalLM.from_pretrained(tmp_path / name, dtype=torch.float32).eval()
+            after = rollouts.generate(prompts, n=1, temperature=0)
+            assert all(s.policy_version == version for s in after)
+            for s in after:
+                out = hf.generate(torch.tensor([s.prompt_ids]), max_new_tokens=cfg.rollout.max_new_tokens, do_sample=False)
+                assert s.response_ids == out[0, len(s.prompt_ids):].tolist(), name
+            assert [s.response_ids for s in after] != before, f"{name}: the weights did not change"
+            before = [s.response_ids for s in after]
+    finally:
+        rollouts.shutdown()
+        learners.shutdown()
+
+
+def test_zero3_two_ranks_match_one_rank(ray_cluster, tiny_llama):
+    from actors.learner import LearnerGroup
+    from rollout.algorithms import build_group_dpo_batch
+    from rollout.records import Sample
+
+    samples = [Sample(prompt_id=f"g{g}", prompt_ids=[1, 5, 6 + g], response_ids=list(range(10 + k, 13 + 2 * k)),
+                      logprobs=[-4.0] * (3 + k), finish_reason="stop", policy_version=0, reward=float(k % 2))
+               for g in range(3) for k in range(4)]  # fmt: skip
+    batch = build_group_dpo_batch(samples, with_advantages=True)
+    spec = LossSpec(dpo_weight=1.0, grpo_weight=0.5, nll_coef=0.1, entropy_coef=0.01)
+    losses = {}
+    for ranks, stage in [(1, 0), (2, 3)]:
+        cfg = load_config("tiny-grpo", [f"learner.num_ranks={ranks}", f"learner.zero_stage={stage}",
+                                        "learner.lr=1e-2", "learner.micro_batch_size=4"]).learner  # fmt: skip
+        group = LearnerGroup(tiny_llama, cfg, needs_reference=True)
+        try:
+            losses[ranks] = [group.train_step(batch, spec)["loss"] for _ in range(3)]
+        finally:
+            group.shutdown()
+    assert losses[1][0] != losses[1][2], "training must move the loss"
+    assert losses[2] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_set_sync_interval_from_another_process(ray_cluster, tiny_llama, tmp_path):
+    """`syncrl ctl` in another process pauses the run, changes s, resumes it: the new s applies
+    from the next step on. (The tiny run is faster than a CLI round trip, hence the pause.)"""
+    from launch.train import train
+
+    cfg = tiny_config("tiny-grpo", tiny_llama, "steps=10", "sync.interval=1", "logging.controller_name=ctl-test")
+    runner = threading.Thread(target=train, args=(cfg, str(tmp_path)))
+    runner.start()
+    address = ray_cluster.get_runtime_context().gcs_address
+    ctl = [sys.executable, "-m", "launch", "ctl", "--address", address, "--name", "ctl-test"]
+
+    def syncrl_ctl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*ctl, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+    try:
+        while not (tmp_path / "metrics.jsonl").exists() or len(read_metrics(tmp_path)) < 2:
+            assert runner.is_alive(), "the run ended early"
+            time.sleep(0.05)
+        assert syncrl_ctl("pause").returncode == 0
+        paused_at = len(read_metrics(tmp_path))
+        done = syncrl_ctl("set-sync-interval", "3")
+        assert done.returncode == 0 and "applies from the next step" in done.stdout, done.stderr[-2000:]
+        status = syncrl_ctl("status")
+        assert status.returncode == 0, status.stderr[-2000:]
+        status = json.loads(status.stdout)
+        assert status["sync_interval"] == 3 and status["paused"] is True
+        assert any("sync_interval 1 -> 3" in e for e in status["events"])
+        bad = syncrl_ctl("set-sync-interval", "0")
+        assert bad.returncode == 2 and "positive integer" in bad.stderr
+        time.sleep(1.0)
+        assert len(read_metrics(tmp_path)) <= paused_at + 1, "a paused run must not go on"
+        assert syncrl_ctl("resume").returncode == 0
+    finally:
+        runner.join()
+    seen = [r["sync_interval"] for r in read_metrics(tmp_path)]
+    first = seen.index(3)
+    assert first >= 2 and set(seen[:first]) == {1} and set(seen[first:]) == {3}
+    rows = read_metrics(tmp_path)[first:]
+    assert max(r["staleness_max"] for r in rows) <= 2 and any(r["staleness_max"] > 0 for r in rows)
+
+
+def test_killed_run_resumes_with_the_same_data_and_versions(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
+    """A run killed (SIGKILL) after its step-4 checkpoint and resumed gives the same data order,
+    policy versions and samples as the uninterrupted run."""
+    from launch.train import run, train
+
+    overrides = ["steps=7", "sync.interval=3", "checkpoint.every_steps=2", "logging.controller_name=resume-test"]
+    cfg = tiny_config("tiny-dpo", tiny_llama, *overrides, *rm_reward(tiny_reward_model))
+    train(cfg, str(tmp_path / "whole"))
+
+    killed = tmp_path / "killed"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(dump_config(cfg))
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)
+    proc = subprocess.Popen([sys.executable, "-m", "launch", "train", str(recipe), "--output", str(killed)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not (killed / "checkpoints" / "step_000004").exists():
+            assert proc.poll() is None and time.time() < deadline, "the run ended before its checkpoint"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    time.sleep(2)  # Ray reaps the dead driver's actors (the named Controller among them)
+    run(None, resume=str(killed))
+
+    keys = ("step", "stage", "policy_version", "engine_version", "sample_versions", "prompts_hash", "reward_mean",
+            "sequences", "staleness_max")  # fmt: skip
+    whole, resumed = read_metrics(tmp_path / "whole"), read_metrics(killed)
+    assert [r["step"] for r in resumed] == list(range(1, 8))
+    assert [{k: r[k] for k in keys} for r in resumed] == [{k: r[k] for k in keys} for r in whole]
+    for a, b in zip(resumed, whole):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, nan_ok=True)
+
+
+def test_g2d_two_stages(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
+    """G2D: GRPO online, then DPO offline on rollouts of the warmed-up policy."""
+    from launch.train import train
+
+    cfg = tiny_config("tiny-g2d", tiny_llama, "stages.0.steps=2", "stages.1.steps=3", *rm_reward(tiny_reward_model))
+    train(cfg, str(tmp_path))
+    rows = read_metrics(tmp_path)
+    assert [r["stage"] for r in rows] == ["grpo-warmup"] * 2 + ["offline-dpo"] * 3
+    assert [r["sync_interval"] for r in rows] == [1, 1, "inf", "inf", "inf"]
+    warm = rows[1]["policy_version"]
+    assert warm == 2
+    for r in rows[2:]:  # every DPO sample comes from the warmed-up policy, which the engines keep
+        assert r["sample_versions"] == [warm] and r["engine_version"] == warm
+        assert r["trained"] and "dpo_loss" in r
+    assert (tmp_path / "final" / "config.json").is_file() and (tmp_path / "final" / "tokenizer.json").is_file()
