@@ -19,8 +19,6 @@ from pathlib import Path
 import ray
 
 from launch.config import SyncRLConfig, dump_config
-from rollout.records import Prompt
-from rollout.tasks import load_prompts, make_task
 
 ENGINE_WEIGHTS = "engine_weights.safetensors"
 
@@ -34,17 +32,11 @@ class RunState:
     engine_version: int = 0  # version of the weights the rollout engines hold
     steps_since_sync: int = 0
     sync_interval: float = 1
-    prompt_position: int = 0
+    data_position: int = 0  # prompts (or offline groups) consumed
 
     def begin_stage(self, index: int, interval: float, controller) -> None:
         self.stage_index, self.step_in_stage, self.sync_interval = index, 0, interval
         ray.get(controller.set_sync_interval.remote(interval))
-
-    def train_prompts(self, cfg: SyncRLConfig) -> list[Prompt]:
-        d = cfg.data
-        if d.path:
-            return load_prompts(d.path)
-        return make_task(d.task, d.num_train, d.num_test, d.seed, d.one_shot, d.system_prompt)[0]
 
     def to_json(self) -> str:
         fields = dataclasses.asdict(self)

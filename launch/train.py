@@ -15,7 +15,6 @@ from pathlib import Path
 
 import ray
 
-from actors.common import join
 from actors.controller import NAMESPACE, start_controller
 from actors.learner import LearnerGroup
 from actors.reward import RewardGroup
@@ -25,14 +24,18 @@ from launch.checkpoint import RunState, load_state, restore, save_checkpoint, sa
 from launch.config import ConfigError, SyncRLConfig, dump_config, load_config
 from launch.metrics import MetricsLog, live_sync_interval, step_record
 from launch.models import resolve_model
+from launch.sources import FileSource, RolloutSource
 from rollout.algorithms import make_algorithm
-from rollout.tasks import PromptStream
+from rollout.offline import file_kind, load_offline_groups
+from rollout.records import Prompt
+from rollout.tasks import ShuffledStream, load_prompts, make_task
 
 
 def train(cfg: SyncRLConfig, run_dir: str, state: RunState | None = None) -> RunState:
     """Run every stage of ``cfg`` in ``run_dir``; ``state`` continues a checkpointed run."""
     model_path, stages = resolve_model(cfg.model.path), cfg.resolved_stages()
     algorithms = [make_algorithm(s.algorithm, seed=cfg.seed + i) for i, s in enumerate(stages)]
+    data = load_data(cfg, model_path, stages)  # bad data fails here, before any actor starts
     state = state or RunState(sync_interval=stages[0].sync.interval)
     controller = start_controller(cfg.logging.controller_name, state.sync_interval, cfg.name, cfg.logging.ray_metrics)
     groups: list = []  # shut down whatever started, however the run ends
@@ -41,8 +44,13 @@ def train(cfg: SyncRLConfig, run_dir: str, state: RunState | None = None) -> Run
         groups.append(rewards := RewardGroup(cfg.reward))
         needs_reference = any(a.loss.needs_reference for a in algorithms)
         groups.append(learners := LearnerGroup(model_path, cfg.learner, cfg.rollout.temperature, needs_reference))
-        loop(cfg, run_dir, state, stages, algorithms, controller, rollouts, rewards, learners)
+        transport = make_transport(cfg.sync.transport, learners, rollouts)
+        restore(run_dir, state, learners, rollouts, transport)
+        source = make_source(cfg, data, rollouts, state.data_position)
+        log = MetricsLog(run_dir, cfg.logging.progress_bar, sum(s.steps for s in stages), resume_step=state.step)
+        loop(cfg, run_dir, state, stages, algorithms, controller, source, rewards, learners, rollouts, transport, log)
         save_final(run_dir, cfg, state, learners, model_path)
+        log.close()
     finally:
         for group in groups:
             group.shutdown()
@@ -50,12 +58,8 @@ def train(cfg: SyncRLConfig, run_dir: str, state: RunState | None = None) -> Run
     return state
 
 
-def loop(cfg, run_dir, state, stages, algorithms, controller, rollouts, rewards, learners) -> None:
+def loop(cfg, run_dir, state, stages, algorithms, controller, source, rewards, learners, rollouts, transport, log):
     """For each stage, for each step: generate, score, build, train, and push every s steps."""
-    transport = make_transport(cfg.sync.transport, learners, rollouts)
-    prompts = PromptStream(state.train_prompts(cfg), cfg.data.prompts_per_step, cfg.data.seed, state.prompt_position)
-    log = MetricsLog(run_dir, cfg.logging.progress_bar, sum(s.steps for s in stages), resume_step=state.step)
-    restore(run_dir, state, learners, rollouts, transport)
 
     def push(ref_sync: bool) -> None:
         transport.push(learners, rollouts, state.learner_version)
@@ -68,43 +72,57 @@ def loop(cfg, run_dir, state, stages, algorithms, controller, rollouts, rewards,
         if index != state.stage_index:  # a new stage starts from the current policy, with its own s
             state.begin_stage(index, stage.sync.interval, controller)
             push(stage.sync.ref_sync)
-        pending = None
         while state.step_in_stage < stage.steps:
             s = state.sync_interval = live_sync_interval(controller, log)
             t0 = time.perf_counter()
-            samples = join(ray.get(pending)) if pending else rollouts.generate(prompts.next(), seed=sampling_seed(cfg, state))
-            pending = None
-            if stage.sync.overlap and state.step_in_stage + 1 < stage.steps:  # next batch generates during training
-                pending = rollouts.generate_refs(prompts.next(), seed=sampling_seed(cfg, state, ahead=1))
-            t_gen = time.perf_counter()
-            samples = rewards.score(samples)
-            batch = algorithm.build(samples)
+            samples = source.next(state.step, prefetch=stage.sync.overlap and state.step_in_stage + 1 < stage.steps)
             t1 = time.perf_counter()
+            samples = rewards.score(samples) if samples[0].reward is None else samples
+            batch = algorithm.build(samples)
+            t2 = time.perf_counter()
             loss = {}
             if batch.sequences:  # a step with no pair (DPO) or no group (GRPO) trains nothing
                 loss = learners.train_step(batch, algorithm.loss)
                 state.learner_version += 1
                 state.steps_since_sync += 1
-            t2 = time.perf_counter()
+            t3 = time.perf_counter()
             if state.steps_since_sync >= s:
                 push(stage.sync.ref_sync)
-            t3 = time.perf_counter()
-            record = step_record(state, stage.name, s, samples, batch, loss, t_gen - t0, t1 - t_gen, t2 - t1, t3 - t2)
+            t4 = time.perf_counter()
+            record = step_record(state, stage.name, s, samples, batch, loss, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
             if cfg.logging.weight_checksums:
                 record.update(learner_checksum=learners.on_all("weights_checksum")[0][:16],
                               engine_checksums=[c[:16] for c in rollouts.weights_checksums()])  # fmt: skip
-            state.step += 1
-            state.step_in_stage += 1
-            state.prompt_position = prompts.position - (cfg.data.prompts_per_step if pending else 0)
+            state.step, state.step_in_stage, state.data_position = state.step + 1, state.step_in_stage + 1, source.position
             log.write(record, controller)
             if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
                 save_checkpoint(run_dir, cfg, state, learners, controller)
-    log.close()
 
 
-def sampling_seed(cfg: SyncRLConfig, state: RunState, ahead: int = 0) -> int:
-    """Sampling seed of a step's prompts: runs (and resumed runs) sample reproducibly."""
-    return cfg.rollout.seed + 1_000_003 * (state.step + ahead)
+def load_data(cfg: SyncRLConfig, model_path: str, stages) -> list:
+    """The training items: prompts (generated task or prompt file), or sample groups (a file of
+    preference pairs or scored responses, which trains offline: every stage needs s = inf)."""
+    d = cfg.data
+    if d.path is None:
+        return make_task(d.task, d.num_train, d.num_test, d.seed, d.one_shot, d.system_prompt)[0]
+    if not Path(d.path).is_file():
+        raise ConfigError(f"data.path: no file {d.path!r}")
+    if file_kind(d.path) == "prompts":
+        return load_prompts(d.path)
+    online = [s.name for s in stages if not math.isinf(s.sync.interval)]
+    if online:
+        raise ConfigError(f"data.path {d.path} holds responses (offline data), so sync.interval must be inf; "
+                          f"stages with a finite interval: {online}")  # fmt: skip
+    from transformers import AutoTokenizer
+
+    return load_offline_groups(d.path, AutoTokenizer.from_pretrained(model_path))
+
+
+def make_source(cfg: SyncRLConfig, data: list, rollouts: RolloutGroup, position: int):
+    stream = ShuffledStream(data, cfg.data.prompts_per_step, cfg.data.seed, position)
+    if isinstance(data[0], Prompt):
+        return RolloutSource(rollouts, stream, cfg.rollout.seed)
+    return FileSource(stream)
 
 
 def required_cpus(cfg: SyncRLConfig) -> int:

@@ -22,7 +22,8 @@ class CollatedBatch:
     input_ids: torch.Tensor  # [N, T]
     attention_mask: torch.Tensor  # [N, T]
     loss_mask: torch.Tensor  # [N, T] float, 1 on response tokens
-    behaviour_logps: torch.Tensor  # [N, T], 0 where unknown
+    behaviour_logps: torch.Tensor  # [N, T]
+    has_behaviour: torch.Tensor  # [N] bool: False for rows no engine generated (offline data)
     advantages: torch.Tensor  # [N]
     chosen: torch.Tensor  # [P]
     rejected: torch.Tensor  # [P]
@@ -54,6 +55,7 @@ def collate(batch: TrainBatch, pad_token_id: int) -> CollatedBatch:
         attention_mask=attention_mask,
         loss_mask=loss_mask,
         behaviour_logps=behaviour,
+        has_behaviour=torch.tensor([s.behaviour_logps is not None for s in batch.sequences], dtype=torch.bool),
         advantages=torch.tensor([s.advantage for s in batch.sequences], dtype=torch.float32),
         chosen=torch.tensor(batch.chosen, dtype=torch.long),
         rejected=torch.tensor(batch.rejected, dtype=torch.long),
@@ -174,8 +176,10 @@ def compute_loss(
             metrics["nll_loss"] = nll.item()
 
     if spec.grpo_weight:
+        # Rows without behaviour log-probs (offline data) take the current policy's: ratio 1.
+        behaviour = torch.where(batch.has_behaviour[:, None], batch.behaviour_logps.to(logps.dtype), logps.detach())
         grpo, stats = losses.grpo_loss(
-            logps, batch.behaviour_logps.to(logps.dtype), batch.advantages, mask,
+            logps, behaviour, batch.advantages, mask,
             spec.clip_low, spec.clip_high, ref_logps, spec.kl_coef, totals.tokens,
         )  # fmt: skip
         loss = loss + spec.grpo_weight * grpo

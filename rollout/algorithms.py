@@ -57,7 +57,7 @@ def _sequence(s: Sample, advantage: float = 0.0) -> TrainSequence:
     return TrainSequence(
         prompt_ids=s.prompt_ids,
         response_ids=s.response_ids,
-        behaviour_logps=s.logprobs,
+        behaviour_logps=s.logprobs or None,  # offline data has none
         advantage=advantage,
         policy_version=s.policy_version,
     )

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
+from typing import Generic, TypeVar
 from pathlib import Path
 
 from rollout.records import Prompt
+
+T = TypeVar("T")
 
 INSTRUCTION = "Put your final answer in \\boxed{}."
 ONE_SHOT = [
@@ -108,25 +111,23 @@ def load_prompts(path: str) -> list[Prompt]:
     return prompts
 
 
-class PromptStream:
-    """Batches of prompts, reshuffled every epoch. The whole state is ``position`` (prompts
-    served so far): a resumed run continues with exactly the same order."""
+class ShuffledStream(Generic[T]):
+    """Batches of items (prompts, or offline sample groups), reshuffled every epoch. The whole
+    state is ``position`` (items served so far): a resumed run continues in exactly the same order."""
 
-    def __init__(self, prompts: list[Prompt], batch_size: int, seed: int = 0, position: int = 0):
-        if not prompts:
-            raise ValueError("no training prompts")
-        self.prompts, self.batch_size, self.seed, self.position = prompts, batch_size, seed, position
+    def __init__(self, items: list[T], batch_size: int, seed: int = 0, position: int = 0):
+        if not items:
+            raise ValueError("no training data")
+        self.items, self.batch_size, self.seed, self.position = items, batch_size, seed, position
 
     def _order(self, epoch: int) -> list[int]:
         if getattr(self, "_epoch", None) != epoch:
-            self._epoch, self._epoch_order = epoch, list(range(len(self.prompts)))
+            self._epoch, self._epoch_order = epoch, list(range(len(self.items)))
             random.Random(f"{self.seed}-{epoch}").shuffle(self._epoch_order)
         return self._epoch_order
 
-    def next(self) -> list[Prompt]:
-        n = len(self.prompts)
-        batch = []
-        for p in range(self.position, self.position + self.batch_size):
-            batch.append(self.prompts[self._order(p // n)[p % n]])
+    def next(self) -> list[T]:
+        n = len(self.items)
+        batch = [self.items[self._order(p // n)[p % n]] for p in range(self.position, self.position + self.batch_size)]
         self.position += self.batch_size
         return batch

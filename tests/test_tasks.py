@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rollout.tasks import TASKS, PromptStream, load_prompts, make_task
+from rollout.tasks import TASKS, ShuffledStream, load_prompts, make_task
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -34,10 +34,10 @@ def test_one_shot_and_system_prompt():
 
 def test_prompt_stream_resumes_exactly():
     prompts, _ = make_task("add-2digit", 10, 0)
-    full = PromptStream(prompts, 4, seed=1)
+    full = ShuffledStream(prompts, 4, seed=1)
     order = [[p.id for p in full.next()] for _ in range(6)]  # crosses epochs
     assert sorted(sum(order[:2], []) + order[2][:2]) == sorted(p.id for p in prompts)  # each once per epoch
-    resumed = PromptStream(prompts, 4, seed=1, position=12)
+    resumed = ShuffledStream(prompts, 4, seed=1, position=12)
     assert [[p.id for p in resumed.next()] for _ in range(3)] == order[3:]
 
 

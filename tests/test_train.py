@@ -232,3 +232,74 @@ def test_g2d_two_stages(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
         assert r["sample_versions"] == [warm] and r["engine_version"] == warm
         assert r["trained"] and "dpo_loss" in r
     assert (tmp_path / "final" / "config.json").is_file() and (tmp_path / "final" / "tokenizer.json").is_file()
+
+
+def test_overlap_adds_one_step_of_staleness(ray_cluster, tiny_llama, tmp_path):
+    """sync.overlap: the next batch generates while this one trains, so staleness reaches s."""
+    from launch.train import train
+
+    train(tiny_config("tiny-grpo", tiny_llama, "steps=5", "sync.interval=2", "sync.overlap=true"), str(tmp_path))
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert max(r["staleness_max"] for r in rows) == 2  # bound s, reached
+    assert [r["sample_versions"] for r in rows] == [[0], [0], [0], [2], [2]]
+
+
+def write_pairs(path: Path, n: int) -> None:
+    with open(path, "w") as f:
+        for i in range(n):
+            a, b = i % 7, (3 * i) % 5
+            f.write(json.dumps({"prompt": f"What is {a} + {b}?", "chosen": f"{a} + {b} = {a + b}. \\boxed{{{a + b}}}",
+                                "rejected": f"The answer is {a * b + 1}"}) + "\n")  # fmt: skip
+
+
+def test_offline_dpo_from_a_file_of_pairs(ray_cluster, tiny_llama, tmp_path):
+    """s = inf with a file of preference pairs: no generation, the learner trains on the file
+    and the DPO margin of the chosen responses grows."""
+    from launch.train import train
+
+    pairs = tmp_path / "pairs.jsonl"
+    write_pairs(pairs, 12)
+    cfg = tiny_config("tiny-dpo", tiny_llama, f"data.path={pairs}", "sync.interval=inf", "steps=6",
+                      "data.prompts_per_step=6", "learner.lr=1e-3")  # fmt: skip
+    train(cfg, str(tmp_path / "run"))
+    rows = read_metrics(tmp_path / "run")
+    assert all(r["trained"] and r["batch_pairs"] == 6 and r["engine_version"] == 0 for r in rows)
+    assert all(r["sample_versions"] == [-1] for r in rows)  # no engine generated them
+    assert rows[-1]["dpo_margin"] > rows[0]["dpo_margin"] + 0.1 and rows[-1]["dpo_loss"] < rows[0]["dpo_loss"]
+
+
+def test_bad_offline_data_fails_before_actors_start(tiny_llama, tmp_path):
+    from launch.config import ConfigError
+    from launch.train import train
+
+    pairs = tmp_path / "pairs.jsonl"
+    write_pairs(pairs, 3)
+    with pytest.raises(ConfigError, match="sync.interval must be inf"):
+        train(tiny_config("tiny-dpo", tiny_llama, f"data.path={pairs}", "sync.interval=2"), str(tmp_path / "a"))
+    pairs.write_text(pairs.read_text() + json.dumps({"prompt": "x", "chosen": "y"}) + "\n")
+    with pytest.raises(ValueError, match=r"pairs.jsonl:4: 'rejected' must be a non-empty string"):
+        train(tiny_config("tiny-dpo", tiny_llama, f"data.path={pairs}", "sync.interval=inf"), str(tmp_path / "b"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_reference_sync_makes_the_reference_the_policy(ray_cluster, tiny_llama):
+    """sync.ref_sync: at a push the frozen reference becomes the current policy, so the KL to it
+    restarts from 0."""
+    from actors.learner import LearnerGroup
+    from rollout.algorithms import build_grpo_batch
+    from rollout.records import Sample
+
+    samples = [Sample(prompt_id=f"g{g}", prompt_ids=[1, 5], response_ids=[10 + k, 20], logprobs=[-3.0, -3.0],
+                      finish_reason="stop", policy_version=0, reward=float(k % 2)) for g in range(2) for k in range(4)]  # fmt: skip
+    spec = LossSpec(grpo_weight=1.0, kl_coef=0.1)
+    cfg = load_config("tiny-grpo", ["learner.lr=2e-2"]).learner
+    group = LearnerGroup(tiny_llama, cfg, needs_reference=True)
+    try:
+        kl = [group.train_step(build_grpo_batch(samples), spec)["kl"] for _ in range(3)]
+        group.on_all("sync_reference")
+        after = group.train_step(build_grpo_batch(samples), spec)["kl"]
+    finally:
+        group.shutdown()
+    assert kl[0] == pytest.approx(0.0, abs=1e-7) and kl[2] > 1e-4
+    assert after == pytest.approx(0.0, abs=1e-7)
