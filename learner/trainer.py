@@ -18,6 +18,7 @@ import torch
 
 from learner.logprobs import token_logprobs_and_entropy
 from learner.objective import CollatedBatch, Totals, collate, compute_loss, micro_batches
+from learner.packing import block_causal_mask, pack, unpack
 from rollout.records import LossSpec, TrainBatch, TrainSequence
 
 DUMMY = TrainBatch([TrainSequence(prompt_ids=[0], response_ids=[0], behaviour_logps=[0.0])])
@@ -74,7 +75,7 @@ class LearnerRank:
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}") if self.gpu else torch.device("cpu")
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        dtype = torch.bfloat16 if self.gpu else torch.float32
+        self.dtype = dtype = torch.bfloat16 if self.gpu else torch.float32
         load = dict(dtype=dtype)
         if self.gpu and _has_flash_attn():
             load["attn_implementation"] = "flash_attention_2"
@@ -98,9 +99,16 @@ class LearnerRank:
 
     # -- forward ------------------------------------------------------------------------------
     def _logps(self, module: torch.nn.Module, cb: CollatedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = cb.input_ids.to(self.device)
-        logits = module(input_ids=ids, attention_mask=cb.attention_mask.to(self.device), use_cache=False).logits
-        return token_logprobs_and_entropy(logits, ids, self.temperature)
+        """Per-token log-probs and entropies [N, T] of a padded batch, computed padded or packed."""
+        if not self.cfg.packing:
+            logits = module(input_ids=cb.input_ids, attention_mask=cb.attention_mask, use_cache=False).logits
+            return token_logprobs_and_entropy(logits, cb.input_ids, self.temperature)
+        packed = pack(cb.input_ids, cb.attention_mask)
+        kwargs = dict(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False)
+        if self.engine.module.config._attn_implementation != "flash_attention_2":  # FA2 reads the position ids
+            kwargs["attention_mask"] = block_causal_mask(packed, self.dtype)
+        logps, entropy = token_logprobs_and_entropy(module(**kwargs).logits, packed.input_ids, self.temperature)
+        return unpack(logps, packed, cb.input_ids.shape), unpack(entropy, packed, cb.input_ids.shape)
 
     def train_step(self, batch: TrainBatch, spec: LossSpec, totals: Totals, num_micro: int) -> dict[str, float]:
         """One optimizer step on this rank's share. ``num_micro``: micro-batches every rank runs

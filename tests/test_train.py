@@ -118,7 +118,7 @@ def test_push_is_exact_with_each_transport(ray_cluster, tiny_llama, tmp_path):
         learners.shutdown()
 
 
-def test_zero3_two_ranks_match_one_rank(ray_cluster, tiny_llama):
+def test_zero3_two_ranks_and_packing_match_one_rank(ray_cluster, tiny_llama):
     from actors.learner import LearnerGroup
     from rollout.algorithms import build_group_dpo_batch
     from rollout.records import Sample
@@ -129,16 +129,18 @@ def test_zero3_two_ranks_match_one_rank(ray_cluster, tiny_llama):
     batch = build_group_dpo_batch(samples, with_advantages=True)
     spec = LossSpec(dpo_weight=1.0, grpo_weight=0.5, nll_coef=0.1, entropy_coef=0.01)
     losses = {}
-    for ranks, stage in [(1, 0), (2, 3)]:
+    for ranks, stage, packing in [(1, 0, False), (2, 3, False), (2, 3, True)]:
         cfg = load_config("tiny-grpo", [f"learner.num_ranks={ranks}", f"learner.zero_stage={stage}",
-                                        "learner.lr=1e-2", "learner.micro_batch_size=4"]).learner  # fmt: skip
+                                        f"learner.packing={packing}", "learner.lr=1e-2", "learner.micro_batch_size=4"]).learner  # fmt: skip
         group = LearnerGroup(tiny_llama, cfg, needs_reference=True)
         try:
-            losses[ranks] = [group.train_step(batch, spec)["loss"] for _ in range(3)]
+            losses[ranks, packing] = [group.train_step(batch, spec)["loss"] for _ in range(3)]
         finally:
             group.shutdown()
-    assert losses[1][0] != losses[1][2], "training must move the loss"
-    assert losses[2] == pytest.approx(losses[1], rel=1e-4)
+    one_rank = losses[1, False]
+    assert one_rank[0] != one_rank[2], "training must move the loss"
+    assert losses[2, False] == pytest.approx(one_rank, rel=1e-4)
+    assert losses[2, True] == pytest.approx(one_rank, rel=1e-4)  # packed rows train like padded ones
 
 
 def test_set_sync_interval_from_another_process(ray_cluster, tiny_llama, tmp_path):
