@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -163,12 +172,22 @@ class StageConfig(Section):
 
 
 class LoggingConfig(Section):
-    output_dir: str = "runs/{name}"
+    output_dir: str = "runs/{name}-{time}"  # {name}: the run's name, {time}: its start, YYYYmmdd-HHMMSS
     controller_name: str = "syncrl-controller"  # the named actor `syncrl ctl --name` reaches
     progress_bar: bool = True
     ray_metrics: bool = True
     eval_every: int = Field(0, ge=0)  # 0: only before and after training
     weight_checksums: bool = False  # log the learner's and each engine's weight checksum every step (slow)
+
+
+    @field_validator("output_dir")
+    @classmethod
+    def _known_placeholders(cls, v: str) -> str:
+        try:
+            v.format(name="n", time="t")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"only {{name}} and {{time}} may appear in it ({err!r})") from None
+        return v
 
 
 class CheckpointConfig(Section):

@@ -153,7 +153,7 @@ def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None 
             raise ConfigError(f"--resume {resume}: the run's config.yaml differs from the recipe given; resume without a recipe")
         cfg, state = saved, load_state(str(run_dir))
     else:
-        run_dir = Path(output or cfg.logging.output_dir.format(name=cfg.name))
+        run_dir = Path(output or cfg.logging.output_dir.format(name=cfg.name, time=time.strftime("%Y%m%d-%H%M%S")))
         if (run_dir / "metrics.jsonl").exists():
             raise ConfigError(f"run directory {run_dir} already holds a run: use --resume {run_dir} or another --output")
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,7 @@ def test_single_stage_inherits_top_level():
         ("sync.interval=2.5", "sync.interval", "positive integer"),
         ("algorithm.name=ppo", "algorithm.name", "grpo"),
         ("reward.routes.default.kind=reward_model", "reward.routes.default", "model_path"),
+        ("logging.output_dir=runs/{nme}", "logging.output_dir", "{name}"),
     ],
 )
 def test_bad_values_name_the_field(override, field, value):
