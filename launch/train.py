@@ -31,72 +31,93 @@ from rollout.records import Prompt
 from rollout.tasks import ShuffledStream, load_prompts, make_task
 
 
+class Driver:
+    """One run: its actors, its data source, its state. ``run()`` is the loop."""
+
+    def __init__(self, cfg: SyncRLConfig, run_dir: str, state: RunState | None = None):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.model_path, self.stages = resolve_model(cfg.model.path), cfg.resolved_stages()
+        self.algorithms = [make_algorithm(s.algorithm, seed=cfg.seed + i) for i, s in enumerate(self.stages)]
+        self.data = load_data(cfg, self.model_path, self.stages)  # bad data fails here, before any actor starts
+        self.state = state or RunState(sync_interval=self.stages[0].sync.interval)
+        self.groups: list = []
+
+    def __enter__(self) -> Driver:
+        cfg, state = self.cfg, self.state
+        self.controller = start_controller(cfg.logging.controller_name, state.sync_interval, cfg.name, cfg.logging.ray_metrics)
+        try:
+            self.groups.append(rollouts := RolloutGroup(self.model_path, cfg.rollout))
+            self.groups.append(rewards := RewardGroup(cfg.reward))
+            needs_reference = any(a.loss.needs_reference for a in self.algorithms)
+            self.groups.append(learners := LearnerGroup(self.model_path, cfg.learner, cfg.rollout.temperature, needs_reference))
+            self.rollouts, self.rewards, self.learners = rollouts, rewards, learners
+            self.transport = make_transport(cfg.sync.transport, learners, rollouts)
+            restore(self.run_dir, state, learners, rollouts, self.transport)
+        except BaseException:
+            self.__exit__()
+            raise
+        self.source = make_source(cfg, self.data, rollouts, state.data_position)
+        self.log = MetricsLog(self.run_dir, cfg.logging.progress_bar, sum(s.steps for s in self.stages), state.step)
+        return self
+
+    def __exit__(self, *exc) -> None:  # shut down whatever started, however the run ends
+        for group in self.groups:
+            group.shutdown()
+        ray.kill(self.controller)
+
+    def push(self, ref_sync: bool) -> None:
+        """The learner's weights to every engine (and to the reference, with ref_sync)."""
+        self.transport.push(self.learners, self.rollouts, self.state.learner_version)
+        if ref_sync:
+            self.learners.on_all("sync_reference")
+        self.state.engine_version, self.state.steps_since_sync = self.state.learner_version, 0
+
+    def run(self) -> RunState:
+        """For each stage, for each step: generate, score, build, train; push every s steps."""
+        cfg, state = self.cfg, self.state
+        for index in range(state.stage_index, len(self.stages)):
+            stage, algorithm = self.stages[index], self.algorithms[index]
+            if index != state.stage_index:  # a new stage starts from the current policy, with its own s
+                state.begin_stage(index, stage.sync.interval, self.controller)
+                self.push(stage.sync.ref_sync)
+            while state.step_in_stage < stage.steps:
+                s = state.sync_interval = live_sync_interval(self.controller, self.log)
+                t0 = time.perf_counter()
+                samples = self.source.next(state.step, prefetch=stage.sync.overlap and state.step_in_stage + 1 < stage.steps)
+                t1 = time.perf_counter()
+                samples = self.rewards.score(samples) if samples[0].reward is None else samples  # files come scored
+                batch = algorithm.build(samples)
+                t2 = time.perf_counter()
+                loss = {}
+                if batch.sequences:  # a step with no pair (DPO) or no group (GRPO) trains nothing
+                    loss = self.learners.train_step(batch, algorithm.loss)
+                    state.learner_version += 1
+                    state.steps_since_sync += 1
+                t3 = time.perf_counter()
+                if state.steps_since_sync >= s:
+                    self.push(stage.sync.ref_sync)
+                t4 = time.perf_counter()
+                self.end_step(step_record(state, stage.name, s, samples, batch, loss, t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+        save_final(self.run_dir, cfg, state, self.learners, self.model_path)
+        self.log.close()
+        return state
+
+    def end_step(self, record: dict) -> None:
+        """Count the step, log it, checkpoint when due."""
+        state, cfg = self.state, self.cfg
+        if cfg.logging.weight_checksums:
+            record.update(learner_checksum=self.learners.on_all("weights_checksum")[0][:16],
+                          engine_checksums=[c[:16] for c in self.rollouts.weights_checksums()])  # fmt: skip
+        state.step, state.step_in_stage, state.data_position = state.step + 1, state.step_in_stage + 1, self.source.position
+        self.log.write(record, self.controller)
+        if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
+            save_checkpoint(self.run_dir, cfg, state, self.learners, self.controller)
+
+
 def train(cfg: SyncRLConfig, run_dir: str, state: RunState | None = None) -> RunState:
     """Run every stage of ``cfg`` in ``run_dir``; ``state`` continues a checkpointed run."""
-    model_path, stages = resolve_model(cfg.model.path), cfg.resolved_stages()
-    algorithms = [make_algorithm(s.algorithm, seed=cfg.seed + i) for i, s in enumerate(stages)]
-    data = load_data(cfg, model_path, stages)  # bad data fails here, before any actor starts
-    state = state or RunState(sync_interval=stages[0].sync.interval)
-    controller = start_controller(cfg.logging.controller_name, state.sync_interval, cfg.name, cfg.logging.ray_metrics)
-    groups: list = []  # shut down whatever started, however the run ends
-    try:
-        groups.append(rollouts := RolloutGroup(model_path, cfg.rollout))
-        groups.append(rewards := RewardGroup(cfg.reward))
-        needs_reference = any(a.loss.needs_reference for a in algorithms)
-        groups.append(learners := LearnerGroup(model_path, cfg.learner, cfg.rollout.temperature, needs_reference))
-        transport = make_transport(cfg.sync.transport, learners, rollouts)
-        restore(run_dir, state, learners, rollouts, transport)
-        source = make_source(cfg, data, rollouts, state.data_position)
-        log = MetricsLog(run_dir, cfg.logging.progress_bar, sum(s.steps for s in stages), resume_step=state.step)
-        loop(cfg, run_dir, state, stages, algorithms, controller, source, rewards, learners, rollouts, transport, log)
-        save_final(run_dir, cfg, state, learners, model_path)
-        log.close()
-    finally:
-        for group in groups:
-            group.shutdown()
-        ray.kill(controller)
-    return state
-
-
-def loop(cfg, run_dir, state, stages, algorithms, controller, source, rewards, learners, rollouts, transport, log):
-    """For each stage, for each step: generate, score, build, train, and push every s steps."""
-
-    def push(ref_sync: bool) -> None:
-        transport.push(learners, rollouts, state.learner_version)
-        if ref_sync:
-            learners.on_all("sync_reference")
-        state.engine_version, state.steps_since_sync = state.learner_version, 0
-
-    for index in range(state.stage_index, len(stages)):
-        stage, algorithm = stages[index], algorithms[index]
-        if index != state.stage_index:  # a new stage starts from the current policy, with its own s
-            state.begin_stage(index, stage.sync.interval, controller)
-            push(stage.sync.ref_sync)
-        while state.step_in_stage < stage.steps:
-            s = state.sync_interval = live_sync_interval(controller, log)
-            t0 = time.perf_counter()
-            samples = source.next(state.step, prefetch=stage.sync.overlap and state.step_in_stage + 1 < stage.steps)
-            t1 = time.perf_counter()
-            samples = rewards.score(samples) if samples[0].reward is None else samples
-            batch = algorithm.build(samples)
-            t2 = time.perf_counter()
-            loss = {}
-            if batch.sequences:  # a step with no pair (DPO) or no group (GRPO) trains nothing
-                loss = learners.train_step(batch, algorithm.loss)
-                state.learner_version += 1
-                state.steps_since_sync += 1
-            t3 = time.perf_counter()
-            if state.steps_since_sync >= s:
-                push(stage.sync.ref_sync)
-            t4 = time.perf_counter()
-            record = step_record(state, stage.name, s, samples, batch, loss, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
-            if cfg.logging.weight_checksums:
-                record.update(learner_checksum=learners.on_all("weights_checksum")[0][:16],
-                              engine_checksums=[c[:16] for c in rollouts.weights_checksums()])  # fmt: skip
-            state.step, state.step_in_stage, state.data_position = state.step + 1, state.step_in_stage + 1, source.position
-            log.write(record, controller)
-            if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
-                save_checkpoint(run_dir, cfg, state, learners, controller)
+    with Driver(cfg, run_dir, state) as driver:
+        return driver.run()
 
 
 def load_data(cfg: SyncRLConfig, model_path: str, stages) -> list:
