@@ -28,11 +28,14 @@ class Controller:
         self.status: dict[str, Any] = {"step": 0}
         self.events: list[str] = []
         self._pending: list[str] = []
-        self.gauges = {}
+        self.gauges, self.eval_gauges = {}, {}
+        self.last_eval: dict[str, Any] = {}
         if export_metrics:
             from ray.util.metrics import Gauge
 
             self.gauges = {k: Gauge(f"syncrl_{k}", description=k, tag_keys=("run",)) for k in GAUGES}
+            self.eval_gauges = {k: Gauge(f"syncrl_eval_{k}", description=f"eval {k}", tag_keys=("run",))
+                                for k in ("accuracy", "boxed_rate")}  # fmt: skip
 
     def settings(self) -> dict[str, Any]:
         return {"sync_interval": self.sync_interval, "paused": self.paused}
@@ -60,9 +63,15 @@ class Controller:
             if isinstance(value, (int, float)) and math.isfinite(value):
                 gauge.set(float(value), tags={"run": self.run_name})
 
+    def report_eval(self, result: dict[str, Any]) -> None:
+        self.last_eval = dict(result)
+        for key in ("accuracy", "boxed_rate"):
+            if key in self.eval_gauges:
+                self.eval_gauges[key].set(float(result[key]), tags={"run": self.run_name})
+
     def get_status(self) -> dict[str, Any]:
         return {"run": self.run_name, **self.settings(), "sync_interval": self._fmt(self.sync_interval),
-                "status": self.status, "events": self.events[-10:]}  # fmt: skip
+                "status": self.status, "last_eval": self.last_eval, "events": self.events[-10:]}  # fmt: skip
 
     def drain_events(self) -> list[str]:
         """Events since the last call (the driver logs them)."""

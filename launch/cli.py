@@ -39,6 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     ctl_commands.add_parser("pause", help="pause at the next step boundary")
     ctl_commands.add_parser("resume", help="resume a paused run")
 
+    ev = commands.add_parser("eval", help="accuracy of model folders on a task's held-out questions, through vLLM")
+    ev.add_argument("models", nargs="+", help="model folders (or built-in names)")
+    ev.add_argument("--task", required=True, help="a generated task, e.g. add-1digit")
+    ev.add_argument("--recipe", default=None, help="take rollout/reward/data settings from this recipe")
+    ev.add_argument("--num-questions", type=int, default=100)
+    ev.add_argument("--samples", type=int, default=1, help="samples per question (pass@k needs k)")
+    ev.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    ev.add_argument("--max-new-tokens", type=int, default=None)
+    ev.add_argument("--one-shot", action="store_true", help="prompt with one worked example")
+    ev.add_argument("--pass-at", default="1", help="comma-separated k values, e.g. 1,4")
+    ev.add_argument("--output", help="write the results as JSON here")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     prepare = commands.add_parser("prepare-model", help="build or convert a model into a Hugging Face folder")
     prepare.add_argument("name", choices=["tiny-llama", "tiny-qwen2"])
     prepare.add_argument("out_dir")
@@ -55,6 +68,16 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = None if (args.resume and args.recipe is None and not args.overrides) else load_config(args.recipe, args.overrides)
             print(f"run directory: {run(cfg, args.output, args.resume)}")
+        elif args.command == "eval":
+            from launch.evaluate import main as evaluate
+
+            overrides = [f"eval.num_questions={args.num_questions}", f"eval.samples_per_prompt={args.samples}",
+                         f"eval.temperature={args.temperature}", f"data.one_shot={args.one_shot}"]  # fmt: skip
+            if args.max_new_tokens:
+                overrides.append(f"eval.max_new_tokens={args.max_new_tokens}")
+            cfg = load_config(args.recipe, [*overrides, *args.overrides])
+            ks = tuple(int(k) for k in args.pass_at.split(","))
+            return evaluate(args.models, cfg, args.task, ks, args.output)
         elif args.command == "ctl":
             return ctl(args)
         elif args.command == "prepare-model":

@@ -176,7 +176,6 @@ class LoggingConfig(Section):
     controller_name: str = "syncrl-controller"  # the named actor `syncrl ctl --name` reaches
     progress_bar: bool = True
     ray_metrics: bool = True
-    eval_every: int = Field(0, ge=0)  # 0: only before and after training
     weight_checksums: bool = False  # log the learner's and each engine's weight checksum every step (slow)
 
 
@@ -188,6 +187,29 @@ class LoggingConfig(Section):
         except (KeyError, IndexError, ValueError) as err:
             raise ValueError(f"only {{name}} and {{time}} may appear in it ({err!r})") from None
         return v
+
+
+class EvalConfig(Section):
+    """Held-out accuracy during training, through the rollout engines and the reward routes."""
+
+    at_start: bool = False  # before the first step
+    at_end: bool = False  # after the last step (the engines get the final policy first)
+    every_steps: int = Field(0, ge=0)  # also every N steps, at steps where the engines hold the learner's weights
+    task: str | None = None  # a generated task's test split (default: data.task)
+    num_questions: int = Field(100, ge=1)
+    samples_per_prompt: int = Field(1, ge=1)
+    temperature: float = Field(0.0, ge=0)  # 0: greedy
+    max_new_tokens: int | None = None  # default: rollout.max_new_tokens
+
+    @property
+    def enabled(self) -> bool:
+        return self.at_start or self.at_end or self.every_steps > 0
+
+    @model_validator(mode="after")
+    def _greedy_needs_one_sample(self) -> EvalConfig:
+        if self.temperature == 0 and self.samples_per_prompt > 1:
+            raise ValueError("greedy decoding (temperature 0) gives one sample per prompt: raise temperature")
+        return self
 
 
 class CheckpointConfig(Section):
@@ -209,6 +231,7 @@ class SyncRLConfig(Section):
     sync: SyncConfig = Field(default_factory=SyncConfig)
     stages: list[StageConfig] = Field(default_factory=list)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
     @model_validator(mode="after")

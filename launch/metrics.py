@@ -62,6 +62,7 @@ class MetricsLog:
         if path.exists():  # a resumed run: drop the lines past its checkpoint (the killed run wrote them)
             kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
+        self.path = path
         self.file = open(path, "a")
         self.bar = None
         if progress_bar and sys.stderr.isatty():
@@ -83,6 +84,16 @@ class MetricsLog:
             self.bar.set_postfix_str(line.split("] ", 1)[1])
         else:
             print(line, flush=True)
+
+    def eval(self, step: int, result: dict[str, float], controller) -> None:
+        """One evaluation: a line of eval.jsonl, the Controller's eval gauges, the console."""
+        record = {"step": step, **result}
+        with open(self.path.with_name("eval.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        controller.report_eval.remote(record)
+        print(f"eval at step {step} (policy v{result['policy_version']}): accuracy {result['accuracy']:.3f} "
+              f"+- {result['accuracy_stderr']:.3f} over {result['questions']} questions, "
+              f"boxed {result['boxed_rate']:.2f}, len {result['response_len_mean']:.1f}", flush=True)  # fmt: skip
 
     def event(self, text: str) -> None:
         print(f"[controller] {text}", flush=True)

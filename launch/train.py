@@ -22,6 +22,7 @@ from actors.rollout import RolloutGroup
 from actors.weight_sync import make_transport
 from launch.checkpoint import RunState, load_state, restore, save_checkpoint, save_final
 from launch.config import ConfigError, SyncRLConfig, dump_config, load_config
+from launch.evaluate import Evaluator, test_prompts
 from launch.metrics import MetricsLog, live_sync_interval, step_record
 from launch.models import resolve_model
 from launch.sources import FileSource, RolloutSource
@@ -40,6 +41,7 @@ class Driver:
         self.algorithms = [make_algorithm(s.algorithm, seed=cfg.seed + i) for i, s in enumerate(self.stages)]
         self.data = load_data(cfg, self.model_path, self.stages)  # bad data fails here, before any actor starts
         self.state = state or RunState(sync_interval=self.stages[0].sync.interval)
+        self.eval_prompts = test_prompts(cfg) if cfg.eval.enabled else []
         self.groups: list = []
 
     def __enter__(self) -> Driver:
@@ -58,6 +60,7 @@ class Driver:
             raise
         self.source = make_source(cfg, self.data, rollouts, state.data_position)
         self.log = MetricsLog(self.run_dir, cfg.logging.progress_bar, sum(s.steps for s in self.stages), state.step)
+        self.evaluate = Evaluator(rollouts, rewards, self.eval_prompts, cfg.eval, ks=(1, cfg.eval.samples_per_prompt))
         return self
 
     def __exit__(self, *exc) -> None:  # shut down whatever started, however the run ends
@@ -75,6 +78,8 @@ class Driver:
     def run(self) -> RunState:
         """For each stage, for each step: generate, score, build, train; push every s steps."""
         cfg, state = self.cfg, self.state
+        if cfg.eval.at_start and state.step == 0:
+            self.log.eval(state.step, self.evaluate(), self.controller)
         for index in range(state.stage_index, len(self.stages)):
             stage, algorithm = self.stages[index], self.algorithms[index]
             if index != state.stage_index:  # a new stage starts from the current policy, with its own s
@@ -98,6 +103,10 @@ class Driver:
                     self.push(stage.sync.ref_sync)
                 t4 = time.perf_counter()
                 self.end_step(step_record(state, stage.name, s, samples, batch, loss, t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+        if cfg.eval.at_end:
+            if state.engine_version != state.learner_version:  # the engines get the final policy
+                self.push(ref_sync=False)
+            self.log.eval(state.step, self.evaluate(), self.controller)
         save_final(self.run_dir, cfg, state, self.learners, self.model_path)
         self.log.close()
         return state
@@ -110,6 +119,9 @@ class Driver:
                           engine_checksums=[c[:16] for c in self.rollouts.weights_checksums()])  # fmt: skip
         state.step, state.step_in_stage, state.data_position = state.step + 1, state.step_in_stage + 1, self.source.position
         self.log.write(record, self.controller)
+        every = cfg.eval.every_steps
+        if every and state.step % every == 0 and state.engine_version == state.learner_version:
+            self.log.eval(state.step, self.evaluate(), self.controller)
         if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
             save_checkpoint(self.run_dir, cfg, state, self.learners, self.controller)
 
