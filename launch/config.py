@@ -154,6 +154,9 @@ class LearnerConfig(Section):
     micro_batch_size: int = Field(8, ge=1)  # sequences per forward/backward
     packing: bool = False
     gradient_checkpointing: bool = False
+    # CPU: torch threads per rank (0: the machine's cores shared among the ranks). Generation and
+    # training take turns unless sync.overlap is on, so the learner may use every core.
+    cpu_threads: int = Field(0, ge=0)
     seed: int = 0
 
 

@@ -25,6 +25,7 @@ from launch.config import ConfigError, SyncRLConfig, dump_config, load_config
 from launch.evaluate import Evaluator, test_prompts
 from launch.metrics import MetricsLog, live_sync_interval, step_record
 from launch.models import resolve_model
+from launch.plots import plot_run
 from launch.sources import FileSource, RolloutSource
 from rollout.algorithms import make_algorithm
 from rollout.offline import file_kind, load_offline_groups
@@ -109,6 +110,7 @@ class Driver:
             self.log.eval(state.step, self.evaluate(), self.controller)
         save_final(self.run_dir, cfg, state, self.learners, self.model_path)
         self.log.close()
+        print(f"progress plot: {plot_run(self.run_dir)}", flush=True)
         return state
 
     def end_step(self, record: dict) -> None:

@@ -72,6 +72,8 @@ class LearnerRank:
         self.rank, self.world_size, self.cfg, self.temperature = rank, world_size, cfg, temperature
         self.backend = init_distributed(rank, world_size, master_addr, master_port)
         self.gpu = torch.cuda.is_available()
+        if not self.gpu:  # Ray sets OMP_NUM_THREADS=1 in a 1-CPU actor; a CPU learner wants more
+            torch.set_num_threads(cfg.cpu_threads or max(1, len(os.sched_getaffinity(0)) // world_size))
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}") if self.gpu else torch.device("cpu")
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)

@@ -1,0 +1,46 @@
+"""A run's progress as a PNG: training reward per step and held-out accuracy at each evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    steps, evals = _read(run_dir / "metrics.jsonl"), _read(run_dir / "eval.jsonl")
+    if not steps:
+        raise FileNotFoundError(f"{run_dir}/metrics.jsonl: no steps to plot")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = [r["step"] for r in steps]
+    ax.plot(x, [r["reward_mean"] for r in steps], color="tab:blue", alpha=0.5, label="train reward (per step)")
+    window = max(1, len(x) // 10)
+    smooth = [sum(r["reward_mean"] for r in steps[max(0, i - window + 1) : i + 1]) / len(steps[max(0, i - window + 1) : i + 1])
+              for i in range(len(steps))]  # fmt: skip
+    ax.plot(x, smooth, color="tab:blue", label=f"train reward ({window}-step mean)")
+    if evals:
+        ax.errorbar([e["step"] for e in evals], [e["accuracy"] for e in evals],
+                    yerr=[e["accuracy_stderr"] for e in evals], color="tab:red", marker="o", capsize=3,
+                    label=f"held-out accuracy ({evals[0]['questions']} questions)")  # fmt: skip
+    ax.set_xlabel("learner step")
+    if all(0 <= r["reward_mean"] <= 1 for r in steps):  # verifier rewards and accuracies share [0, 1]
+        ax.set_ylim(-0.02, 1.02)
+    stages = sorted({r["stage"] for r in steps}, key=[r["stage"] for r in steps].index)
+    intervals = sorted({str(r["sync_interval"]) for r in steps})
+    ax.set_title(f"{run_dir.name}: stages {', '.join(stages)}; sync interval {', '.join(intervals)}", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    out = Path(out or run_dir / "progress.png")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
