@@ -25,6 +25,18 @@ class ActorMixin:
         return ray.util.get_node_ip_address()
 
 
+def wait_ready(group: Any) -> None:
+    """Wait until every actor of ``group.workers`` has started; if one fails, stop them all
+    (nothing is left running) and raise its error."""
+    import ray
+
+    try:
+        ray.get([w.__ray_ready__.remote() for w in group.workers])
+    except BaseException:
+        group.shutdown()
+        raise
+
+
 def free_port() -> int:
     """A TCP port free on this node right now."""
     with socket.socket() as s:

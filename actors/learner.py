@@ -6,7 +6,7 @@ from typing import Any
 
 import ray
 
-from actors.common import ActorMixin, free_port
+from actors.common import ActorMixin, free_port, wait_ready
 from learner.objective import Totals, micro_batches, split_batch
 from learner.trainer import LearnerRank
 from rollout.records import LossSpec, TrainBatch
@@ -31,7 +31,7 @@ class LearnerGroup:
             )
             for rank in range(cfg.num_ranks)
         ]
-        ray.get([w.__ray_ready__.remote() for w in self.workers])
+        wait_ready(self)
 
     def train_step(self, batch: TrainBatch, spec: LossSpec) -> dict[str, float]:
         shards = split_batch(batch, len(self.workers))

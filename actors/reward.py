@@ -7,7 +7,7 @@ from typing import Any
 
 import ray
 
-from actors.common import join, split_evenly
+from actors.common import join, split_evenly, wait_ready
 from rewards.router import RewardRouter, Route
 from rollout.records import Sample
 
@@ -33,6 +33,7 @@ class RewardGroup:
 
     def __init__(self, cfg: Any) -> None:
         self.workers = [RewardWorker.remote(cfg.routes, cfg.default) for _ in range(cfg.num_workers)]
+        wait_ready(self)
 
     def score(self, samples: list[Sample]) -> list[Sample]:
         chunks = split_evenly(samples, len(self.workers))

@@ -6,7 +6,7 @@ from typing import Any
 
 import ray
 
-from actors.common import ActorMixin, join, split_evenly
+from actors.common import ActorMixin, join, split_evenly, wait_ready
 from rollout.engine import RolloutEngine
 from rollout.records import Prompt, Sample
 
@@ -26,7 +26,7 @@ class RolloutGroup:
             RolloutWorker.options(num_cpus=cfg.num_cpus_per_worker, num_gpus=gpus).remote(model_path, cfg, i, n)
             for i in range(n)
         ]
-        ray.get([w.__ray_ready__.remote() for w in self.workers])  # surface start-up errors here
+        wait_ready(self)
 
     def generate_refs(self, prompts: list[Prompt], n: int | None = None, seed: int | None = None,
                       **sampling: Any) -> list[ray.ObjectRef]:  # fmt: skip

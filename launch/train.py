@@ -166,17 +166,18 @@ def required_cpus(cfg: SyncRLConfig) -> int:
 
 
 def connect_ray(cfg: SyncRLConfig) -> bool:
-    """Attach to the running cluster (RAY_ADDRESS, or one started with `ray start`), else start a
-    local one with enough logical CPUs for the run's actors. Returns True if it started one."""
+    """Attach to the cluster named by RAY_ADDRESS (as inside ``ray job submit``) or started on this
+    machine with ``ray start``; else start a local one with enough logical CPUs for the run's
+    actors. Returns True if it started one."""
     if ray.is_initialized():
         return False
-    try:
-        ray.init(address="auto", namespace=NAMESPACE, log_to_driver=True)
+    address = os.environ.get("RAY_ADDRESS")
+    if address or Path("/tmp/ray/ray_current_cluster").is_file():  # never guess among other clusters
+        ray.init(address=address or "auto", namespace=NAMESPACE, log_to_driver=True)
         return False
-    except ConnectionError:
-        ray.init(address="local", namespace=NAMESPACE, num_cpus=max(os.cpu_count() or 1, required_cpus(cfg)),
-                 include_dashboard=False)  # fmt: skip
-        return True
+    ray.init(address="local", namespace=NAMESPACE, num_cpus=max(os.cpu_count() or 1, required_cpus(cfg)),
+             include_dashboard=False)  # fmt: skip
+    return True
 
 
 def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None = None) -> Path:

@@ -305,3 +305,24 @@ def test_reference_sync_makes_the_reference_the_policy(ray_cluster, tiny_llama):
         group.shutdown()
     assert kl[0] == pytest.approx(0.0, abs=1e-7) and kl[2] > 1e-4
     assert after == pytest.approx(0.0, abs=1e-7)
+
+
+def test_a_crashed_worker_is_reported_and_nothing_is_left(ray_cluster, tiny_llama, tmp_path):
+    """A rollout worker that dies mid-run ends the run with Ray's actor error, and the run's other
+    actors (and its named Controller) are stopped."""
+    import ray
+
+    from actors.controller import NAMESPACE
+    from launch.train import Driver
+
+    cfg = tiny_config("tiny-grpo", tiny_llama, "steps=3", "logging.controller_name=crash-test")
+    with pytest.raises(ray.exceptions.RayActorError):
+        with Driver(cfg, str(tmp_path)) as driver:
+            handles = [*driver.rollouts.workers, *driver.rewards.workers, *driver.learners.workers, driver.controller]
+            ray.kill(driver.rollouts.workers[0])
+            driver.run()
+    for handle in handles:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(handle.__ray_ready__.remote(), timeout=30)
+    with pytest.raises(ValueError):
+        ray.get_actor("crash-test", namespace=NAMESPACE)
