@@ -61,42 +61,56 @@ def build_tokenizer(vocab_size: int = 512):
     return fast
 
 
-def build_tiny_model(out_dir: str | Path, arch: str = "llama", tie_word_embeddings: bool = True, seed: int = 0) -> Path:
-    """Write a random tiny causal LM and its tokenizer to ``out_dir`` (a Hugging Face folder)."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
-
-    tokenizer = build_tokenizer()
-    common = dict(
+def _tiny_config(tokenizer, hidden_size: int, **extra) -> dict:
+    """Config fields shared by the tiny models: 2 layers, head_dim 32 (vLLM's CPU attention
+    supports it), the tokenizer's special tokens, fp32."""
+    return dict(
         vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
-        num_attention_heads=4,  # head_dim 32: supported by vLLM's CPU attention
-        num_key_value_heads=2,
+        num_attention_heads=hidden_size // 32,
+        num_key_value_heads=max(1, hidden_size // 64),
         max_position_embeddings=1024,
-        tie_word_embeddings=tie_word_embeddings,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
         torch_dtype="float32",
+        **extra,
     )
-    if arch not in ("llama", "qwen2"):
-        raise ValueError(f"arch must be 'llama' or 'qwen2', got {arch!r}")
-    config = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
+
+
+def _save_random(make_model, tokenizer, out_dir: str | Path, seed: int) -> Path:
+    """Build a model with seeded weights drawn wider than the default init (so samples and scores
+    are not near-uniform) and save it with the tokenizer as a Hugging Face folder."""
+    import torch
+
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():  # larger logits than the default init: samples are not uniform noise
+    model = make_model().to(torch.float32)
+    with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.08)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if model.can_generate():
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+def build_tiny_model(out_dir: str | Path, arch: str = "llama", tie_word_embeddings: bool = True, seed: int = 0) -> Path:
+    """Write a random tiny causal LM and its tokenizer to ``out_dir`` (a Hugging Face folder)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    if arch not in ("llama", "qwen2"):
+        raise ValueError(f"arch must be 'llama' or 'qwen2', got {arch!r}")
+    tokenizer = build_tokenizer()
+    fields = _tiny_config(tokenizer, 128, tie_word_embeddings=tie_word_embeddings)
+    config = LlamaConfig(**fields) if arch == "llama" else Qwen2Config(**fields)
+    return _save_random(lambda: AutoModelForCausalLM.from_config(config), tokenizer, out_dir, seed)
 
 
 def resolve_model(path: str) -> str:
@@ -140,34 +154,10 @@ def _build_once(target: Path, build) -> Path:
 
 
 def build_tiny_reward_model(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a random tiny reward model (a one-logit Llama sequence classifier) and its
-    tokenizer, with its chat template, to ``out_dir`` (a Hugging Face folder)."""
-    import torch
+    """Write a random tiny reward model (a one-logit Llama sequence classifier; it reads each
+    row's last non-pad token) and its tokenizer, with its chat template, to ``out_dir``."""
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     tokenizer = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,  # the classifier reads each row's last non-pad token
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-        torch_dtype="float32",
-    )
-    torch.manual_seed(seed)
-    model = LlamaForSequenceClassification(config).to(torch.float32)
-    with torch.no_grad():  # the default init gives near-constant scores; spread them out
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.08)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out
+    config = LlamaConfig(**_tiny_config(tokenizer, 64, num_labels=1))
+    return _save_random(lambda: LlamaForSequenceClassification(config), tokenizer, out_dir, seed)
