@@ -14,6 +14,8 @@ from typing import Any
 
 import ray
 
+from launch.config import SyncConfig, interval_text
+
 NAMESPACE = "syncrl"
 DEFAULT_NAME = "syncrl-controller"
 GAUGES = ("reward_mean", "loss", "entropy_mean", "staleness_mean", "staleness_max", "sync_interval",
@@ -41,10 +43,8 @@ class Controller:
         return {"sync_interval": self.sync_interval, "paused": self.paused}
 
     def set_sync_interval(self, interval: Any) -> float:
-        from launch.config import SyncConfig
-
         value = SyncConfig(interval=interval).interval  # the same validation as a recipe
-        self._event(f"sync_interval {self._fmt(self.sync_interval)} -> {self._fmt(value)} (from the next step)")
+        self._event(f"sync_interval {interval_text(self.sync_interval)} -> {interval_text(value)} (from the next step)")
         self.sync_interval = value
         return value
 
@@ -70,7 +70,7 @@ class Controller:
                 self.eval_gauges[key].set(float(result[key]), tags={"run": self.run_name})
 
     def get_status(self) -> dict[str, Any]:
-        return {"run": self.run_name, **self.settings(), "sync_interval": self._fmt(self.sync_interval),
+        return {"run": self.run_name, **self.settings(), "sync_interval": interval_text(self.sync_interval),
                 "status": self.status, "last_eval": self.last_eval, "events": self.events[-10:]}  # fmt: skip
 
     def drain_events(self) -> list[str]:
@@ -82,10 +82,6 @@ class Controller:
         line = f"{time.strftime('%H:%M:%S')} {text}"
         self.events.append(line)
         self._pending.append(line)
-
-    @staticmethod
-    def _fmt(v: float) -> str | int:
-        return "inf" if math.isinf(v) else int(v)
 
 
 ControllerActor = ray.remote(num_cpus=0)(Controller)

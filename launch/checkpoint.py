@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 from pathlib import Path
 
 import ray
 
-from launch.config import SyncRLConfig, dump_config
+from launch.config import SyncRLConfig, dump_config, interval_text, parse_interval
 
 ENGINE_WEIGHTS = "engine_weights.safetensors"
 
@@ -40,13 +39,13 @@ class RunState:
 
     def to_json(self) -> str:
         fields = dataclasses.asdict(self)
-        fields["sync_interval"] = "inf" if math.isinf(self.sync_interval) else self.sync_interval
+        fields["sync_interval"] = interval_text(self.sync_interval)
         return json.dumps(fields, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> RunState:
         fields = json.loads(text)
-        fields["sync_interval"] = float(fields["sync_interval"]) if fields["sync_interval"] == "inf" else fields["sync_interval"]
+        fields["sync_interval"] = parse_interval(fields["sync_interval"])
         return cls(**fields)
 
 

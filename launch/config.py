@@ -32,7 +32,7 @@ class ConfigError(ValueError):
     """A recipe or override that does not validate; the message names each field."""
 
 
-def _parse_interval(value: Any) -> float | int:
+def parse_interval(value: Any) -> float | int:
     if isinstance(value, str) and value.strip().lower() in {"inf", ".inf", "infinity", "offline"}:
         return math.inf
     if isinstance(value, float) and math.isinf(value) and value > 0:
@@ -48,11 +48,16 @@ def _parse_interval(value: Any) -> float | int:
     return number
 
 
+def interval_text(value: float) -> str | int:
+    """A sync interval as written in recipes, metrics and status: an int, or "inf"."""
+    return "inf" if math.isinf(value) else int(value)
+
+
 # A sync interval: a positive int, or math.inf (written "inf" in YAML and on the command line).
 SyncInterval = Annotated[
     float | int,
-    BeforeValidator(_parse_interval),
-    PlainSerializer(lambda v: "inf" if math.isinf(v) else int(v), return_type=Any),
+    BeforeValidator(parse_interval),
+    PlainSerializer(interval_text, return_type=Any),
 ]
 
 

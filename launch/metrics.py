@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import ray
 
+from launch.config import interval_text
 from rollout.records import Sample, TrainBatch
 
 
@@ -32,7 +32,7 @@ def step_record(state, stage: str, sync_interval: float, samples: list[Sample], 
         "stage": stage,
         "policy_version": state.learner_version,
         "engine_version": state.engine_version,
-        "sync_interval": "inf" if math.isinf(sync_interval) else int(sync_interval),
+        "sync_interval": interval_text(sync_interval),
         "staleness_mean": _mean(staleness),
         "staleness_max": max(staleness, default=0),
         "sample_versions": sorted({s.policy_version for s in samples}),
@@ -69,7 +69,6 @@ class MetricsLog:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, desc="syncrl", unit="step")
-        self.started = time.time()
 
     def write(self, record: dict[str, Any], controller) -> None:
         self.file.write(json.dumps(record) + "\n")
