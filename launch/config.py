@@ -126,6 +126,7 @@ class RewardRoute(Section):
     kind: Literal["math_verify", "reward_model"] = "math_verify"
     model_path: str | None = None  # reward_model: a sequence-classification model folder
     timeout_s: float = Field(5.0, gt=0)  # math_verify: per-answer grading time limit
+    require_boxed: bool = False  # math_verify: only an answer inside \boxed{} counts (format-strict)
     batch_size: int = Field(16, ge=1)
 
     @model_validator(mode="after")

@@ -108,14 +108,17 @@ def warmup() -> None:
 class MathVerifier(RewardFunction):
     """Reward 1.0 for a response whose final answer equals ``Sample.answer``, else 0.0.
 
-    ``timeout_s`` bounds each answer's grading; ``memory_limit_mb`` caps the grader process's
+    ``require_boxed``: only an answer inside a closed ``\\boxed{}`` counts (a format-strict
+    reward, as the prompt asks for the box); a correct bare number gets 0 with ``correct`` False
+    and ``unboxed_correct`` True in the info. ``timeout_s`` bounds each answer's grading; ``memory_limit_mb`` caps the grader process's
     address space (a runaway computation fails instead of eating the machine). Thread-safe.
     """
 
     def __init__(
-        self, timeout_s: float = 5.0, memory_limit_mb: int | None = 4096, startup_timeout_s: float = 60.0
+        self, timeout_s: float = 5.0, memory_limit_mb: int | None = 4096, startup_timeout_s: float = 60.0,
+        require_boxed: bool = False,
     ) -> None:
-        self.timeout_s = timeout_s
+        self.timeout_s, self.require_boxed = timeout_s, require_boxed
         self._grader = GraderProcess("rewards.math_verify:grade", startup_timeout_s, memory_limit_mb)
         self._lock = threading.Lock()
         self._counts = {"graded": 0, "correct": 0, "no_answer": 0, "timed_out": 0, "errors": 0}
@@ -159,6 +162,8 @@ class MathVerifier(RewardFunction):
             info.update(timed_out=True, error=f"grading took longer than {self.timeout_s} s")
         except GraderError as err:
             info["error"] = str(err)
+        if self.require_boxed and found.source != "boxed":
+            info.update(unboxed_correct=info["correct"], correct=False)
         return RewardResult(1.0 if info["correct"] else 0.0, info)
 
     def stats(self) -> dict[str, int]:

@@ -32,7 +32,7 @@ def build_scorer(route: Route) -> RewardFunction:
     if route.kind == "math_verify":
         from rewards.math_verify import MathVerifier
 
-        return MathVerifier(timeout_s=route.timeout_s)
+        return MathVerifier(timeout_s=route.timeout_s, require_boxed=route.require_boxed)
     if route.kind == "reward_model":
         from rewards.reward_model import RewardModelScorer
 

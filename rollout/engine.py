@@ -49,7 +49,10 @@ class RolloutEngine:
         memory = (
             dict(gpu_memory_utilization=cfg.gpu_memory_utilization)
             if gpu
-            else dict(kv_cache_memory_bytes=int(cfg.cpu_kv_cache_gib * 2**30))
+            # No chunked prefill on CPU: a seeded request whose prompt is split across two engine
+            # steps makes vLLM rewind its generator, which CPU generators cannot do (the engine
+            # dies with "CPU Generator does not use offset" once a batch passes 4096 tokens).
+            else dict(kv_cache_memory_bytes=int(cfg.cpu_kv_cache_gib * 2**30), enable_chunked_prefill=False)
         )
         self.cfg = cfg
         self.llm = LLM(

@@ -47,6 +47,8 @@ def summarize(samples: list[Sample], ks: tuple[int, ...] = (1,)) -> dict[str, fl
         "samples_per_question": n,
         "response_len_mean": sum(s.response_len for s in samples) / len(samples),
         "boxed_rate": sum(s.reward_info.get("source") == "boxed" for s in samples) / len(samples),
+        # correct whatever the format: differs from accuracy when the reward requires \boxed{}
+        "correct_any_format": sum(is_correct(s) or bool(s.reward_info.get("unboxed_correct")) for s in samples) / len(samples),
         "truncated_rate": sum(s.finish_reason == "length" for s in samples) / len(samples),
     }
     for k in ks:
@@ -58,7 +60,7 @@ def summarize(samples: list[Sample], ks: tuple[int, ...] = (1,)) -> dict[str, fl
 def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
     """A plain-text table: one row per evaluated model/step, the main metrics as columns."""
     keys = ["accuracy", "accuracy_stderr", *sorted({k for _, r in rows for k in r if k.startswith("pass@")}),
-            "response_len_mean", "boxed_rate", "truncated_rate", "questions"]  # fmt: skip
+            "correct_any_format", "response_len_mean", "boxed_rate", "truncated_rate", "questions"]  # fmt: skip
     header = ["model", *keys]
     body = [[name, *(f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys)] for name, r in rows]
     widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]

@@ -148,6 +148,16 @@ def test_verifier_direct(verifier):
     assert missing.reward == 0.0 and missing.info["error"] == "no reference answer"
 
 
+def test_verifier_requiring_the_box_counts_only_boxed_answers():
+    strict = MathVerifier(timeout_s=5.0, require_boxed=True)
+    try:
+        cases = ["So 3 + 4 = \\boxed{7}.", "3 + 4 = 7", "3 + 4 = \\boxed{8}", "It is \\boxed{7"]
+        got = [(r.reward, r.info["source"], r.info.get("unboxed_correct")) for r in strict.score([sample(c, "7") for c in cases])]
+        assert got == [(1.0, "boxed", None), (0.0, "number", True), (0.0, "boxed", None), (0.0, "boxed_unclosed", True)]
+    finally:
+        strict.close()
+
+
 def test_verifier_batch_of_64_is_fast(verifier):
     batch = [sample(f"{i} + {i} = \\boxed{{{2 * i}}}", str(2 * i + (i % 4 == 0))) for i in range(64)]
     verifier.start()

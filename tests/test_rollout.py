@@ -87,6 +87,16 @@ def test_samples_are_complete_records(engine, tiny_llama):
     assert_matches_hf(samples, hf_model(tiny_llama))
 
 
+def test_seeded_batch_larger_than_one_engine_step(engine):
+    """More prompt tokens than one engine step takes (4096): on CPU, chunked prefill of a seeded
+    request crashed the engine ("CPU Generator does not use offset"). Seeded outputs repeat."""
+    long = [Prompt(id=f"l{i}", messages=[{"role": "user", "content": f"What is {i} + {i}? " * 12}]) for i in range(60)]
+    first = engine.generate(long, n=2, seed=5, max_tokens=4)
+    assert sum(len(s.prompt_ids) for s in first) > 4096 and len(first) == 120
+    again = engine.generate(long[:3], n=2, seed=5, max_tokens=4)
+    assert [s.response_ids for s in again] == [s.response_ids for s in first[:6]]
+
+
 def test_weight_update_matches_hf_greedy_of_new_weights(engine, tiny_llama, model_b_llama):
     """Tied embeddings: the CPU backend's prepacked lm_head must follow the new embedding."""
     before = engine.generate(PROMPTS, n=1, temperature=0)

@@ -46,3 +46,21 @@ def test_load_prompts_errors_name_the_line(tmp_path):
     f.write_text(json.dumps({"prompt": "2+2?", "answer": 4}) + "\n" + json.dumps({"question": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"p.jsonl:2"):
         load_prompts(str(f))
+
+
+def test_gsm_symbolic_is_split_by_template_with_the_generators_answers():
+    reasoning_gym = pytest.importorskip("reasoning_gym")
+    from rollout.tasks import GSM_TEST_TEMPLATES
+
+    train, test = make_task("gsm_symbolic", num_train=60, num_test=20, seed=7)
+    assert (len(train), len(test)) == (60, 20) and (train, test) == make_task("gsm_symbolic", 60, 20, seed=7)
+    # Independently: regenerate the dataset and look up each question's template and answer.
+    ds = reasoning_gym.create_dataset("gsm_symbolic", size=500, seed=7)
+    truth = {}
+    for i in range(len(ds)):
+        truth.setdefault(ds[i]["question"], (ds.task_indices[i], str(ds[i]["answer"])))
+    for split, held_out in ((train, False), (test, True)):
+        for p in split:
+            question = p.messages[-1]["content"].removesuffix(" Put your final answer in \\boxed{}.")
+            template, answer = truth[question]
+            assert (template % GSM_TEST_TEMPLATES == 0) is held_out and p.answer == answer
