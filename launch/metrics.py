@@ -46,6 +46,8 @@ def step_record(state, stage: str, sync_interval: float, samples: list[Sample], 
         **{k: v for k, v in loss.items() if k not in ("loss", "entropy", "kl", "tokens")},
         **{f"batch_{k}": v for k, v in batch.counts.items()},
         "sequences": len(batch.sequences),
+        "tokens_generated": sum(s.response_len for s in samples if s.policy_version >= 0),  # file samples: none
+        "tokens_trained": tokens,  # prompt + response tokens the learner ran forward and backward
         "trained": bool(loss),
         "time_gen_s": gen,
         "time_score_s": score,

@@ -1,0 +1,173 @@
+"""``syncrl experiment``: arms x seeds of one base recipe, run one after another, then summarized.
+
+An experiments file (``launch/experiments/paper.yaml``) names a base recipe, the seeds, and per
+experiment its arms: partial configurations merged over the recipe. Every (arm, seed) run keeps
+its run directory under ``OUT/EXPERIMENT/ARM/seedN``; a run whose ``final/`` exists is not run
+again, so an interrupted experiment continues where it stopped. The summary (``OUT/EXPERIMENT.md``
+and ``OUT/EXPERIMENT.png``) gives per arm the held-out accuracy before and after (mean +- standard
+error over seeds), the change, response length, and compute (generated and trained tokens).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from launch.config import ConfigError, SyncRLConfig, config_from_dict, resolve_recipe
+
+EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
+
+
+def merge(base: dict, update: dict) -> dict:
+    """``update`` over ``base``: mappings merge key by key, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
+    return out
+
+
+def load_experiments(path: str) -> dict:
+    file = Path(path) if Path(path).is_file() else EXPERIMENTS_DIR / f"{path}.yaml"
+    if not file.is_file():
+        known = ", ".join(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+        raise ConfigError(f"experiments file {path!r} not found (a path, or one of: {known})")
+    spec = yaml.safe_load(file.read_text())
+    for key in ("recipe", "seeds", "experiments"):
+        if key not in spec:
+            raise ConfigError(f"{file}: missing {key!r}")
+    return spec
+
+
+def arm_configs(spec: dict, experiment: str, seeds: list[int], overrides: dict | None = None) -> dict[tuple[str, int], SyncRLConfig]:
+    """Every (arm, seed) configuration, validated before anything runs."""
+    if experiment not in spec["experiments"]:
+        raise ConfigError(f"unknown experiment {experiment!r}; known: {', '.join(spec['experiments'])}")
+    base = yaml.safe_load(resolve_recipe(spec["recipe"]).read_text())
+    configs = {}
+    for arm, settings in spec["experiments"][experiment]["arms"].items():
+        for seed in seeds:
+            tree = merge(merge(base, settings or {}), overrides or {})
+            tree = merge(tree, {"name": f"{experiment}-{arm}-seed{seed}", "seed": seed,
+                                "rollout": {"seed": seed}, "learner": {"seed": seed}})  # fmt: skip
+            configs[arm, seed] = config_from_dict(tree, f"experiment {experiment}, arm {arm}")
+    return configs
+
+
+def run_arms(configs: dict[tuple[str, int], SyncRLConfig], out: Path) -> None:
+    from launch.train import run
+
+    for (arm, seed), cfg in configs.items():
+        run_dir = out / arm / f"seed{seed}"
+        if (run_dir / "final").is_dir():
+            print(f"[experiment] {arm} seed {seed}: done before, kept ({run_dir})", flush=True)
+            continue
+        if run_dir.exists():  # an interrupted run: start it again from scratch
+            shutil.rmtree(run_dir)
+        print(f"[experiment] {arm} seed {seed} -> {run_dir}", flush=True)
+        run(cfg, output=str(run_dir))
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def run_summary(run_dir: Path) -> dict[str, float]:
+    evals, steps = _read_jsonl(run_dir / "eval.jsonl"), _read_jsonl(run_dir / "metrics.jsonl")
+    if not evals or not steps:
+        raise ValueError(f"{run_dir}: no eval.jsonl or metrics.jsonl")
+    first, last = evals[0], evals[-1]
+    return {
+        "accuracy_start": first["accuracy"],
+        "accuracy_end": last["accuracy"],
+        "gain": last["accuracy"] - first["accuracy"],
+        "eval_len_end": last["response_len_mean"],
+        "train_len_first": steps[0]["response_len_mean"],
+        "train_len_last": steps[-1]["response_len_mean"],
+        "reward_last3": sum(s["reward_mean"] for s in steps[-3:]) / len(steps[-3:]),
+        "tokens_generated": sum(s.get("tokens_generated", 0) for s in steps),
+        "tokens_trained": sum(s.get("tokens_trained", 0) for s in steps),
+        "minutes": sum(s["time_gen_s"] + s["time_score_s"] + s["time_train_s"] + s["time_sync_s"] for s in steps) / 60,
+    }
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else float("nan")
+    return mean, se
+
+
+def summarize(spec: dict, experiment: str, seeds: list[int], out: Path, command: str) -> str:
+    """The experiment's Markdown table (and a plot next to it), from the run directories."""
+    exp = spec["experiments"][experiment]
+    out.mkdir(parents=True, exist_ok=True)
+    header = ["arm", "seeds", "accuracy before", "accuracy after", "change", "train len first -> last",
+              "eval len after", "generated tokens", "trained tokens"]  # fmt: skip
+    lines = [f"## {exp['title']}", "", f"Claim tested: {exp['claim']}.", "", f"Command: `{command}`", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+    curves = {}
+    for arm in exp["arms"]:
+        runs = [out / arm / f"seed{s}" for s in seeds if (out / arm / f"seed{s}" / "eval.jsonl").is_file()]
+        if not runs:
+            lines.append(f"| {arm} | 0 | not run | | | | | | |")
+            continue
+        sums = [run_summary(r) for r in runs]
+        col = lambda k, fmt="{:.3f}": "{} +- {}".format(*(fmt.format(v) for v in mean_se([s[k] for s in sums])))  # noqa: E731
+        lines.append(f"| {arm} | {len(runs)} | {col('accuracy_start')} | {col('accuracy_end')} | {col('gain')} | "
+                     f"{col('train_len_first', '{:.1f}')} -> {col('train_len_last', '{:.1f}')} | {col('eval_len_end', '{:.1f}')} | "
+                     f"{mean_se([s['tokens_generated'] for s in sums])[0]:.0f} | {mean_se([s['tokens_trained'] for s in sums])[0]:.0f} |")  # fmt: skip
+        curves[arm] = [_read_jsonl(r / "metrics.jsonl") for r in runs]
+    plot = _plot(curves, out / f"{experiment}.png", exp["title"])
+    if plot:
+        lines += ["", f"![{experiment}]({plot.name})"]
+    text = "\n".join(lines) + "\n"
+    (out / f"{experiment}.md").write_text(text)
+    return text
+
+
+def _plot(curves: dict[str, list[list[dict]]], path: Path, title: str) -> Path | None:
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_r, ax_l) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for arm, runs in curves.items():
+        steps = min(len(r) for r in runs)
+        for ax, key in ((ax_r, "reward_mean"), (ax_l, "response_len_mean")):
+            ys = [sum(r[i][key] for r in runs) / len(runs) for i in range(steps)]
+            ax.plot(range(1, steps + 1), ys, label=arm)
+    ax_r.set(xlabel="learner step", ylabel="training reward (mean over seeds)")
+    ax_l.set(xlabel="learner step", ylabel="response length (tokens)")
+    ax_r.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(spec_path: str, experiment: str, seeds: list[int] | None, out: str, overrides: list[str],
+         summary_only: bool) -> int:  # fmt: skip
+    from launch.config import apply_override
+
+    spec = load_experiments(spec_path)
+    seeds = seeds or spec["seeds"]
+    tree: dict[str, Any] = {}
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    configs = arm_configs(spec, experiment, seeds, tree)  # every arm validated before any run
+    out_dir = Path(out) / experiment
+    if not summary_only:
+        run_arms(configs, out_dir)
+    command = f"syncrl experiment {spec_path} {experiment}" + "".join(f" --set {o}" for o in overrides)
+    print(summarize(spec, experiment, seeds, out_dir, command))
+    return 0

@@ -1,0 +1,63 @@
+"""``syncrl experiment``: arms x seeds run on the tiny model, resumable, summarized from the runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launch.config import ConfigError
+from launch.experiment import arm_configs, main, mean_se, merge
+
+SPEC = {
+    "recipe": "tiny-grpo",
+    "seeds": [0, 1],
+    "experiments": {"mini": {"title": "Mini", "claim": "none", "arms": {
+        "grpo": {"algorithm": {"name": "grpo"}},
+        "offline-dpo": {"algorithm": {"name": "dpo"}, "sync": {"interval": "inf"}},
+    }}},
+}  # fmt: skip
+TINY = ["steps=2", "rollout.max_new_tokens=8", "rollout.cpu_kv_cache_gib=0.25", "logging.progress_bar=false",
+        "eval.at_start=true", "eval.at_end=true", "eval.num_questions=5"]  # fmt: skip
+
+
+def test_merge_and_arm_configs():
+    assert merge({"a": {"b": 1, "c": [1]}, "d": 1}, {"a": {"c": [2]}, "e": 3}) == {"a": {"b": 1, "c": [2]}, "d": 1, "e": 3}
+    configs = arm_configs(SPEC, "mini", [0, 3], {"learner": {"lr": 0.5}})
+    assert sorted(configs) == [("grpo", 0), ("grpo", 3), ("offline-dpo", 0), ("offline-dpo", 3)]
+    dpo = configs["offline-dpo", 3]
+    assert (dpo.algorithm.name, dpo.sync.interval, dpo.learner.lr) == ("dpo", float("inf"), 0.5)
+    assert (dpo.seed, dpo.rollout.seed, dpo.learner.seed, dpo.data.task) == (3, 3, 3, "add-1digit")  # recipe kept
+    with pytest.raises(ConfigError, match="unknown experiment"):
+        arm_configs(SPEC, "other", [0])
+    bad = merge(SPEC, {"experiments": {"mini": {"arms": {"grpo": {"algorithm": {"nme": "x"}}}}}})
+    with pytest.raises(ConfigError, match="arm grpo"):
+        arm_configs(bad, "mini", [0])
+    assert mean_se([1.0, 2.0, 3.0]) == (2.0, pytest.approx((1 / 3) ** 0.5))
+
+
+@pytest.mark.system
+def test_experiment_runs_every_arm_and_seed_once(ray_cluster, tiny_llama, tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    overrides = [f"model.path={tiny_llama}", *TINY]
+    assert main(str(spec), "mini", None, str(tmp_path / "out"), overrides, summary_only=False) == 0
+    out = tmp_path / "out" / "mini"
+    table = (out / "mini.md").read_text()
+    for arm in ("grpo", "offline-dpo"):
+        finals = []
+        for seed in (0, 1):
+            run = out / arm / f"seed{seed}"
+            assert (run / "final" / "config.json").is_file()
+            evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+            assert [e["step"] for e in evals] == [0, 2]
+            finals.append(evals[-1]["accuracy"])
+        row = next(line for line in table.splitlines() if line.startswith(f"| {arm} |"))
+        mean, se = mean_se(finals)
+        assert row.split(" | ")[1] == "2" and f"{mean:.3f} +- {se:.3f}" == row.split(" | ")[3]
+    assert (out / "mini.png").stat().st_size > 0
+    capsys.readouterr()
+    main(str(spec), "mini", None, str(tmp_path / "out"), overrides, summary_only=False)  # nothing left to run
+    assert capsys.readouterr().out.count("done before, kept") == 4
