@@ -19,7 +19,7 @@ import torch
 from learner.logprobs import token_logprobs_and_entropy
 from learner.objective import CollatedBatch, Totals, collate, compute_loss, micro_batches
 from learner.packing import block_causal_mask, pack, unpack
-from rollout.records import LossSpec, TrainBatch, TrainSequence
+from rollout.records import LossSpec, TrainBatch, TrainSequence, weights_checksum
 
 DUMMY = TrainBatch([TrainSequence(prompt_ids=[0], response_ids=[0], behaviour_logps=[0.0])])
 
@@ -197,13 +197,7 @@ class LearnerRank:
                 params[name].copy_(tensor)
 
     def weights_checksum(self) -> str:
-        import hashlib
-
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.named_full_weights(), key=lambda kv: kv[0]):
-            digest.update(name.encode())
-            digest.update(tensor.float().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()
+        return weights_checksum(self.named_full_weights())
 
     # -- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, folder: str, client_state: dict) -> None:

@@ -100,3 +100,15 @@ class LossSpec:
     @property
     def needs_reference(self) -> bool:
         return self.dpo_weight > 0 or self.kl_coef > 0
+
+
+def weights_checksum(named_tensors) -> str:
+    """SHA-256 over (name, tensor) pairs in name order: the name and the fp32 bytes of each.
+    The learner and the engines report their weights this way (each in its own layout)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(named_tensors, key=lambda kv: kv[0]):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -13,9 +13,9 @@ and leaves the prefix-cache reset to the engine.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
+
+from rollout.records import weights_checksum
 
 
 class WeightUpdateExtension:
@@ -44,8 +44,4 @@ class WeightUpdateExtension:
 
     def syncrl_weights_checksum(self) -> str:
         """SHA-256 over the model's parameters (names and bytes, in name order)."""
-        digest = hashlib.sha256()
-        for name, param in sorted(self.model_runner.get_model().named_parameters()):
-            digest.update(name.encode())
-            digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()
+        return weights_checksum(self.model_runner.get_model().named_parameters())
