@@ -6,7 +6,7 @@ from typing import Any
 
 import ray
 
-from actors.common import ActorMixin, free_port, wait_ready
+from actors.common import WORKER_RUNTIME_ENV, ActorMixin, free_port, wait_ready
 from learner.objective import Totals, micro_batches, split_batch
 from learner.trainer import LearnerRank
 from rollout.records import LossSpec, TrainBatch
@@ -26,7 +26,7 @@ class LearnerGroup:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
         port = free_port()
         self.workers = [
-            LearnerWorker.options(num_cpus=1, num_gpus=gpus).remote(
+            LearnerWorker.options(num_cpus=1, num_gpus=gpus, runtime_env=WORKER_RUNTIME_ENV).remote(
                 model_path, cfg, rank, cfg.num_ranks, "127.0.0.1", port, temperature, needs_reference
             )
             for rank in range(cfg.num_ranks)

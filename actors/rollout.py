@@ -6,7 +6,7 @@ from typing import Any
 
 import ray
 
-from actors.common import ActorMixin, join, split_evenly, wait_ready
+from actors.common import WORKER_RUNTIME_ENV, ActorMixin, join, split_evenly, wait_ready
 from rollout.engine import RolloutEngine
 from rollout.records import Prompt, Sample
 
@@ -23,7 +23,7 @@ class RolloutGroup:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
         n = cfg.num_workers
         self.workers = [
-            RolloutWorker.options(num_cpus=cfg.num_cpus_per_worker, num_gpus=gpus).remote(model_path, cfg, i, n)
+            RolloutWorker.options(num_cpus=cfg.num_cpus_per_worker, num_gpus=gpus, runtime_env=WORKER_RUNTIME_ENV).remote(model_path, cfg, i, n)
             for i in range(n)
         ]
         wait_ready(self)

@@ -50,16 +50,16 @@ def _join_group(obj, host: str, port: int, rank: int, world: int, backend: str) 
 
 def _send(learner, with_group: bool) -> list[tuple[str, tuple, str]] | None:
     """On every learner rank: gather each tensor; rank 0 broadcasts it. Returns the metadata."""
-    meta, pushed = [], []
+    meta, sent = [], []
     for name, tensor in learner.named_full_weights():
         meta.append((name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch.")))
         if learner.rank == 0 and with_group:
             learner.weight_group.broadcast(tensor.contiguous(), 0).wait()
-            pushed.append((name, tensor.to("cpu", copy=True)))
+            sent.append((name, tensor))
     if learner.rank != 0:
         return None
-    if with_group:
-        learner.pushed = pushed
+    if with_group:  # copied after the broadcasts, while the engines load what they received
+        learner.pushed = [(name, tensor.to("cpu", copy=True)) for name, tensor in sent]
     return meta
 
 

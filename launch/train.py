@@ -44,6 +44,7 @@ class Driver:
         self.state = state or RunState(sync_interval=self.stages[0].sync.interval)
         self.eval_prompts = test_prompts(cfg) if cfg.eval.enabled else []
         self.groups: list = []
+        self.evaluated_at: int | None = None  # the step of the last every_steps evaluation
 
     def __enter__(self) -> Driver:
         cfg, state = self.cfg, self.state
@@ -104,7 +105,7 @@ class Driver:
                     self.push(stage.sync.ref_sync)
                 t4 = time.perf_counter()
                 self.end_step(step_record(state, stage.name, s, samples, batch, loss, t1 - t0, t2 - t1, t3 - t2, t4 - t3))
-        if cfg.eval.at_end:
+        if cfg.eval.at_end and self.evaluated_at != state.step:  # not already evaluated by every_steps
             if state.engine_version != state.learner_version:  # the engines get the final policy
                 self.push(ref_sync=False)
             self.log.eval(state.step, self.evaluate(), self.controller)
@@ -124,6 +125,7 @@ class Driver:
         every = cfg.eval.every_steps
         if every and state.step % every == 0 and state.engine_version == state.learner_version:
             self.log.eval(state.step, self.evaluate(), self.controller)
+            self.evaluated_at = state.step
         if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
             save_checkpoint(self.run_dir, cfg, state, self.learners, self.controller)
 

@@ -30,6 +30,25 @@ def cpu_threads_bind(setting: str, worker_index: int, num_workers: int) -> str:
     return f"{block[0]}-{block[-1]}" if len(block) > 1 else str(block[0])
 
 
+def use_cores(bind: str) -> None:
+    """Compute on the cores of ``bind`` ("0-1", "0,2", "nobind"). vLLM reads its bind variable
+    only in worker processes it starts itself; an in-process engine computes with the calling
+    thread's torch threads (1 in a 1-CPU Ray actor), and vLLM's CPU worker forbids changing
+    them later. So set the threads (and the affinity) here, before the engine exists."""
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
+    if bind == "nobind":
+        return
+    cores = sorted({c for part in bind.split(",") for c in _core_range(part)})
+    os.sched_setaffinity(0, cores)
+    torch.set_num_threads(len(cores))
+    os.environ["OMP_NUM_THREADS"] = str(len(cores))
+
+
+def _core_range(part: str) -> range:
+    lo, _, hi = part.partition("-")
+    return range(int(lo), int(hi or lo) + 1)
+
+
 def on_gpu() -> bool:
     return torch.cuda.is_available()
 
@@ -42,7 +61,7 @@ class RolloutEngine:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine lives in this process
         gpu = on_gpu()
         if not gpu:
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind(cfg.cpu_threads_bind, worker_index, num_workers)
+            use_cores(cpu_threads_bind(cfg.cpu_threads_bind, worker_index, num_workers))
         from vllm import LLM
 
         dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if gpu else "float32")

@@ -52,9 +52,9 @@ def test_eval_before_and_after_matches_hf_greedy(ray_cluster, tiny_llama, tmp_pa
     from rewards.math_verify import MathVerifier
 
     cfg = load_config("tiny-grpo", [f"model.path={tiny_llama}", "steps=3", "learner.lr=1e-2", "eval.at_start=true",
-                                    "eval.at_end=true", "eval.num_questions=6", "rollout.max_new_tokens=12",
+                                    "eval.at_end=true", "eval.every_steps=3", "eval.num_questions=6", "rollout.max_new_tokens=12",
                                     "logging.progress_bar=false"])  # fmt: skip
-    train(cfg, str(tmp_path))
+    train(cfg, str(tmp_path))  # every_steps=3 evaluates the last step: at_end does not repeat it
     before, after = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert (before["step"], before["policy_version"]) == (0, 0)
     assert (after["step"], after["policy_version"]) == (3, 3) and after["questions"] == 6
