@@ -1,0 +1,108 @@
+"""Learner efficiency: tokens/s of syncrl's learner step against a raw torch loop.
+
+Both train the same model on the same GRPO batches (same rows, same micro-batches) in this
+process: the raw loop is forward, log-softmax at the response tokens times the advantage,
+backward, gradient clipping and torch AdamW, with nothing else. syncrl's ``LearnerRank`` adds
+DeepSpeed, the full loss (clipped ratio, entropy metric, totals) and its metrics. The ratio
+(syncrl / raw, goal >= 0.9) is printed for padded and packed batches.
+
+    python bench/learner.py --model smollm2 --rows 32 --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+
+from common import machine, print_table, timed
+
+import torch
+
+
+def make_batch(vocab: int, rows: int, prompt_len: tuple[int, int], response_len: tuple[int, int], seed: int):
+    from rollout.records import TrainBatch, TrainSequence
+
+    rng = random.Random(seed)
+    seqs = []
+    for i in range(rows):
+        p, r = rng.randint(*prompt_len), rng.randint(*response_len)
+        seqs.append(TrainSequence(prompt_ids=[rng.randrange(vocab) for _ in range(p)],
+                                  response_ids=[rng.randrange(vocab) for _ in range(r)],
+                                  behaviour_logps=[-rng.random() * 3 for _ in range(r)],
+                                  advantage=rng.gauss(0, 1)))  # fmt: skip
+    return TrainBatch(sequences=seqs)
+
+
+class RawLoop:
+    """The baseline: what a hand-written policy-gradient step costs in plain torch."""
+
+    def __init__(self, model, lr: float, micro: int, threads: int):
+        self.model, self.micro = model.train(), micro
+        self.opt = torch.optim.AdamW(model.parameters(), lr=lr)
+        torch.set_num_threads(threads)
+
+    def step(self, batch) -> None:
+        from learner.objective import collate, micro_batches
+
+        total = sum(len(s.response_ids) for s in batch.sequences)
+        for part in micro_batches(batch, self.micro):
+            cb = collate(part, 0)
+            logits = self.model(input_ids=cb.input_ids, attention_mask=cb.attention_mask, use_cache=False).logits
+            logps = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, cb.input_ids[:, 1:, None]).squeeze(-1)
+            loss = -(logps * cb.advantages[:, None] * cb.loss_mask[:, 1:]).sum() / total
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2", help="tiny-llama, smollm2 or a Hugging Face folder")
+    ap.add_argument("--rows", type=int, default=32, help="sequences per step")
+    ap.add_argument("--micro", type=int, default=8, help="sequences per micro-batch")
+    ap.add_argument("--prompt-len", type=int, nargs=2, default=(40, 60))
+    ap.add_argument("--response-len", type=int, nargs=2, default=(10, 64))
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    args = ap.parse_args()
+
+    import os
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from actors.common import free_port
+    from launch.config import LearnerConfig
+    from launch.models import resolve_model
+    from learner.trainer import LearnerRank
+    from rollout.records import LossSpec
+
+    threads = args.threads or len(os.sched_getaffinity(0))
+    path = resolve_model(args.model)
+    batch = make_batch(AutoConfig.from_pretrained(path).vocab_size, args.rows, args.prompt_len, args.response_len, 0)
+    tokens = sum(len(s.prompt_ids) + len(s.response_ids) for s in batch.sequences)
+    spec = LossSpec(grpo_weight=1.0, clip_low=0.2, clip_high=0.28)
+    print(f"{machine()}\nmodel {args.model}: {args.rows} rows, {tokens} tokens per step, micro-batch {args.micro}, {threads} threads")
+
+    raw = RawLoop(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), 1e-6, args.micro, threads)
+    t_raw, _ = timed(lambda: raw.step(batch), args.steps)
+    del raw
+    rows = [["raw torch loop (padded)", t_raw, tokens / t_raw, 1.0]]
+
+    from learner.objective import Totals
+
+    rank = None
+    for packing in (False, True):
+        cfg = LearnerConfig(micro_batch_size=args.micro, packing=packing, cpu_threads=threads, lr=1e-6)
+        if rank is None:
+            rank = LearnerRank(path, cfg, 0, 1, "127.0.0.1", free_port())
+        rank.cfg = cfg
+        num_micro = rank.num_micro_batches(batch)
+        t, _ = timed(lambda: rank.train_step(batch, spec, Totals.of(batch), num_micro), args.steps)
+        rows.append([f"syncrl LearnerRank ({'packed' if packing else 'padded'})", t, tokens / t, t_raw / t])
+    print_table(f"Learner step, {args.model}", ["step", "s/step", "tokens/s", "ratio vs raw"], rows)
+
+
+if __name__ == "__main__":
+    main()
