@@ -114,8 +114,8 @@ def ensure_ray(cfg) -> bool:
     if ray.is_initialized():
         return False
     started = connect_ray(cfg)
-    print(f"Ray: {'started a local cluster' if started else 'attached to a running cluster (shared: timings may suffer)'} "
-          f"with {int(ray.cluster_resources().get('CPU', 0))} logical CPUs", flush=True)  # fmt: skip
+    how = "started a local cluster" if started else "attached to a running cluster (shared: timings may suffer)"
+    print(f"Ray: {how} with {int(ray.cluster_resources().get('CPU', 0))} logical CPUs", flush=True)
     return started
 
 
@@ -199,15 +199,16 @@ def run_trl(args: argparse.Namespace, model_path: str, out_dir: str) -> dict:
         def on_step_end(self, _args, state, *_, **__):
             stamps.append(time.perf_counter())
             loads.append(os.getloadavg()[0])
-            print(f"TRL step {state.global_step}: {stamps[-1] - stamps[-2]:.1f} s (generate + score "
-                  f"{gen_times[-1] if gen_times else float('nan'):.1f} s), {lengths[-1] if lengths else float('nan'):.1f} "
-                  f"tokens per response, 1-min load {os.getloadavg()[0]:.2f}", flush=True)
+            gen, length = gen_times[-1] if gen_times else float("nan"), lengths[-1] if lengths else float("nan")
+            print(f"TRL step {state.global_step}: {stamps[-1] - stamps[-2]:.1f} s (generate + score {gen:.1f} s), "
+                  f"{length:.1f} tokens per response, 1-min load {loads[-1]:.2f}", flush=True)
 
     accumulation = rows // args.micro
     config = GRPOConfig(
         output_dir=out_dir, use_cpu=True, bf16=False, fp16=False, seed=0,
         per_device_train_batch_size=args.micro, gradient_accumulation_steps=accumulation,
-        steps_per_generation=accumulation, num_generations=args.samples, max_completion_length=args.max_new_tokens,
+        steps_per_generation=accumulation, num_generations=args.samples,
+        max_completion_length=args.max_new_tokens,
         temperature=1.0, top_p=1.0, top_k=0, max_steps=args.steps, learning_rate=args.lr,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         beta=0.0, epsilon=0.2, epsilon_high=0.28, num_iterations=1,
@@ -235,7 +236,8 @@ def run_trl(args: argparse.Namespace, model_path: str, out_dir: str) -> dict:
         verifier.close()
     wall = [b - a for a, b in zip(stamps, stamps[1:])]
     if len(wall) != args.steps or len(lengths) != args.steps:
-        raise RuntimeError(f"TRL ran {len(wall)} optimizer steps and {len(lengths)} generations, expected {args.steps}")
+        raise RuntimeError(f"TRL ran {len(wall)} optimizer steps and {len(lengths)} generations, "
+                           f"expected {args.steps}")
     return {"wall": wall[1:], "first": wall[0], "length": mean(lengths[1:]), "gen": mean(gen_times[1:]),
             "load": mean(loads[1:])}
 
@@ -286,35 +288,39 @@ def main() -> None:
                     ray.shutdown()
             records, wall = run.timed()
             parts = {k: mean(r[f"time_{k}_s"] for r in records) for k in ("gen", "score", "train", "sync")}
-            results["syncrl"] = {"wall": wall, "first": run.first, "length": mean(r["response_len_mean"] for r in records),
-                                 "parts": parts, "load": mean(run.loads[1:])}  # fmt: skip
+            results["syncrl"] = {"wall": wall, "first": run.first, "parts": parts, "load": mean(run.loads[1:]),
+                                 "length": mean(r["response_len_mean"] for r in records)}  # fmt: skip
         elif system == "trl":
             with tempfile.TemporaryDirectory(prefix="bench-trl-") as out:
                 results["trl"] = run_trl(args, path, out)
         else:
             raise SystemExit(f"--systems: unknown system {system!r} (syncrl, trl)")
 
-    base = mean(results["syncrl"]["wall"]) if "syncrl" in results else float("nan")
-    names = {"syncrl": "syncrl (vLLM + DeepSpeed on Ray)",
-             "trl": f"TRL {_trl_version()} GRPOTrainer{' (gradient checkpointing)' if args.trl_gradient_checkpointing else ''}"}
+    nan = float("nan")
+    base = mean(results["syncrl"]["wall"]) if "syncrl" in results else nan
+    base_median = statistics.median(results["syncrl"]["wall"]) if "syncrl" in results else nan
+    checkpointing = " (gradient checkpointing)" if args.trl_gradient_checkpointing else ""
+    names = {"syncrl": "syncrl (vLLM + DeepSpeed on Ray)", "trl": f"TRL {_trl_version()} GRPOTrainer{checkpointing}"}
     rows = []
     for system, r in results.items():
-        step = mean(r["wall"])
-        rows.append([names[system], step, statistics.median(r["wall"]), min(r["wall"]), max(r["wall"]), step / base,
+        step, median = mean(r["wall"]), statistics.median(r["wall"])
+        rows.append([names[system], step, median, min(r["wall"]), max(r["wall"]), step / base, median / base_median,
                      r["length"], r["first"], r["load"]])  # fmt: skip
     title = (f"GRPO step, {args.model}: {args.prompts} prompts x {args.samples} samples, "
              f"<= {args.max_new_tokens} new tokens (steps 2..{args.steps})")  # fmt: skip
     print_table(title, ["system", "s/step (mean)", "median", "min", "max", "ratio TRL/syncrl (means)",
-                        "mean response tokens", "start-up + step 1 (s)", "1-min load at step ends (mean)"], rows)  # fmt: skip
+                        "ratio (medians)", "mean response tokens", "start-up + step 1 (s)",
+                        "1-min load at step ends (mean)"], rows)  # fmt: skip
     parts = []
     if "syncrl" in results:
         p = results["syncrl"]["parts"]
         parts.append(["syncrl", p["gen"] + p["score"], p["train"], p["sync"], base - sum(p.values()), base])
     if "trl" in results:
         t = results["trl"]
-        parts.append(["TRL", t["gen"], "-", "-", mean(t["wall"]) - t["gen"], mean(t["wall"])])
-    print_table("Where a step goes (mean of the same steps, seconds; TRL: the rest = loss, backward, optimizer)",
-                ["system", "generate + score", "train", "sync", "rest", "step"], parts)  # fmt: skip
+        parts.append(["TRL", t["gen"], mean(t["wall"]) - t["gen"], "-", "-", mean(t["wall"])])
+    print_table("Where a step goes (mean of the same steps, seconds)",
+                ["system", "generate + score", "train (TRL: loss, backward, optimizer)", "weight sync",
+                 "other (driver, logging)", "step"], parts)  # fmt: skip
     print(f"1-min load average now: {os.getloadavg()[0]:.2f} (2 cores; others' jobs count too)")
 
 

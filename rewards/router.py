@@ -44,7 +44,7 @@ def build_scorer(route: Route) -> RewardFunction:
 
 def _as_route(route: Route | Mapping[str, Any]) -> Route:
     if isinstance(route, Mapping):
-        fields = {"model_path": None, "timeout_s": 5.0, "batch_size": 16, **route}
+        fields = {"model_path": None, "timeout_s": 5.0, "batch_size": 16, "require_boxed": False, **route}
         return SimpleNamespace(**fields)  # type: ignore[return-value]
     return route
 
