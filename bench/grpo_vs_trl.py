@@ -88,6 +88,20 @@ def _instrument() -> None:
 _RUNS = 0
 
 
+def add_run_args(ap: argparse.ArgumentParser, steps: int, steps_help: str) -> None:
+    """The settings ``syncrl_config`` reads (shared with bench/overlap.py), and ``--set``."""
+    ap.add_argument("--model", default="tiny-llama", help="tiny-llama, smollm2 or a Hugging Face folder")
+    ap.add_argument("--task", default="add-1digit", help="a task of rollout.tasks")
+    ap.add_argument("--prompts", type=int, default=4, help="prompts per step")
+    ap.add_argument("--samples", type=int, default=4, help="samples per prompt (GRPO group size)")
+    ap.add_argument("--max-new-tokens", type=int, default=32, help="maximum response length")
+    ap.add_argument("--micro", type=int, default=16, help="sequences per forward/backward")
+    ap.add_argument("--lr", type=float, default=1e-6)
+    ap.add_argument("--steps", type=int, default=steps, help=steps_help)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="an extra syncrl config override for every run, e.g. --set learner.cpu_threads=1 (repeatable)")
+
+
 def syncrl_config(args: argparse.Namespace, *overrides: str):
     """The ``tiny-grpo`` recipe with this bench's settings (and ``overrides`` last)."""
     from launch.config import load_config
@@ -247,20 +261,11 @@ def run_trl(args: argparse.Namespace, model_path: str, out_dir: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="tiny-llama", help="tiny-llama, smollm2 or a Hugging Face folder")
-    ap.add_argument("--task", default="add-1digit", help="a task of rollout.tasks")
-    ap.add_argument("--prompts", type=int, default=4, help="prompts per step")
-    ap.add_argument("--samples", type=int, default=4, help="samples per prompt (GRPO group size)")
-    ap.add_argument("--max-new-tokens", type=int, default=32, help="maximum response length")
-    ap.add_argument("--micro", type=int, default=16, help="sequences per forward/backward (both sides)")
-    ap.add_argument("--lr", type=float, default=1e-6)
-    ap.add_argument("--steps", type=int, default=6, help="optimizer steps per system; step 1 is not timed")
+    add_run_args(ap, 6, "optimizer steps per system; step 1 is not timed")
     ap.add_argument("--systems", default="syncrl,trl", help="which to run, in this order")
     ap.add_argument("--run-dir", default=None, help="syncrl's run directory (default: a new folder in /tmp)")
     ap.add_argument("--trl-gradient-checkpointing", action="store_true",
                     help="keep TRL's default gradient checkpointing (default: off, as syncrl's learner)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="an extra syncrl config override, e.g. --set learner.cpu_threads=1 (repeatable)")
     args = ap.parse_args()
     if args.steps < 2:
         raise SystemExit("--steps must be >= 2 (step 1 is not timed)")

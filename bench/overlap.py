@@ -39,7 +39,7 @@ import argparse
 import os
 
 from common import machine, print_table
-from grpo_vs_trl import ensure_ray, mean, run_syncrl, syncrl_config
+from grpo_vs_trl import add_run_args, ensure_ray, mean, run_syncrl, syncrl_config
 
 
 def layouts() -> dict[str, list[str]]:
@@ -52,18 +52,9 @@ def layouts() -> dict[str, list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="tiny-llama", help="tiny-llama, smollm2 or a Hugging Face folder")
-    ap.add_argument("--task", default="add-1digit", help="a task of rollout.tasks")
-    ap.add_argument("--prompts", type=int, default=4, help="prompts per step")
-    ap.add_argument("--samples", type=int, default=4, help="samples per prompt")
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--micro", type=int, default=16, help="learner micro-batch (sequences)")
-    ap.add_argument("--lr", type=float, default=1e-6)
-    ap.add_argument("--steps", type=int, default=8, help="steps per run; steps 2..N-1 are averaged")
+    add_run_args(ap, 8, "steps per run; steps 2..N-1 are averaged")
     ap.add_argument("--interval", type=int, default=2, help="sync.interval of the overlapped run")
     ap.add_argument("--layouts", default="shared,split", help="core layouts to run: shared, split")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="an extra config override for every run (repeatable)")
     args = ap.parse_args()
     if args.steps < 4:
         raise SystemExit("--steps must be >= 4 (steps 2..N-1 are averaged)")

@@ -11,7 +11,6 @@ error over seeds), the change, response length, and compute (generated and train
 from __future__ import annotations
 
 import copy
-import json
 import math
 import shutil
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from launch.config import ConfigError, SyncRLConfig, config_from_dict, resolve_recipe
+from launch.config import ConfigError, SyncRLConfig, apply_override, config_from_dict, resolve_recipe
+from launch.metrics import read_jsonl
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
 
@@ -73,12 +73,8 @@ def run_arms(configs: dict[tuple[str, int], SyncRLConfig], out: Path) -> None:
         run(cfg, output=str(run_dir))
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def run_summary(run_dir: Path) -> dict[str, float]:
-    evals, steps = _read_jsonl(run_dir / "eval.jsonl"), _read_jsonl(run_dir / "metrics.jsonl")
+    evals, steps = read_jsonl(run_dir / "eval.jsonl"), read_jsonl(run_dir / "metrics.jsonl")
     if not evals or not steps:
         raise ValueError(f"{run_dir}: no eval.jsonl or metrics.jsonl")
     first, last = evals[0], evals[-1]
@@ -122,7 +118,7 @@ def summarize(spec: dict, experiment: str, seeds: list[int], out: Path, command:
         lines.append(f"| {arm} | {len(runs)} | {col('accuracy_start')} | {col('accuracy_end')} | {col('gain')} | "
                      f"{col('train_len_first', '{:.1f}')} -> {col('train_len_last', '{:.1f}')} | {col('eval_len_end', '{:.1f}')} | "
                      f"{mean_se([s['tokens_generated'] for s in sums])[0]:.0f} | {mean_se([s['tokens_trained'] for s in sums])[0]:.0f} |")  # fmt: skip
-        curves[arm] = [_read_jsonl(r / "metrics.jsonl") for r in runs]
+        curves[arm] = [read_jsonl(r / "metrics.jsonl") for r in runs]
     plot = _plot(curves, out / f"{experiment}.png", exp["title"])
     if plot:
         lines += ["", f"![{experiment}]({plot.name})"]
@@ -157,8 +153,6 @@ def _plot(curves: dict[str, list[list[dict]]], path: Path, title: str) -> Path |
 
 def main(spec_path: str, experiment: str, seeds: list[int] | None, out: str, overrides: list[str],
          summary_only: bool) -> int:  # fmt: skip
-    from launch.config import apply_override
-
     spec = load_experiments(spec_path)
     seeds = seeds or spec["seeds"]
     tree: dict[str, Any] = {}

@@ -57,6 +57,12 @@ def step_record(state, stage: str, sync_interval: float, samples: list[Sample], 
     }
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a run's metrics.jsonl or eval.jsonl ([] when the file does not exist)."""
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 class MetricsLog:
     def __init__(self, run_dir: str, progress_bar: bool, total_steps: int, resume_step: int = 0):
         path = Path(run_dir, "metrics.jsonl")

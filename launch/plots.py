@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+from launch.metrics import read_jsonl
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -17,7 +14,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    steps, evals = _read(run_dir / "metrics.jsonl"), _read(run_dir / "eval.jsonl")
+    steps, evals = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "eval.jsonl")
     if not steps:
         raise FileNotFoundError(f"{run_dir}/metrics.jsonl: no steps to plot")
     fig, ax = plt.subplots(figsize=(7, 4))
