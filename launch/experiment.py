@@ -2,15 +2,20 @@
 
 An experiments file (``launch/experiments/paper.yaml``) names a base recipe, the seeds, and per
 experiment its arms: partial configurations merged over the recipe. Every (arm, seed) run keeps
-its run directory under ``OUT/EXPERIMENT/ARM/seedN``; a run whose ``final/`` exists is not run
-again, so an interrupted experiment continues where it stopped. The summary (``OUT/EXPERIMENT.md``
-and ``OUT/EXPERIMENT.png``) gives per arm the held-out accuracy before and after (mean +- standard
-error over seeds), the change, response length, and compute (generated and trained tokens).
+its run directory under ``OUT/runs/ARM-FINGERPRINT/seedN``, the fingerprint being a hash of the
+arm's whole configuration: an arm that two experiments share (same name, same settings) runs once,
+and a run whose ``final/`` exists is not run again, so an interrupted experiment continues where
+it stopped. Runs go seed by seed (every arm's seed 0 first), so a cut-short experiment still
+compares all its arms. The summary (``OUT/EXPERIMENT.md`` and ``OUT/EXPERIMENT.png``) gives per
+arm the held-out accuracy before and after (mean +- standard error over seeds), the change,
+response length, and compute (generated and trained tokens).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import shutil
 from pathlib import Path
@@ -45,32 +50,40 @@ def load_experiments(path: str) -> dict:
 
 
 def arm_configs(spec: dict, experiment: str, seeds: list[int], overrides: dict | None = None) -> dict[tuple[str, int], SyncRLConfig]:
-    """Every (arm, seed) configuration, validated before anything runs."""
+    """Every (arm, seed) configuration in run order (seed by seed), validated before anything runs."""
     if experiment not in spec["experiments"]:
         raise ConfigError(f"unknown experiment {experiment!r}; known: {', '.join(spec['experiments'])}")
     base = yaml.safe_load(resolve_recipe(spec["recipe"]).read_text())
     configs = {}
-    for arm, settings in spec["experiments"][experiment]["arms"].items():
-        for seed in seeds:
+    for seed in seeds:
+        for arm, settings in spec["experiments"][experiment]["arms"].items():
             tree = merge(merge(base, settings or {}), overrides or {})
-            tree = merge(tree, {"name": f"{experiment}-{arm}-seed{seed}", "seed": seed,
+            tree = merge(tree, {"name": f"{arm}-seed{seed}", "seed": seed,
                                 "rollout": {"seed": seed}, "learner": {"seed": seed}})  # fmt: skip
             configs[arm, seed] = config_from_dict(tree, f"experiment {experiment}, arm {arm}")
     return configs
+
+
+def arm_run_dir(out: Path, arm: str, cfg: SyncRLConfig) -> Path:
+    """``OUT/runs/ARM-FINGERPRINT/seedN``: the fingerprint hashes the configuration without its
+    name and seeds, so equal arms of different experiments share their runs."""
+    tree = cfg.model_dump(mode="json", exclude={"name": True, "seed": True, "rollout": {"seed"}, "learner": {"seed"}})
+    fingerprint = hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
+    return out / "runs" / f"{arm}-{fingerprint}" / f"seed{cfg.seed}"
 
 
 def run_arms(configs: dict[tuple[str, int], SyncRLConfig], out: Path) -> None:
     from launch.train import run
 
     for (arm, seed), cfg in configs.items():
-        run_dir = out / arm / f"seed{seed}"
-        if (run_dir / "final").is_dir():
-            print(f"[experiment] {arm} seed {seed}: done before, kept ({run_dir})", flush=True)
+        path = arm_run_dir(out, arm, cfg)
+        if (path / "final").is_dir():
+            print(f"[experiment] {arm} seed {seed}: done before, kept ({path})", flush=True)
             continue
-        if run_dir.exists():  # an interrupted run: start it again from scratch
-            shutil.rmtree(run_dir)
-        print(f"[experiment] {arm} seed {seed} -> {run_dir}", flush=True)
-        run(cfg, output=str(run_dir))
+        if path.exists():  # an interrupted run: start it again from scratch
+            shutil.rmtree(path)
+        print(f"[experiment] {arm} seed {seed} -> {path}", flush=True)
+        run(cfg, output=str(path))
 
 
 def run_summary(run_dir: Path) -> dict[str, float]:
@@ -99,8 +112,8 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return mean, se
 
 
-def summarize(spec: dict, experiment: str, seeds: list[int], out: Path, command: str) -> str:
-    """The experiment's Markdown table (and a plot next to it), from the run directories."""
+def summarize(spec: dict, experiment: str, configs: dict[tuple[str, int], SyncRLConfig], out: Path, command: str) -> str:
+    """The experiment's Markdown table ``OUT/EXPERIMENT.md`` (and a plot next to it), from the runs."""
     exp = spec["experiments"][experiment]
     out.mkdir(parents=True, exist_ok=True)
     header = ["arm", "seeds", "accuracy before", "accuracy after", "change", "train len first -> last",
@@ -109,7 +122,8 @@ def summarize(spec: dict, experiment: str, seeds: list[int], out: Path, command:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
     curves = {}
     for arm in exp["arms"]:
-        runs = [out / arm / f"seed{s}" for s in seeds if (out / arm / f"seed{s}" / "eval.jsonl").is_file()]
+        runs = [arm_run_dir(out, a, cfg) for (a, _), cfg in configs.items() if a == arm]
+        runs = [r for r in runs if (r / "final").is_dir()]
         if not runs:
             lines.append(f"| {arm} | 0 | not run | | | | | | |")
             continue
@@ -151,17 +165,20 @@ def _plot(curves: dict[str, list[list[dict]]], path: Path, title: str) -> Path |
     return path
 
 
+def overrides_tree(assignments: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` assignments as a partial configuration tree."""
+    tree: dict[str, Any] = {}
+    for assignment in assignments:
+        apply_override(tree, assignment)
+    return tree
+
+
 def main(spec_path: str, experiment: str, seeds: list[int] | None, out: str, overrides: list[str],
          summary_only: bool) -> int:  # fmt: skip
     spec = load_experiments(spec_path)
-    seeds = seeds or spec["seeds"]
-    tree: dict[str, Any] = {}
-    for assignment in overrides:
-        apply_override(tree, assignment)
-    configs = arm_configs(spec, experiment, seeds, tree)  # every arm validated before any run
-    out_dir = Path(out) / experiment
+    configs = arm_configs(spec, experiment, seeds or spec["seeds"], overrides_tree(overrides))  # every arm validated before any run
     if not summary_only:
-        run_arms(configs, out_dir)
+        run_arms(configs, Path(out))
     command = f"syncrl experiment {spec_path} {experiment}" + "".join(f" --set {o}" for o in overrides)
-    print(summarize(spec, experiment, seeds, out_dir, command))
+    print(summarize(spec, experiment, configs, Path(out), command))
     return 0

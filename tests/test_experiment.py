@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from launch.config import ConfigError
-from launch.experiment import arm_configs, main, mean_se, merge
+from launch.experiment import arm_configs, arm_run_dir, main, mean_se, merge, overrides_tree
 
 SPEC = {
     "recipe": "tiny-grpo",
@@ -26,7 +26,7 @@ TINY = ["steps=2", "rollout.max_new_tokens=8", "rollout.cpu_kv_cache_gib=0.25", 
 def test_merge_and_arm_configs():
     assert merge({"a": {"b": 1, "c": [1]}, "d": 1}, {"a": {"c": [2]}, "e": 3}) == {"a": {"b": 1, "c": [2]}, "d": 1, "e": 3}
     configs = arm_configs(SPEC, "mini", [0, 3], {"learner": {"lr": 0.5}})
-    assert sorted(configs) == [("grpo", 0), ("grpo", 3), ("offline-dpo", 0), ("offline-dpo", 3)]
+    assert list(configs) == [("grpo", 0), ("offline-dpo", 0), ("grpo", 3), ("offline-dpo", 3)]  # seed by seed
     dpo = configs["offline-dpo", 3]
     assert (dpo.algorithm.name, dpo.sync.interval, dpo.learner.lr) == ("dpo", float("inf"), 0.5)
     assert (dpo.seed, dpo.rollout.seed, dpo.learner.seed, dpo.data.task) == (3, 3, 3, "add-1digit")  # recipe kept
@@ -35,6 +35,16 @@ def test_merge_and_arm_configs():
     bad = merge(SPEC, {"experiments": {"mini": {"arms": {"grpo": {"algorithm": {"nme": "x"}}}}}})
     with pytest.raises(ConfigError, match="arm grpo"):
         arm_configs(bad, "mini", [0])
+    # equal arms of two experiments share their run directory; different settings or seeds do not
+    other = merge(SPEC, {"experiments": {"other": {"title": "", "claim": "", "arms": {
+        "grpo": {"algorithm": {"name": "grpo"}}, "dpo": {"algorithm": {"name": "dpo"}}}}}})  # fmt: skip
+    again = arm_configs(other, "other", [0, 3], {"learner": {"lr": 0.5}})
+    out = Path("/out")
+    assert arm_run_dir(out, "grpo", again["grpo", 3]) == arm_run_dir(out, "grpo", configs["grpo", 3])
+    assert arm_run_dir(out, "grpo", again["grpo", 3]).parent != arm_run_dir(out, "dpo", again["dpo", 3]).parent
+    assert arm_run_dir(out, "grpo", again["grpo", 0]).parent == arm_run_dir(out, "grpo", again["grpo", 3]).parent
+    assert arm_run_dir(out, "grpo", again["grpo", 0]).name == "seed0"
+    assert arm_run_dir(out, "grpo", arm_configs(other, "other", [0])["grpo", 0]) != arm_run_dir(out, "grpo", again["grpo", 0])
     assert mean_se([1.0, 2.0, 3.0]) == (2.0, pytest.approx((1 / 3) ** 0.5))
 
 
@@ -44,12 +54,13 @@ def test_experiment_runs_every_arm_and_seed_once(ray_cluster, tiny_llama, tmp_pa
     spec.write_text(yaml.safe_dump(SPEC))
     overrides = [f"model.path={tiny_llama}", *TINY]
     assert main(str(spec), "mini", None, str(tmp_path / "out"), overrides, summary_only=False) == 0
-    out = tmp_path / "out" / "mini"
+    out = tmp_path / "out"
+    configs = arm_configs(SPEC, "mini", [0, 1], overrides_tree(overrides))
     table = (out / "mini.md").read_text()
     for arm in ("grpo", "offline-dpo"):
         finals = []
         for seed in (0, 1):
-            run = out / arm / f"seed{seed}"
+            run = arm_run_dir(out, arm, configs[arm, seed])
             assert (run / "final" / "config.json").is_file()
             evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
             assert [e["step"] for e in evals] == [0, 2]
