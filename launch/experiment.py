@@ -65,9 +65,11 @@ def arm_configs(spec: dict, experiment: str, seeds: list[int], overrides: dict |
 
 
 def arm_run_dir(out: Path, arm: str, cfg: SyncRLConfig) -> Path:
-    """``OUT/runs/ARM-FINGERPRINT/seedN``: the fingerprint hashes the configuration without its
-    name and seeds, so equal arms of different experiments share their runs."""
-    tree = cfg.model_dump(mode="json", exclude={"name": True, "seed": True, "rollout": {"seed"}, "learner": {"seed"}})
+    """``OUT/runs/ARM-FINGERPRINT/seedN``: the fingerprint hashes the settings that differ from
+    the defaults, without the name and seeds, so equal arms of different experiments share their
+    runs (and a new option with a default does not orphan the runs made before it)."""
+    tree = cfg.model_dump(mode="json", exclude_defaults=True,
+                          exclude={"name": True, "seed": True, "rollout": {"seed"}, "learner": {"seed"}})  # fmt: skip
     fingerprint = hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
     return out / "runs" / f"{arm}-{fingerprint}" / f"seed{cfg.seed}"
 
