@@ -4,7 +4,8 @@ Both train the same model on the same GRPO batches (same rows, same micro-batche
 process: the raw loop is forward, log-softmax at the response tokens times the advantage,
 backward, gradient clipping and torch AdamW, with nothing else. syncrl's ``LearnerRank`` adds
 DeepSpeed, the full loss (clipped ratio, entropy metric, totals) and its metrics. The ratio
-(syncrl / raw, goal >= 0.9) is printed for padded and packed batches.
+(syncrl / raw, goal >= 0.9) is printed for padded batches, packed batches, and packed batches
+whose groups (``--group`` samples of one prompt, as GRPO makes) share one copy of their prompt.
 
     python bench/learner.py --model smollm2 --rows 32 --steps 3
 """
@@ -20,14 +21,17 @@ from common import machine, print_table, timed
 import torch
 
 
-def make_batch(vocab: int, rows: int, prompt_len: tuple[int, int], response_len: tuple[int, int], seed: int):
+def make_batch(vocab: int, rows: int, prompt_len: tuple[int, int], response_len: tuple[int, int], seed: int, group: int = 1):
+    """Random GRPO rows, ``group`` consecutive rows per prompt."""
     from rollout.records import TrainBatch, TrainSequence
 
     rng = random.Random(seed)
     seqs = []
     for i in range(rows):
-        p, r = rng.randint(*prompt_len), rng.randint(*response_len)
-        seqs.append(TrainSequence(prompt_ids=[rng.randrange(vocab) for _ in range(p)],
+        if i % group == 0:
+            prompt = [rng.randrange(vocab) for _ in range(rng.randint(*prompt_len))]
+        r = rng.randint(*response_len)
+        seqs.append(TrainSequence(prompt_ids=list(prompt),
                                   response_ids=[rng.randrange(vocab) for _ in range(r)],
                                   behaviour_logps=[-rng.random() * 3 for _ in range(r)],
                                   advantage=rng.gauss(0, 1)))  # fmt: skip
@@ -64,6 +68,7 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=8, help="sequences per micro-batch")
     ap.add_argument("--prompt-len", type=int, nargs=2, default=(40, 60))
     ap.add_argument("--response-len", type=int, nargs=2, default=(10, 64))
+    ap.add_argument("--group", type=int, default=4, help="samples per prompt")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     args = ap.parse_args()
@@ -80,10 +85,11 @@ def main() -> None:
 
     threads = args.threads or len(os.sched_getaffinity(0))
     path = resolve_model(args.model)
-    batch = make_batch(AutoConfig.from_pretrained(path).vocab_size, args.rows, args.prompt_len, args.response_len, 0)
+    batch = make_batch(AutoConfig.from_pretrained(path).vocab_size, args.rows, args.prompt_len, args.response_len, 0, args.group)
     tokens = sum(len(s.prompt_ids) + len(s.response_ids) for s in batch.sequences)
     spec = LossSpec(grpo_weight=1.0, clip_low=0.2, clip_high=0.28)
-    print(f"{machine()}\nmodel {args.model}: {args.rows} rows, {tokens} tokens per step, micro-batch {args.micro}, {threads} threads")
+    print(f"{machine()}\nmodel {args.model}: {args.rows} rows ({args.group} per prompt), {tokens} tokens per step, "
+          f"micro-batch {args.micro}, {threads} threads")
 
     raw = RawLoop(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), 1e-6, args.micro, threads)
     t_raw, _ = timed(lambda: raw.step(batch), args.steps)
@@ -93,14 +99,15 @@ def main() -> None:
     from learner.objective import Totals
 
     rank = None
-    for packing in (False, True):
-        cfg = LearnerConfig(micro_batch_size=args.micro, packing=packing, cpu_threads=threads, lr=1e-6)
+    variants = {"padded": (False, False), "packed": (True, False), "packed, shared prompts": (True, True)}
+    for name, (packing, share) in variants.items():
+        cfg = LearnerConfig(micro_batch_size=args.micro, packing=packing, share_prompts=share, cpu_threads=threads, lr=1e-6)
         if rank is None:
             rank = LearnerRank(path, cfg, 0, 1, "127.0.0.1", free_port())
         rank.cfg = cfg
         num_micro = rank.num_micro_batches(batch)
         t, _ = timed(lambda: rank.train_step(batch, spec, Totals.of(batch), num_micro), args.steps)
-        rows.append([f"syncrl LearnerRank ({'packed' if packing else 'padded'})", t, tokens / t, t_raw / t])
+        rows.append([f"syncrl LearnerRank ({name})", t, tokens / t, t_raw / t])
     print_table(f"Learner step, {args.model}", ["step", "s/step", "tokens/s", "ratio vs raw"], rows)
 
 

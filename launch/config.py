@@ -158,7 +158,10 @@ class LearnerConfig(Section):
     grad_clip: float = Field(1.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
     micro_batch_size: int = Field(8, ge=1)  # sequences per forward/backward
-    packing: bool = False
+    packing: bool = False  # micro-batch rows end to end without padding, logits on response tokens only
+    # With packing: rows with the same prompt (a group's samples, a pair) share one copy of it.
+    # Not with flash-attention (its packing cannot express the shared prefix): rows only.
+    share_prompts: bool = True
     gradient_checkpointing: bool = False
     # CPU: torch threads per rank (0: the machine's cores shared among the ranks). Generation and
     # training take turns unless sync.overlap is on, so the learner may use every core.

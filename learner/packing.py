@@ -1,9 +1,16 @@
 """Packing: the rows of a padded batch laid end to end in one sequence, without padding.
 
-Each row keeps its own positions (restarting at 0) and attends only to itself: flash-attention
-reads the segment boundaries from the position ids; other attention implementations get an
-additive block-diagonal causal mask. Per-token results are unpacked back to the padded [N, T]
-layout, so the losses never know.
+Each row keeps its own positions (starting at 0) and attends only to its own tokens. With
+``share_prompts``, rows with the same prompt (a GRPO group's samples, a DPO pair) share it: the
+prompt is packed once and each response follows it, attending to the prompt and to itself, with
+positions continuing from the prompt's end, so a group of k samples costs one prompt instead of
+k. Flash-attention reads segments from position ids and cannot express that tree: it packs rows
+only. Other attention implementations get an additive mask.
+
+Only response tokens are scored: ``pred`` holds, for each, the packed position whose logits
+predict it (the previous token of its row: the prompt's last token for a response's first), so
+the model computes logits at those positions only (``logits_to_keep``). Per-token results go
+back to the padded [N, T] layout, so the losses never know.
 """
 
 from __future__ import annotations
@@ -17,27 +24,70 @@ import torch
 class Packed:
     input_ids: torch.Tensor  # [1, L]
     position_ids: torch.Tensor  # [1, L]
-    rows: torch.Tensor  # [L] the padded row of each packed token
-    cols: torch.Tensor  # [L] and its column there
-    segment: torch.Tensor  # [L] which row (0..N-1) a token belongs to
+    block: torch.Tensor  # [L] attention block: a row, or all rows sharing one prompt
+    branch: torch.Tensor  # [L] -1 on prompt tokens, else the row of the response token
+    pred: torch.Tensor  # [M] packed position whose logits predict each scored token
+    target: torch.Tensor  # [M] the scored token
+    rows: torch.Tensor  # [M] its row in the padded batch
+    cols: torch.Tensor  # [M] and its column there
 
 
-def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Packed:
-    rows, cols = attention_mask.nonzero(as_tuple=True)  # row-major: rows in order, columns ascending
-    return Packed(input_ids=input_ids[rows, cols][None], position_ids=cols[None], rows=rows, cols=cols, segment=rows)
+def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor, share_prompts: bool = False) -> Packed:
+    """Pack a right-padded batch; rows' prompts end where their ``loss_mask`` starts."""
+    lengths = attention_mask.sum(1).tolist()
+    scored = loss_mask.bool().tolist()
+    ids_rows = input_ids.tolist()
+    prompt_len = [row.index(True) if True in row[:n] else n for row, n in zip(scored, lengths)]
+    blocks: dict[object, list[int]] = {}
+    for i, p in enumerate(prompt_len):
+        blocks.setdefault(tuple(ids_rows[i][:p]) if share_prompts else i, []).append(i)
+    ids: list[int] = []
+    pos: list[int] = []
+    block: list[int] = []
+    branch: list[int] = []
+    pred: list[int] = []
+    rows: list[int] = []
+    cols: list[int] = []
+
+    def emit(tokens: list[int], start: int, b: int, owner: int) -> int:
+        first = len(ids)
+        ids.extend(tokens)
+        pos.extend(range(start, start + len(tokens)))
+        block.extend([b] * len(tokens))
+        branch.extend([owner] * len(tokens))
+        return first
+
+    for b, members in enumerate(blocks.values()):
+        p = prompt_len[members[0]]
+        for k, i in enumerate(members):
+            if k == 0 or not share_prompts:
+                prompt_end = emit(ids_rows[i][:p], 0, b, -1) + p - 1  # packed position of the last prompt token
+            first = emit(ids_rows[i][p : lengths[i]], p, b, i)
+            for j in range(p, lengths[i]):
+                if j == 0:
+                    continue  # no context: nothing predicts a row's very first token
+                pred.append(prompt_end if j == p else first + j - p - 1)
+                rows.append(i)
+                cols.append(j)
+    as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=input_ids.device)  # noqa: E731
+    pred_t = as_long(pred)
+    ids_t = as_long(ids)
+    return Packed(input_ids=ids_t[None], position_ids=as_long(pos)[None], block=as_long(block), branch=as_long(branch),
+                  pred=pred_t, target=input_ids[as_long(rows), as_long(cols)], rows=as_long(rows), cols=as_long(cols))  # fmt: skip
 
 
-def block_causal_mask(packed: Packed, dtype: torch.dtype) -> torch.Tensor:
-    """[1, 1, L, L] additive mask: 0 where token i may attend to token j (same row, j <= i)."""
-    seg = packed.segment
-    allowed = (seg[:, None] == seg[None, :]) & torch.ones(len(seg), len(seg), dtype=torch.bool, device=seg.device).tril()
-    return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+def packed_mask(packed: Packed, dtype: torch.dtype) -> torch.Tensor:
+    """[1, 1, L, L] additive mask: 0 where token a may attend to token b: same block, b not after
+    a, and b a prompt token or a token of a's own response."""
+    blk, br = packed.block, packed.branch
+    n = len(blk)
+    causal = torch.ones(n, n, dtype=torch.bool, device=blk.device).tril()
+    allowed = (blk[:, None] == blk[None, :]) & causal & ((br[None, :] == -1) | (br[None, :] == br[:, None]))
+    return torch.zeros(allowed.shape, dtype=dtype, device=blk.device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
 
 
 def unpack(values: torch.Tensor, packed: Packed, shape: torch.Size) -> torch.Tensor:
-    """[1, L] per-token values back to the padded [N, T] layout (0 at padding and at each row's
-    first token, which has no context of its own)."""
+    """[M] per-scored-token values back to the padded [N, T] layout (0 everywhere else)."""
     out = values.new_zeros(shape)
-    out[packed.rows, packed.cols] = values[0]
-    out[:, 0] = 0
+    out[packed.rows, packed.cols] = values
     return out

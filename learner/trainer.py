@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from learner.logprobs import token_logprobs_and_entropy
+from learner.logprobs import logprobs_and_entropy, token_logprobs_and_entropy
 from learner.objective import CollatedBatch, Totals, collate, compute_loss, micro_batches
-from learner.packing import block_causal_mask, pack, unpack
+from learner.packing import pack, packed_mask, unpack
 from rollout.records import LossSpec, TrainBatch, TrainSequence, weights_checksum
 
 DUMMY = TrainBatch([TrainSequence(prompt_ids=[0], response_ids=[0], behaviour_logps=[0.0])])
@@ -101,15 +101,17 @@ class LearnerRank:
 
     # -- forward ------------------------------------------------------------------------------
     def _logps(self, module: torch.nn.Module, cb: CollatedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token log-probs and entropies [N, T] of a padded batch, computed padded or packed."""
+        """Per-token log-probs and entropies [N, T] of a padded batch (0 off the response tokens),
+        computed padded or packed (learner.packing)."""
         if not self.cfg.packing:
             logits = module(input_ids=cb.input_ids, attention_mask=cb.attention_mask, use_cache=False).logits
             return token_logprobs_and_entropy(logits, cb.input_ids, self.temperature)
-        packed = pack(cb.input_ids, cb.attention_mask)
-        kwargs = dict(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False)
-        if self.engine.module.config._attn_implementation != "flash_attention_2":  # FA2 reads the position ids
-            kwargs["attention_mask"] = block_causal_mask(packed, self.dtype)
-        logps, entropy = token_logprobs_and_entropy(module(**kwargs).logits, packed.input_ids, self.temperature)
+        flash = self.engine.module.config._attn_implementation == "flash_attention_2"
+        packed = pack(cb.input_ids, cb.attention_mask, cb.loss_mask, share_prompts=self.cfg.share_prompts and not flash)
+        kwargs = dict(input_ids=packed.input_ids, position_ids=packed.position_ids, logits_to_keep=packed.pred, use_cache=False)
+        if not flash:  # flash-attention reads the segments from the position ids
+            kwargs["attention_mask"] = packed_mask(packed, self.dtype)
+        logps, entropy = logprobs_and_entropy(module(**kwargs).logits[0], packed.target, self.temperature)
         return unpack(logps, packed, cb.input_ids.shape), unpack(entropy, packed, cb.input_ids.shape)
 
     def train_step(self, batch: TrainBatch, spec: LossSpec, totals: Totals, num_micro: int) -> dict[str, float]:
