@@ -72,6 +72,7 @@ class MetricsLog:
             path.write_text("".join(line + "\n" for line in kept))
         self.path = path
         self.file = open(path, "a")
+        self.last_write = time.time()
         self.bar = None
         if progress_bar and sys.stderr.isatty():
             from tqdm import tqdm
@@ -79,6 +80,11 @@ class MetricsLog:
             self.bar = tqdm(total=total_steps, desc="syncrl", unit="step")
 
     def write(self, record: dict[str, Any], controller) -> None:
+        """Log a step; adds ``time`` (Unix seconds) and ``time_wall_s``, the wall time since the
+        previous step was logged (evaluations, checkpoints and overlapped generation included)."""
+        now = time.time()
+        record.update(time=now, time_wall_s=now - self.last_write)
+        self.last_write = now
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         controller.report.remote(record)

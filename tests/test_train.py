@@ -65,6 +65,9 @@ def test_sync_interval_bounds_staleness_and_engine_weights(ray_cluster, tiny_lla
     for r in rows:
         assert r["staleness_max"] <= (s - 1 if s != math.inf else r["step"] - 1)
         assert r["sync_interval"] == (int(s) if s != math.inf else "inf")
+        parts = r["time_gen_s"] + r["time_score_s"] + r["time_train_s"] + r["time_sync_s"]
+        assert parts <= r["time_wall_s"] < parts + 30  # the wall time holds the parts (+ checksums, logging)
+    assert all(a["time"] < b["time"] for a, b in zip(rows, rows[1:]))
     trained = [r for r in rows if r["trained"]]
     assert len(trained) >= 2, "the test needs steps that trained"
     assert len({r["learner_checksum"] for r in trained}) == len(trained), "the learner must change every step"
