@@ -1,7 +1,9 @@
 """Evaluation through vLLM: a task's held-out questions, graded by the reward routes.
 
-``syncrl eval MODEL_DIR --task add-1digit`` evaluates a model folder; during training the
+``syncrl eval MODEL_DIR... --task add-1digit`` evaluates model folders; during training the
 Driver evaluates the engines' policy with the same ``Evaluator`` (``eval`` config section).
+Folders of one architecture and tokenizer (a base model and the runs trained from it) share one
+engine start: each next folder's weights are loaded into the running engines, as a push does.
 """
 
 from __future__ import annotations
@@ -48,14 +50,52 @@ class Evaluator:
         return result
 
 
-def evaluate_model(model_dir: str, cfg: Any, task: str | None, ks=(1,)) -> dict[str, float]:
-    """Start engines on ``model_dir`` (on the Ray cluster found or a local one), evaluate, stop."""
-    rollouts, rewards = RolloutGroup(model_dir, cfg.rollout), RewardGroup(cfg.reward)
+def evaluate_models(model_dirs: list[str], cfg: Any, task: str | None, ks=(1,)) -> list[dict[str, float]]:
+    """Evaluate each folder (on the Ray cluster found or a local one); engines start once per run
+    of interchangeable folders and stop at the end."""
+    prompts = test_prompts(cfg, task)
+    rewards, rollouts, loaded = RewardGroup(cfg.reward), None, None
+    results = []
     try:
-        return Evaluator(rollouts, rewards, test_prompts(cfg, task), cfg.eval, ks)()
+        for version, folder in enumerate(model_dirs):
+            if rollouts is None or not interchangeable(loaded, folder):
+                if rollouts is not None:
+                    rollouts.shutdown()
+                rollouts = RolloutGroup(folder, cfg.rollout)
+            elif folder != loaded:
+                rollouts.update_weights(folder_weights(folder), version)
+            loaded = folder
+            results.append(Evaluator(rollouts, rewards, prompts, cfg.eval, ks)())
     finally:
-        rollouts.shutdown()
+        if rollouts is not None:
+            rollouts.shutdown()
         rewards.shutdown()
+    return results
+
+
+def interchangeable(a: str, b: str) -> bool:
+    """Whether folder ``b`` can be evaluated in engines started on ``a``: the same model config
+    (but its name) and the same tokenizer (vocabulary, special tokens, chat template)."""
+    from transformers import AutoTokenizer
+
+    def identity(folder: str):
+        config = json.loads((Path(folder) / "config.json").read_text())
+        for key in ("_name_or_path", "transformers_version"):
+            config.pop(key, None)
+        tok = AutoTokenizer.from_pretrained(folder)
+        return config, tok.get_vocab(), tok.all_special_tokens, tok.chat_template
+
+    return identity(a) == identity(b)
+
+
+def folder_weights(folder: str) -> list[tuple[str, Any]]:
+    """The tensors of a Hugging Face folder's safetensors files, by name."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no .safetensors weights")
+    return [item for f in files for item in load_file(f).items()]
 
 
 def main(model_dirs: list[str], cfg: Any, task: str | None, ks: tuple[int, ...], output: str | None) -> int:
@@ -67,7 +107,7 @@ def main(model_dirs: list[str], cfg: Any, task: str | None, ks: tuple[int, ...],
     folders = [resolve_model(d) for d in model_dirs]
     started = connect_ray(cfg)
     try:
-        results = [(d, evaluate_model(f, cfg, task, ks)) for d, f in zip(model_dirs, folders)]
+        results = list(zip(model_dirs, evaluate_models(folders, cfg, task, ks)))
     finally:
         if started:
             ray.shutdown()

@@ -74,3 +74,28 @@ def test_eval_before_and_after_matches_hf_greedy(ray_cluster, tiny_llama, tmp_pa
     assert after["response_len_mean"] == pytest.approx(sum(lengths) / len(lengths))
     assert after["accuracy"] == pytest.approx(sum(correct) / len(correct))
     assert after["boxed_rate"] == pytest.approx(sum(boxed) / len(boxed))
+
+    # `syncrl eval base final base`: one engine start, the next folders' weights loaded into it;
+    # the numbers are those of the training run's evaluations of the same policies.
+    from launch.evaluate import evaluate_models, interchangeable
+
+    assert interchangeable(tiny_llama, str(tmp_path / "final"))
+    base, final, base_again = evaluate_models([tiny_llama, str(tmp_path / "final"), tiny_llama], cfg, None)
+    keys = ("accuracy", "response_len_mean", "boxed_rate", "questions")
+    assert [{k: r[k] for k in keys} for r in (base, final, base_again)] == [{k: r[k] for k in keys} for r in (before, after, before)]
+    assert final["policy_version"] == 1  # served by the first engine, not a new one
+
+
+def test_interchangeable_folders(tiny_llama, tiny_qwen2, tmp_path):
+    """A folder saved from a model shares its engines; another architecture does not."""
+    import shutil
+
+    from launch.evaluate import folder_weights, interchangeable
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_llama, copy)
+    assert interchangeable(tiny_llama, str(copy))
+    assert not interchangeable(tiny_llama, tiny_qwen2)
+    assert {n for n, _ in folder_weights(str(copy))} == {n for n, _ in folder_weights(tiny_llama)}
+    with pytest.raises(FileNotFoundError, match="no .safetensors"):
+        folder_weights(str(tmp_path))
