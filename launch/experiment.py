@@ -101,6 +101,7 @@ def run_summary(run_dir: Path) -> dict[str, float]:
         "train_len_first": steps[0]["response_len_mean"],
         "train_len_last": steps[-1]["response_len_mean"],
         "reward_last3": sum(s["reward_mean"] for s in steps[-3:]) / len(steps[-3:]),
+        "steps_trained": sum(bool(s.get("trained", True)) for s in steps),  # a DPO step without a pair trains nothing
         "tokens_generated": sum(s.get("tokens_generated", 0) for s in steps),
         "tokens_trained": sum(s.get("tokens_trained", 0) for s in steps),
         "minutes": sum(s["time_gen_s"] + s["time_score_s"] + s["time_train_s"] + s["time_sync_s"] for s in steps) / 60,
@@ -118,7 +119,7 @@ def summarize(spec: dict, experiment: str, configs: dict[tuple[str, int], SyncRL
     """The experiment's Markdown table ``OUT/EXPERIMENT.md`` (and a plot next to it), from the runs."""
     exp = spec["experiments"][experiment]
     out.mkdir(parents=True, exist_ok=True)
-    header = ["arm", "seeds", "accuracy before", "accuracy after", "change", "train len first -> last",
+    header = ["arm", "seeds", "accuracy before", "accuracy after", "change", "steps trained", "train len first -> last",
               "eval len after", "generated tokens", "trained tokens"]  # fmt: skip
     lines = [f"## {exp['title']}", "", f"Claim tested: {exp['claim']}.", "", f"Command: `{command}`", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
@@ -127,11 +128,11 @@ def summarize(spec: dict, experiment: str, configs: dict[tuple[str, int], SyncRL
         runs = [arm_run_dir(out, a, cfg) for (a, _), cfg in configs.items() if a == arm]
         runs = [r for r in runs if (r / "final").is_dir()]
         if not runs:
-            lines.append(f"| {arm} | 0 | not run | | | | | | |")
+            lines.append(f"| {arm} | 0 | not run |" + " |" * (len(header) - 3))
             continue
         sums = [run_summary(r) for r in runs]
         col = lambda k, fmt="{:.3f}": "{} +- {}".format(*(fmt.format(v) for v in mean_se([s[k] for s in sums])))  # noqa: E731
-        lines.append(f"| {arm} | {len(runs)} | {col('accuracy_start')} | {col('accuracy_end')} | {col('gain')} | "
+        lines.append(f"| {arm} | {len(runs)} | {col('accuracy_start')} | {col('accuracy_end')} | {col('gain')} | {col('steps_trained', '{:.1f}')} | "
                      f"{col('train_len_first', '{:.1f}')} -> {col('train_len_last', '{:.1f}')} | {col('eval_len_end', '{:.1f}')} | "
                      f"{mean_se([s['tokens_generated'] for s in sums])[0]:.0f} | {mean_se([s['tokens_trained'] for s in sums])[0]:.0f} |")  # fmt: skip
         curves[arm] = [read_jsonl(r / "metrics.jsonl") for r in runs]
