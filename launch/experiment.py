@@ -8,7 +8,9 @@ and a run whose ``final/`` exists is not run again, so an interrupted experiment
 it stopped. Runs go seed by seed (every arm's seed 0 first), so a cut-short experiment still
 compares all its arms. The summary (``OUT/EXPERIMENT.md`` and ``OUT/EXPERIMENT.png``) gives per
 arm the held-out accuracy before and after (mean +- standard error over seeds), the change,
-response length, and compute (generated and trained tokens).
+response length, and compute (generated and trained tokens). A ``transfer`` section (settings
+merged over the recipe, naming an ``eval.task``) also evaluates the base model and every trained
+model on that task, in one engine start; each result is kept next to its run.
 """
 
 from __future__ import annotations
@@ -88,6 +90,47 @@ def run_arms(configs: dict[tuple[str, int], SyncRLConfig], out: Path) -> None:
         run(cfg, output=str(path))
 
 
+def transfer_config(spec: dict, overrides: dict | None = None) -> SyncRLConfig | None:
+    """The ``transfer`` evaluation settings merged over the recipe (None if the file has none)."""
+    if not spec.get("transfer"):
+        return None
+    base = yaml.safe_load(resolve_recipe(spec["recipe"]).read_text())
+    cfg = config_from_dict(merge(merge(base, overrides or {}), spec["transfer"]), "experiments file, transfer")
+    if not cfg.eval.task:
+        raise ConfigError("experiments file, transfer: needs eval.task (the task to evaluate the trained models on)")
+    return cfg
+
+
+def transfer_file(cfg: SyncRLConfig) -> str:
+    e = cfg.eval
+    settings = json.dumps([cfg.model.path, e.model_dump(mode="json"), cfg.data.model_dump(mode="json")], sort_keys=True)
+    return f"transfer-{e.task}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}.json"
+
+
+def run_transfer(cfg: SyncRLConfig, runs: list[Path], out: Path) -> None:
+    """Evaluate the base model and each run's final model on the transfer task, those not done."""
+    from launch.evaluate import evaluate_models
+    from launch.models import resolve_model
+    from launch.train import connect_ray
+
+    targets = [(out / "runs" / "base", resolve_model(cfg.model.path))] + [(r, str(r / "final")) for r in runs]
+    todo = [(d, model) for d, model in targets if not (d / transfer_file(cfg)).is_file()]
+    if not todo:
+        return
+    print(f"[experiment] transfer: {cfg.eval.task} on {len(todo)} models", flush=True)
+    started = connect_ray(cfg)
+    try:
+        results = evaluate_models([model for _, model in todo], cfg, cfg.eval.task)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    for (d, _), result in zip(todo, results):
+        d.mkdir(parents=True, exist_ok=True)
+        (d / transfer_file(cfg)).write_text(json.dumps(result, indent=1))
+
+
 def run_summary(run_dir: Path) -> dict[str, float]:
     evals, steps = read_jsonl(run_dir / "eval.jsonl"), read_jsonl(run_dir / "metrics.jsonl")
     if not evals or not steps:
@@ -115,7 +158,8 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return mean, se
 
 
-def summarize(spec: dict, experiment: str, configs: dict[tuple[str, int], SyncRLConfig], out: Path, command: str) -> str:
+def summarize(spec: dict, experiment: str, configs: dict[tuple[str, int], SyncRLConfig], out: Path, command: str,
+              transfer: SyncRLConfig | None = None) -> str:  # fmt: skip
     """The experiment's Markdown table ``OUT/EXPERIMENT.md`` (and a plot next to it), from the runs."""
     exp = spec["experiments"][experiment]
     out.mkdir(parents=True, exist_ok=True)
@@ -136,12 +180,32 @@ def summarize(spec: dict, experiment: str, configs: dict[tuple[str, int], SyncRL
                      f"{col('train_len_first', '{:.1f}')} -> {col('train_len_last', '{:.1f}')} | {col('eval_len_end', '{:.1f}')} | "
                      f"{mean_se([s['tokens_generated'] for s in sums])[0]:.0f} | {mean_se([s['tokens_trained'] for s in sums])[0]:.0f} |")  # fmt: skip
         curves[arm] = [read_jsonl(r / "metrics.jsonl") for r in runs]
+    if transfer is not None:
+        lines += _transfer_table(transfer, exp["arms"], configs, out)
     plot = _plot(curves, out / f"{experiment}.png", exp["title"])
     if plot:
         lines += ["", f"![{experiment}]({plot.name})"]
     text = "\n".join(lines) + "\n"
     (out / f"{experiment}.md").write_text(text)
     return text
+
+
+def _transfer_table(cfg: SyncRLConfig, arms: dict, configs: dict[tuple[str, int], SyncRLConfig], out: Path) -> list[str]:
+    e = cfg.eval
+    shot = "one-shot" if cfg.data.one_shot else "zero-shot"
+    lines = ["", f"Transfer: greedy accuracy on {e.num_questions} held-out `{e.task}` questions ({shot}, up to "
+             f"{e.max_new_tokens or cfg.rollout.max_new_tokens} new tokens), mean +- standard error over seeds.", "",
+             "| model | seeds | accuracy | boxed | response length |", "|---|---|---|---|---|"]  # fmt: skip
+    rows = [("base model", [out / "runs" / "base"])]
+    rows += [(arm, [arm_run_dir(out, a, c) for (a, _), c in configs.items() if a == arm]) for arm in arms]
+    for name, dirs in rows:
+        found = [json.loads((d / transfer_file(cfg)).read_text()) for d in dirs if (d / transfer_file(cfg)).is_file()]
+        if not found:
+            lines.append(f"| {name} | 0 | not run | | |")
+            continue
+        col = lambda k, fmt="{:.3f}": "{} +- {}".format(*(fmt.format(v) for v in mean_se([r[k] for r in found])))  # noqa: E731
+        lines.append(f"| {name} | {len(found)} | {col('accuracy')} | {col('boxed_rate', '{:.2f}')} | {col('response_len_mean', '{:.1f}')} |")
+    return lines
 
 
 def _plot(curves: dict[str, list[list[dict]]], path: Path, title: str) -> Path | None:
@@ -179,9 +243,14 @@ def overrides_tree(assignments: list[str]) -> dict[str, Any]:
 def main(spec_path: str, experiment: str, seeds: list[int] | None, out: str, overrides: list[str],
          summary_only: bool) -> int:  # fmt: skip
     spec = load_experiments(spec_path)
-    configs = arm_configs(spec, experiment, seeds or spec["seeds"], overrides_tree(overrides))  # every arm validated before any run
+    tree = overrides_tree(overrides)
+    configs = arm_configs(spec, experiment, seeds or spec["seeds"], tree)  # every arm validated before any run
+    transfer = transfer_config(spec, tree)
     if not summary_only:
         run_arms(configs, Path(out))
+        if transfer is not None:
+            runs = [arm_run_dir(Path(out), arm, cfg) for (arm, _), cfg in configs.items()]
+            run_transfer(transfer, list(dict.fromkeys(runs)), Path(out))
     command = f"syncrl experiment {spec_path} {experiment}" + "".join(f" --set {o}" for o in overrides)
-    print(summarize(spec, experiment, configs, Path(out), command))
+    print(summarize(spec, experiment, configs, Path(out), command, transfer))
     return 0

@@ -9,11 +9,12 @@ import pytest
 import yaml
 
 from launch.config import ConfigError
-from launch.experiment import arm_configs, arm_run_dir, main, mean_se, merge, overrides_tree
+from launch.experiment import arm_configs, arm_run_dir, main, mean_se, merge, overrides_tree, transfer_config
 
 SPEC = {
     "recipe": "tiny-grpo",
     "seeds": [0, 1],
+    "transfer": {"eval": {"task": "add-1digit"}},  # the runs' own task: must repeat their evaluations
     "experiments": {"mini": {"title": "Mini", "claim": "none", "arms": {
         "grpo": {"algorithm": {"name": "grpo"}},
         "offline-dpo": {"algorithm": {"name": "dpo"}, "sync": {"interval": "inf"}},
@@ -45,6 +46,9 @@ def test_merge_and_arm_configs():
     assert arm_run_dir(out, "grpo", again["grpo", 0]).parent == arm_run_dir(out, "grpo", again["grpo", 3]).parent
     assert arm_run_dir(out, "grpo", again["grpo", 0]).name == "seed0"
     assert arm_run_dir(out, "grpo", arm_configs(other, "other", [0])["grpo", 0]) != arm_run_dir(out, "grpo", again["grpo", 0])
+    assert transfer_config(SPEC).eval.task == "add-1digit" and transfer_config({**SPEC, "transfer": None}) is None
+    with pytest.raises(ConfigError, match="transfer: needs eval.task"):
+        transfer_config({**SPEC, "transfer": {"eval": {"num_questions": 3}}})
     assert mean_se([1.0, 2.0, 3.0]) == (2.0, pytest.approx((1 / 3) ** 0.5))
 
 
@@ -57,6 +61,7 @@ def test_experiment_runs_every_arm_and_seed_once(ray_cluster, tiny_llama, tmp_pa
     out = tmp_path / "out"
     configs = arm_configs(SPEC, "mini", [0, 1], overrides_tree(overrides))
     table = (out / "mini.md").read_text()
+    starts, ends = [], {}
     for arm in ("grpo", "offline-dpo"):
         finals = []
         for seed in (0, 1):
@@ -65,10 +70,20 @@ def test_experiment_runs_every_arm_and_seed_once(ray_cluster, tiny_llama, tmp_pa
             evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
             assert [e["step"] for e in evals] == [0, 2]
             finals.append(evals[-1]["accuracy"])
+            starts.append(evals[0]["accuracy"])
+        ends[arm] = finals
         row = next(line for line in table.splitlines() if line.startswith(f"| {arm} |"))
         mean, se = mean_se(finals)
         assert row.split(" | ")[1] == "2" and f"{mean:.3f} +- {se:.3f}" == row.split(" | ")[3]
     assert (out / "mini.png").stat().st_size > 0
+    # transfer: every final model and the base model on the task's held-out questions, in one engine
+    # start; here the training task with the run's settings, so it must give the runs' own evaluations
+    transfer = [line for line in table.split("Transfer:")[1].splitlines() if line.startswith("| ")][1:]
+    assert len(set(starts)) == 1 and transfer[0].split(" | ")[:3] == ["| base model", "1", f"{starts[0]:.3f} +- nan"]
+    for arm, line in zip(("grpo", "offline-dpo"), transfer[1:]):
+        mean, se = mean_se(ends[arm])
+        assert line.split(" | ")[:3] == [f"| {arm}", "2", f"{mean:.3f} +- {se:.3f}"]
     capsys.readouterr()
     main(str(spec), "mini", None, str(tmp_path / "out"), overrides, summary_only=False)  # nothing left to run
-    assert capsys.readouterr().out.count("done before, kept") == 4
+    again = capsys.readouterr().out
+    assert again.count("done before, kept") == 4 and "[experiment] transfer" not in again
