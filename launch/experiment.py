@@ -179,7 +179,7 @@ def summarize(spec: dict, experiment: str, configs: dict[tuple[str, int], SyncRL
         lines.append(f"| {arm} | {len(runs)} | {col('accuracy_start')} | {col('accuracy_end')} | {col('gain')} | {col('steps_trained', '{:.1f}')} | "
                      f"{col('train_len_first', '{:.1f}')} -> {col('train_len_last', '{:.1f}')} | {col('eval_len_end', '{:.1f}')} | "
                      f"{mean_se([s['tokens_generated'] for s in sums])[0]:.0f} | {mean_se([s['tokens_trained'] for s in sums])[0]:.0f} |")  # fmt: skip
-        curves[arm] = [read_jsonl(r / "metrics.jsonl") for r in runs]
+        curves[arm] = ([read_jsonl(r / "metrics.jsonl") for r in runs], sums)
     if transfer is not None:
         lines += _transfer_table(transfer, exp["arms"], configs, out)
     plot = _plot(curves, out / f"{experiment}.png", exp["title"])
@@ -208,7 +208,9 @@ def _transfer_table(cfg: SyncRLConfig, arms: dict, configs: dict[tuple[str, int]
     return lines
 
 
-def _plot(curves: dict[str, list[list[dict]]], path: Path, title: str) -> Path | None:
+def _plot(curves: dict[str, tuple[list[list[dict]], list[dict]]], path: Path, title: str) -> Path | None:
+    """Training reward and response length per step (mean over seeds), and the held-out accuracy
+    after training per arm (mean +- standard error, the dashed line: before)."""
     if not curves:
         return None
     import matplotlib
@@ -216,14 +218,20 @@ def _plot(curves: dict[str, list[list[dict]]], path: Path, title: str) -> Path |
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_r, ax_l) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for arm, runs in curves.items():
+    fig, (ax_r, ax_l, ax_a) = plt.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [1, 1, 0.8]})
+    for index, (arm, (runs, sums)) in enumerate(curves.items()):
         steps = min(len(r) for r in runs)
         for ax, key in ((ax_r, "reward_mean"), (ax_l, "response_len_mean")):
             ys = [sum(r[i][key] for r in runs) / len(runs) for i in range(steps)]
-            ax.plot(range(1, steps + 1), ys, label=arm)
+            ax.plot(range(1, steps + 1), ys, label=arm, color=f"C{index}")
+        mean, se = mean_se([s["accuracy_end"] for s in sums])
+        ax_a.bar(index, mean, yerr=0 if math.isnan(se) else se, color=f"C{index}", capsize=4)
+    before = mean_se([s["accuracy_start"] for _, sums in curves.values() for s in sums])[0]
+    ax_a.axhline(before, color="gray", linestyle="--", linewidth=1)
+    ax_a.set_xticks(range(len(curves)), list(curves), rotation=25, ha="right", fontsize=7)
     ax_r.set(xlabel="learner step", ylabel="training reward (mean over seeds)")
     ax_l.set(xlabel="learner step", ylabel="response length (tokens)")
+    ax_a.set(ylabel="held-out accuracy after (before: dashed)")
     ax_r.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
