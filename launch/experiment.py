@@ -4,8 +4,10 @@ An experiments file (``launch/experiments/paper.yaml``) names a base recipe, the
 experiment its arms: partial configurations merged over the recipe. Every (arm, seed) run keeps
 its run directory under ``OUT/runs/ARM-FINGERPRINT/seedN``, the fingerprint being a hash of the
 arm's whole configuration: an arm that two experiments share (same name, same settings) runs once,
-and a run whose ``final/`` exists is not run again, so an interrupted experiment continues where
-it stopped. Runs go seed by seed (every arm's seed 0 first), so a cut-short experiment still
+and a finished run (``finished.json``) is not run again, so an interrupted experiment continues
+where it stopped. A run's records (``config.yaml``, ``metrics.jsonl``, ``eval.jsonl``, the
+transfer result, ``finished.json``) are all the summary reads: they can be kept (in git, for
+docs/results) without the model folders, and the tables remade from them with ``--summary-only``. Runs go seed by seed (every arm's seed 0 first), so a cut-short experiment still
 compares all its arms. The summary (``OUT/EXPERIMENT.md`` and ``OUT/EXPERIMENT.png``) gives per
 arm the held-out accuracy before and after (mean +- standard error over seeds), the change,
 response length, and compute (generated and trained tokens). A ``transfer`` section (settings
@@ -76,18 +78,30 @@ def arm_run_dir(out: Path, arm: str, cfg: SyncRLConfig) -> Path:
     return out / "runs" / f"{arm}-{fingerprint}" / f"seed{cfg.seed}"
 
 
+FINISHED = "finished.json"
+
+
+def finished(run_dir: Path) -> bool:
+    """The run ended: its marker, or (runs made before the marker) its final model's state."""
+    return (run_dir / FINISHED).is_file() or (run_dir / "final" / "syncrl_state.json").is_file()
+
+
 def run_arms(configs: dict[tuple[str, int], SyncRLConfig], out: Path) -> None:
     from launch.train import run
 
     for (arm, seed), cfg in configs.items():
         path = arm_run_dir(out, arm, cfg)
-        if (path / "final").is_dir():
+        if finished(path):
             print(f"[experiment] {arm} seed {seed}: done before, kept ({path})", flush=True)
-            continue
-        if path.exists():  # an interrupted run: start it again from scratch
-            shutil.rmtree(path)
-        print(f"[experiment] {arm} seed {seed} -> {path}", flush=True)
-        run(cfg, output=str(path))
+        else:
+            if path.exists():  # an interrupted run: start it again from scratch
+                shutil.rmtree(path)
+            print(f"[experiment] {arm} seed {seed} -> {path}", flush=True)
+            run(cfg, output=str(path))
+        if not (path / FINISHED).is_file():
+            steps = read_jsonl(path / "metrics.jsonl")
+            (path / FINISHED).write_text(json.dumps({"arm": arm, "seed": seed, "steps": len(steps),
+                                                     "time": steps[-1].get("time") if steps else None}) + "\n")  # fmt: skip
 
 
 def transfer_config(spec: dict, overrides: dict | None = None) -> SyncRLConfig | None:
@@ -117,6 +131,10 @@ def run_transfer(cfg: SyncRLConfig, runs: list[Path], out: Path) -> None:
     todo = [(d, model) for d, model in targets if not (d / transfer_file(cfg)).is_file()]
     if not todo:
         return
+    for d, model in todo:
+        if not Path(model, "config.json").is_file():
+            raise ConfigError(f"transfer: run {d} has no {transfer_file(cfg)} and no final model to evaluate "
+                              f"(records kept without models): delete {d} to run it again")  # fmt: skip
     print(f"[experiment] transfer: {cfg.eval.task} on {len(todo)} models", flush=True)
     started = connect_ray(cfg)
     try:
@@ -170,7 +188,7 @@ def summarize(spec: dict, experiment: str, configs: dict[tuple[str, int], SyncRL
     curves = {}
     for arm in exp["arms"]:
         runs = [arm_run_dir(out, a, cfg) for (a, _), cfg in configs.items() if a == arm]
-        runs = [r for r in runs if (r / "final").is_dir()]
+        runs = [r for r in runs if finished(r)]
         if not runs:
             lines.append(f"| {arm} | 0 | not run |" + " |" * (len(header) - 3))
             continue

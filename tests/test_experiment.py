@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
 from launch.config import ConfigError
-from launch.experiment import arm_configs, arm_run_dir, main, mean_se, merge, overrides_tree, transfer_config
+from launch.experiment import arm_configs, arm_run_dir, main, mean_se, merge, overrides_tree, transfer_config, transfer_file
 
 SPEC = {
     "recipe": "tiny-grpo",
@@ -87,3 +88,16 @@ def test_experiment_runs_every_arm_and_seed_once(ray_cluster, tiny_llama, tmp_pa
     main(str(spec), "mini", None, str(tmp_path / "out"), overrides, summary_only=False)  # nothing left to run
     again = capsys.readouterr().out
     assert again.count("done before, kept") == 4 and "[experiment] transfer" not in again
+    # the records alone (what docs/results keeps in git, without the model folders) are a finished
+    # experiment: nothing runs again and the table is the same; a lost transfer result is an error
+    for run in out.glob("runs/*/seed*"):
+        assert json.loads((run / "finished.json").read_text())["steps"] == 2
+        shutil.rmtree(run / "final")
+    main(str(spec), "mini", None, str(tmp_path / "out"), overrides, summary_only=False)
+    kept = capsys.readouterr().out
+    assert kept.count("done before, kept") == 4 and "[experiment] transfer" not in kept
+    assert (out / "mini.md").read_text() == table
+    lost = arm_run_dir(out, "grpo", configs["grpo", 1])
+    (lost / transfer_file(transfer_config(SPEC, overrides_tree(overrides)))).unlink()
+    with pytest.raises(ConfigError, match=f"{lost}.*no final model"):
+        main(str(spec), "mini", None, str(tmp_path / "out"), overrides, summary_only=False)
