@@ -12,7 +12,7 @@ compares all its arms. The summary (``OUT/EXPERIMENT.md`` and ``OUT/EXPERIMENT.p
 arm the held-out accuracy before and after (mean +- standard error over seeds), the change,
 response length, and compute (generated and trained tokens). A ``transfer`` section (settings
 merged over the recipe, naming an ``eval.task``) also evaluates the base model and every trained
-model on that task, in one engine start; each result is kept next to its run.
+model on that task, in one engine start per seed; each result is kept next to its run.
 """
 
 from __future__ import annotations
@@ -272,11 +272,13 @@ def main(spec_path: str, experiment: str, seeds: list[int] | None, out: str, ove
     tree = overrides_tree(overrides)
     configs = arm_configs(spec, experiment, seeds or spec["seeds"], tree)  # every arm validated before any run
     transfer = transfer_config(spec, tree)
-    if not summary_only:
-        run_arms(configs, Path(out))
+    # seed by seed, each round with its transfer evaluations: a cut-short experiment leaves
+    # complete records (the transfer needs the model folders, which are not kept in git)
+    for seed in [] if summary_only else dict.fromkeys(seed for _, seed in configs):
+        round_ = {key: cfg for key, cfg in configs.items() if key[1] == seed}
+        run_arms(round_, Path(out))
         if transfer is not None:
-            runs = [arm_run_dir(Path(out), arm, cfg) for (arm, _), cfg in configs.items()]
-            run_transfer(transfer, list(dict.fromkeys(runs)), Path(out))
+            run_transfer(transfer, [arm_run_dir(Path(out), arm, cfg) for (arm, _), cfg in round_.items()], Path(out))
     command = f"syncrl experiment {spec_path} {experiment}" + "".join(f" --set {o}" for o in overrides)
     print(summarize(spec, experiment, configs, Path(out), command, transfer))
     return 0

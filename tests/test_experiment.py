@@ -59,6 +59,10 @@ def test_experiment_runs_every_arm_and_seed_once(ray_cluster, tiny_llama, tmp_pa
     spec.write_text(yaml.safe_dump(SPEC))
     overrides = [f"model.path={tiny_llama}", *TINY]
     assert main(str(spec), "mini", None, str(tmp_path / "out"), overrides, summary_only=False) == 0
+    printed = capsys.readouterr().out  # seed by seed: each round's transfer right after its runs
+    assert [line.split(" seed ")[-1][0] if "transfer" not in line else "t" for line in printed.splitlines()
+            if line.startswith("[experiment]")] == ["0", "0", "t", "1", "1", "t"]  # fmt: skip
+    assert "transfer: add-1digit on 3 models" in printed and "transfer: add-1digit on 2 models" in printed
     out = tmp_path / "out"
     configs = arm_configs(SPEC, "mini", [0, 1], overrides_tree(overrides))
     table = (out / "mini.md").read_text()
