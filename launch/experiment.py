@@ -7,9 +7,10 @@ arm's whole configuration: an arm that two experiments share (same name, same se
 and a finished run (``finished.json``) is not run again, so an interrupted experiment continues
 where it stopped. A run's records (``config.yaml``, ``metrics.jsonl``, ``eval.jsonl``, the
 transfer result, ``finished.json``) are all the summary reads: they can be kept (in git, for
-docs/results) without the model folders, and the tables remade from them with ``--summary-only``. Runs go seed by seed (every arm's seed 0 first), so a cut-short experiment still
-compares all its arms. The summary (``OUT/EXPERIMENT.md`` and ``OUT/EXPERIMENT.png``) gives per
-arm the held-out accuracy before and after (mean +- standard error over seeds), the change,
+docs/results) without the model folders, and the tables remade from them with
+``--summary-only``. Runs go seed by seed (every arm's seed 0 first), so a cut-short experiment
+still compares all its arms. The summary (``OUT/EXPERIMENT.md`` and ``OUT/EXPERIMENT.png``)
+gives per arm the held-out accuracy before and after (mean +- standard error over seeds), the change,
 response length, and compute (generated and trained tokens). A ``transfer`` section (settings
 merged over the recipe, naming an ``eval.task``) also evaluates the base model and every trained
 model on that task, in one engine start per seed; each result is kept next to its run.
@@ -78,12 +79,7 @@ def arm_run_dir(out: Path, arm: str, cfg: SyncRLConfig) -> Path:
     return out / "runs" / f"{arm}-{fingerprint}" / f"seed{cfg.seed}"
 
 
-FINISHED = "finished.json"
-
-
-def finished(run_dir: Path) -> bool:
-    """The run ended: its marker, or (runs made before the marker) its final model's state."""
-    return (run_dir / FINISHED).is_file() or (run_dir / "final" / "syncrl_state.json").is_file()
+FINISHED = "finished.json"  # written when a run ends: a run without it is started again
 
 
 def run_arms(configs: dict[tuple[str, int], SyncRLConfig], out: Path) -> None:
@@ -91,17 +87,15 @@ def run_arms(configs: dict[tuple[str, int], SyncRLConfig], out: Path) -> None:
 
     for (arm, seed), cfg in configs.items():
         path = arm_run_dir(out, arm, cfg)
-        if finished(path):
+        if (path / FINISHED).is_file():
             print(f"[experiment] {arm} seed {seed}: done before, kept ({path})", flush=True)
-        else:
-            if path.exists():  # an interrupted run: start it again from scratch
-                shutil.rmtree(path)
-            print(f"[experiment] {arm} seed {seed} -> {path}", flush=True)
-            run(cfg, output=str(path))
-        if not (path / FINISHED).is_file():
-            steps = read_jsonl(path / "metrics.jsonl")
-            (path / FINISHED).write_text(json.dumps({"arm": arm, "seed": seed, "steps": len(steps),
-                                                     "time": steps[-1].get("time") if steps else None}) + "\n")  # fmt: skip
+            continue
+        if path.exists():  # an interrupted run: start it again from scratch
+            shutil.rmtree(path)
+        print(f"[experiment] {arm} seed {seed} -> {path}", flush=True)
+        run(cfg, output=str(path))
+        steps = read_jsonl(path / "metrics.jsonl")
+        (path / FINISHED).write_text(json.dumps({"arm": arm, "seed": seed, "steps": len(steps), "time": steps[-1]["time"]}) + "\n")
 
 
 def transfer_config(spec: dict, overrides: dict | None = None) -> SyncRLConfig | None:
@@ -188,7 +182,7 @@ def summarize(spec: dict, experiment: str, configs: dict[tuple[str, int], SyncRL
     curves = {}
     for arm in exp["arms"]:
         runs = [arm_run_dir(out, a, cfg) for (a, _), cfg in configs.items() if a == arm]
-        runs = [r for r in runs if finished(r)]
+        runs = [r for r in runs if (r / FINISHED).is_file()]
         if not runs:
             lines.append(f"| {arm} | 0 | not run |" + " |" * (len(header) - 3))
             continue
@@ -272,13 +266,14 @@ def main(spec_path: str, experiment: str, seeds: list[int] | None, out: str, ove
     tree = overrides_tree(overrides)
     configs = arm_configs(spec, experiment, seeds or spec["seeds"], tree)  # every arm validated before any run
     transfer = transfer_config(spec, tree)
-    # seed by seed, each round with its transfer evaluations: a cut-short experiment leaves
-    # complete records (the transfer needs the model folders, which are not kept in git)
-    for seed in [] if summary_only else dict.fromkeys(seed for _, seed in configs):
-        round_ = {key: cfg for key, cfg in configs.items() if key[1] == seed}
-        run_arms(round_, Path(out))
-        if transfer is not None:
-            run_transfer(transfer, [arm_run_dir(Path(out), arm, cfg) for (arm, _), cfg in round_.items()], Path(out))
+    if not summary_only:
+        # seed by seed, each round with its transfer evaluations: a cut-short experiment leaves
+        # complete records (the transfer needs the model folders, which are not kept in git)
+        for seed in dict.fromkeys(seed for _, seed in configs):
+            round_ = {key: cfg for key, cfg in configs.items() if key[1] == seed}
+            run_arms(round_, Path(out))
+            if transfer is not None:
+                run_transfer(transfer, [arm_run_dir(Path(out), arm, cfg) for (arm, _), cfg in round_.items()], Path(out))
     command = f"syncrl experiment {spec_path} {experiment}" + "".join(f" --set {o}" for o in overrides)
     print(summarize(spec, experiment, configs, Path(out), command, transfer))
     return 0
