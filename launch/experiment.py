@@ -170,6 +170,12 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return mean, se
 
 
+def mean_pm_se(values: list[float], fmt: str = "{:.3f}") -> str:
+    """``mean +- SE`` over seeds; the mean alone for a single value (no SE to give)."""
+    mean, se = mean_se(values)
+    return fmt.format(mean) if math.isnan(se) else f"{fmt.format(mean)} +- {fmt.format(se)}"
+
+
 def summarize(spec: dict, experiment: str, configs: dict[tuple[str, int], SyncRLConfig], out: Path, command: str,
               transfer: SyncRLConfig | None = None) -> str:  # fmt: skip
     """The experiment's Markdown table ``OUT/EXPERIMENT.md`` (and a plot next to it), from the runs."""
@@ -187,7 +193,7 @@ def summarize(spec: dict, experiment: str, configs: dict[tuple[str, int], SyncRL
             lines.append(f"| {arm} | 0 | not run |" + " |" * (len(header) - 3))
             continue
         sums = [run_summary(r) for r in runs]
-        col = lambda k, fmt="{:.3f}": "{} +- {}".format(*(fmt.format(v) for v in mean_se([s[k] for s in sums])))  # noqa: E731
+        col = lambda k, fmt="{:.3f}": mean_pm_se([s[k] for s in sums], fmt)  # noqa: E731
         lines.append(f"| {arm} | {len(runs)} | {col('accuracy_start')} | {col('accuracy_end')} | {col('gain')} | {col('steps_trained', '{:.1f}')} | "
                      f"{col('train_len_first', '{:.1f}')} -> {col('train_len_last', '{:.1f}')} | {col('eval_len_end', '{:.1f}')} | "
                      f"{mean_se([s['tokens_generated'] for s in sums])[0]:.0f} | {mean_se([s['tokens_trained'] for s in sums])[0]:.0f} |")  # fmt: skip
@@ -215,7 +221,7 @@ def _transfer_table(cfg: SyncRLConfig, arms: dict, configs: dict[tuple[str, int]
         if not found:
             lines.append(f"| {name} | 0 | not run | | |")
             continue
-        col = lambda k, fmt="{:.3f}": "{} +- {}".format(*(fmt.format(v) for v in mean_se([r[k] for r in found])))  # noqa: E731
+        col = lambda k, fmt="{:.3f}": mean_pm_se([r[k] for r in found], fmt)  # noqa: E731
         lines.append(f"| {name} | {len(found)} | {col('accuracy')} | {col('boxed_rate', '{:.2f}')} | {col('response_len_mean', '{:.1f}')} |")
     return lines
 

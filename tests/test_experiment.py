@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from launch.config import ConfigError
-from launch.experiment import arm_configs, arm_run_dir, main, mean_se, merge, overrides_tree, transfer_config, transfer_file
+from launch.experiment import arm_configs, arm_run_dir, main, mean_pm_se, mean_se, merge, overrides_tree, transfer_config, transfer_file
 
 SPEC = {
     "recipe": "tiny-grpo",
@@ -51,6 +51,7 @@ def test_merge_and_arm_configs():
     with pytest.raises(ConfigError, match="transfer: needs eval.task"):
         transfer_config({**SPEC, "transfer": {"eval": {"num_questions": 3}}})
     assert mean_se([1.0, 2.0, 3.0]) == (2.0, pytest.approx((1 / 3) ** 0.5))
+    assert mean_pm_se([1.0, 2.0, 3.0]) == "2.000 +- 0.577" and mean_pm_se([0.25], "{:.2f}") == "0.25"
 
 
 @pytest.mark.system
@@ -84,7 +85,7 @@ def test_experiment_runs_every_arm_and_seed_once(ray_cluster, tiny_llama, tmp_pa
     # transfer: every final model and the base model on the task's held-out questions, in one engine
     # start; here the training task with the run's settings, so it must give the runs' own evaluations
     transfer = [line for line in table.split("Transfer:")[1].splitlines() if line.startswith("| ")][1:]
-    assert len(set(starts)) == 1 and transfer[0].split(" | ")[:3] == ["| base model", "1", f"{starts[0]:.3f} +- nan"]
+    assert len(set(starts)) == 1 and transfer[0].split(" | ")[:3] == ["| base model", "1", f"{starts[0]:.3f}"]  # one value: no SE
     for arm, line in zip(("grpo", "offline-dpo"), transfer[1:]):
         mean, se = mean_se(ends[arm])
         assert line.split(" | ")[:3] == [f"| {arm}", "2", f"{mean:.3f} +- {se:.3f}"]
