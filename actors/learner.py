@@ -7,8 +7,8 @@ from typing import Any
 import ray
 
 from actors.common import WORKER_RUNTIME_ENV, ActorMixin, free_port, wait_ready
-from learner.objective import Totals, micro_batches, split_batch
-from learner.trainer import LearnerRank
+from learner.objective import Totals, split_batch
+from learner.trainer import LearnerRank, rank_micro_batches
 from rollout.records import LossSpec, TrainBatch
 
 
@@ -35,7 +35,7 @@ class LearnerGroup:
 
     def train_step(self, batch: TrainBatch, spec: LossSpec) -> dict[str, float]:
         shards = split_batch(batch, len(self.workers))
-        num_micro = max(len(micro_batches(s, self.cfg.micro_batch_size)) for s in shards)
+        num_micro = max(len(rank_micro_batches(s, self.cfg)) for s in shards)
         totals = Totals.of(batch)
         results = ray.get([w.train_step.remote(s, spec, totals, num_micro) for w, s in zip(self.workers, shards)])
         merged = {k: sum(r.get(k, 0.0) for r in results) for k in set().union(*results)}

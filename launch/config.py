@@ -158,6 +158,10 @@ class LearnerConfig(Section):
     grad_clip: float = Field(1.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
     micro_batch_size: int = Field(8, ge=1)  # sequences per forward/backward
+    # Also close a micro-batch before it exceeds this many tokens (0: rows only). Padding is not
+    # counted; with packing and share_prompts, a shared prompt counts once. Packed attention costs
+    # the square of a micro-batch's length: bench/micro_batch_tokens.py measures the trade-off.
+    micro_batch_tokens: int = Field(0, ge=0)
     packing: bool = False  # micro-batch rows end to end without padding, logits on response tokens only
     # With packing: rows with the same prompt (a group's samples, a pair) share one copy of it.
     # Not with flash-attention (its packing cannot express the shared prefix): rows only.

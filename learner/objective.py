@@ -122,12 +122,25 @@ def split_batch(batch: TrainBatch, parts: int) -> list[TrainBatch]:
     return [subset(batch, sorted(rows)) for rows in buckets]
 
 
-def micro_batches(batch: TrainBatch, max_rows: int) -> list[TrainBatch]:
-    """Consecutive micro-batches of at most ``max_rows`` rows (a larger pair group stays whole)."""
+def micro_batches(batch: TrainBatch, max_rows: int, max_tokens: int = 0, share_prompts: bool = False) -> list[TrainBatch]:
+    """Consecutive micro-batches of at most ``max_rows`` rows and, if ``max_tokens`` is set, at
+    most that many tokens, padding not counted (with ``share_prompts``, a prompt shared by rows
+    counts once, as packed). A pair group stays whole: over either limit, it is a micro-batch alone."""
     out: list[list[int]] = [[]]
+    seen: set[tuple[int, ...]] = set()  # prompts already in the current micro-batch
+    tokens = 0
+
+    def cost(unit: list[int]) -> int:
+        seqs = [batch.sequences[r] for r in unit]
+        prompts = {tuple(s.prompt_ids) for s in seqs} - seen if share_prompts else [s.prompt_ids for s in seqs]
+        return sum(map(len, prompts)) + sum(len(s.response_ids) for s in seqs)
+
     for unit in units(batch):
-        if out[-1] and len(out[-1]) + len(unit) > max_rows:
+        if out[-1] and (len(out[-1]) + len(unit) > max_rows or (max_tokens and tokens + cost(unit) > max_tokens)):
             out.append([])
+            seen, tokens = set(), 0
+        tokens += cost(unit)
+        seen.update(tuple(batch.sequences[r].prompt_ids) for r in unit)
         out[-1] += unit
     return [subset(batch, rows) for rows in out if rows]
 

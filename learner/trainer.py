@@ -45,6 +45,13 @@ def ds_config(cfg: Any, gpu: bool) -> dict:
     return config
 
 
+def rank_micro_batches(batch: TrainBatch, cfg: Any) -> list[TrainBatch]:
+    """The micro-batches a rank runs on its share: ``micro_batch_size`` rows and at most
+    ``micro_batch_tokens`` tokens, counted as packed when prompts are shared."""
+    shared = cfg.packing and cfg.share_prompts
+    return micro_batches(batch, cfg.micro_batch_size, cfg.micro_batch_tokens, shared) if batch.sequences else []
+
+
 def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int) -> str:
     """Join the learner's process group; returns the backend (gloo on CPU, nccl on GPU)."""
     import deepspeed
@@ -119,7 +126,7 @@ class LearnerRank:
         (the same on all ranks: ZeRO-3 gathers parameters in each forward); extra ones are
         zero-weight dummies."""
         self.engine.train()
-        parts = micro_batches(batch, self.cfg.micro_batch_size) if batch.sequences else []
+        parts = rank_micro_batches(batch, self.cfg)
         if len(parts) > num_micro:
             raise ValueError(f"rank {self.rank}: {len(parts)} micro-batches, more than the agreed {num_micro}")
         summed: dict[str, float] = {}
@@ -148,7 +155,7 @@ class LearnerRank:
         return summed
 
     def num_micro_batches(self, batch: TrainBatch) -> int:
-        return len(micro_batches(batch, self.cfg.micro_batch_size)) if batch.sequences else 0
+        return len(rank_micro_batches(batch, self.cfg))
 
     # -- weights ------------------------------------------------------------------------------
     def named_full_weights(self):

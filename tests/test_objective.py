@@ -104,3 +104,24 @@ def test_micro_batches_sum_to_the_whole_batch():
     torch.testing.assert_close(grads, g_whole, rtol=1e-5, atol=1e-7)
     for key in ("dpo_loss", "dpo_accuracy", "grpo_loss", "kl", "entropy", "nll_loss"):
         assert summed[key] == pytest.approx(whole_metrics[key], rel=1e-5, abs=1e-7), key
+
+
+def test_micro_batches_under_a_token_budget():
+    """With ``max_tokens``, a micro-batch closes before it would exceed the budget, counted as
+    packed when prompts are shared; pair groups stay whole even when over it."""
+    from learner.objective import micro_batches
+
+    a, b = [1, 2, 3, 4], [5, 6]
+    rows = [TrainSequence(a, [9] * 2), TrainSequence(a, [9] * 3), TrainSequence(a, [9] * 1), TrainSequence(b, [9] * 4)]
+    batch = TrainBatch(rows)
+    order = lambda parts: [[len(s.response_ids) for s in p.sequences] for p in parts]  # noqa: E731
+    assert order(micro_batches(batch, 8)) == [[2, 3, 1, 4]]
+    # rows alone: 6 + 7 > 10, 7 + 5 > 10, 5 + 6 > 10
+    assert order(micro_batches(batch, 8, max_tokens=10)) == [[2], [3], [1], [4]]
+    # shared prompt counted once: 4 + 2 + 3 = 9, + 1 = 10; b's rows bring their own prompt
+    assert order(micro_batches(batch, 8, max_tokens=10, share_prompts=True)) == [[2, 3, 1], [4]]
+    assert order(micro_batches(batch, 2, max_tokens=11, share_prompts=True)) == [[2, 3], [1, 4]]  # rows first, then 5 + 6
+    # a pair group over the budget is a micro-batch of its own, whole
+    pairs = TrainBatch(rows, chosen=[0, 2], rejected=[1, 3], pair_group=[0, 0])
+    parts = micro_batches(pairs, 8, max_tokens=5)
+    assert order(parts) == [[2, 3, 1, 4]] and parts[0].num_pairs == 2

@@ -121,8 +121,10 @@ def test_push_is_exact_with_each_transport(ray_cluster, tiny_llama, tmp_path):
         learners.shutdown()
 
 
-def test_zero3_two_ranks_and_packing_match_one_rank(ray_cluster, tiny_llama):
+def test_zero3_two_ranks_packing_and_token_budget_match_one_rank(ray_cluster, tiny_llama):
     from actors.learner import LearnerGroup
+    from learner.objective import split_batch
+    from learner.trainer import rank_micro_batches
     from rollout.algorithms import build_group_dpo_batch
     from rollout.records import Sample
 
@@ -131,19 +133,26 @@ def test_zero3_two_ranks_and_packing_match_one_rank(ray_cluster, tiny_llama):
                for g in range(3) for k in range(4)]  # fmt: skip
     batch = build_group_dpo_batch(samples, with_advantages=True)
     spec = LossSpec(dpo_weight=1.0, grpo_weight=0.5, nll_coef=0.1, entropy_coef=0.01)
+    # a group (4 rows, one shared 3-token prompt, ~21 packed tokens) is one DPO unit; under a
+    # 30-token budget each is a micro-batch, so the rank with two groups runs two, the other one
+    budget = ["learner.micro_batch_size=8", "learner.micro_batch_tokens=30"]
     losses = {}
-    for ranks, stage, packing in [(1, 0, False), (2, 3, False), (2, 3, True)]:
-        cfg = load_config("tiny-grpo", [f"learner.num_ranks={ranks}", f"learner.zero_stage={stage}",
-                                        f"learner.packing={packing}", "learner.lr=1e-2", "learner.micro_batch_size=4"]).learner  # fmt: skip
+    for name, ranks, stage, packing, extra in [("one rank", 1, 0, False, []), ("zero3", 2, 3, False, []),
+                                               ("packed", 2, 3, True, []), ("token budget", 2, 3, True, budget)]:  # fmt: skip
+        cfg = load_config("tiny-grpo", [f"learner.num_ranks={ranks}", f"learner.zero_stage={stage}", f"learner.packing={packing}",
+                                        "learner.lr=1e-2", "learner.micro_batch_size=4", *extra]).learner  # fmt: skip
+        if extra:
+            assert sorted(len(rank_micro_batches(s, cfg)) for s in split_batch(batch, 2)) == [1, 2]
         group = LearnerGroup(tiny_llama, cfg, needs_reference=True)
         try:
-            losses[ranks, packing] = [group.train_step(batch, spec)["loss"] for _ in range(3)]
+            losses[name] = [group.train_step(batch, spec)["loss"] for _ in range(3)]
         finally:
             group.shutdown()
-    one_rank = losses[1, False]
+    one_rank = losses["one rank"]
     assert one_rank[0] != one_rank[2], "training must move the loss"
-    assert losses[2, False] == pytest.approx(one_rank, rel=1e-4)
-    assert losses[2, True] == pytest.approx(one_rank, rel=1e-4)  # packed rows train like padded ones
+    assert losses["zero3"] == pytest.approx(one_rank, rel=1e-4)
+    assert losses["packed"] == pytest.approx(one_rank, rel=1e-4)  # packed rows train like padded ones
+    assert losses["token budget"] == pytest.approx(one_rank, rel=1e-4)
 
 
 def test_set_sync_interval_from_another_process(ray_cluster, tiny_llama, tmp_path):
