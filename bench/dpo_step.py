@@ -18,23 +18,31 @@ import time
 from common import machine, print_table
 
 
-def shared_batch(rows_per_prompt: int, prompts: int, prompt_len: int, seed: int):
-    """``prompts`` prompts with ``rows_per_prompt`` responses each; pairs (0, 1) of each prompt."""
+def packed_tokens(batch) -> int:
+    """Tokens of ``batch`` packed with shared prompts: each distinct prompt once, every response."""
+    return sum(map(len, {tuple(s.prompt_ids) for s in batch.sequences})) + sum(len(s.response_ids) for s in batch.sequences)
+
+
+def shared_batch(rows_per_prompt: int, prompts: int, prompt_len: int, seed: int, response_len: tuple[int, int] = (20, 30),
+                 token_range: tuple[int, int] = (1000, 40000)):  # fmt: skip
+    """``prompts`` prompts with ``rows_per_prompt`` responses each, token ids drawn from
+    ``token_range``; pairs (0, 1) of each prompt when there are 2 rows per prompt. Returns the
+    batch and its packed tokens."""
     from rollout.records import TrainBatch, TrainSequence
 
     rng = random.Random(seed)
     seqs, chosen, rejected, group = [], [], [], []
     for p in range(prompts):
-        prompt = [rng.randrange(1000, 40000) for _ in range(prompt_len)]
+        prompt = [rng.randrange(*token_range) for _ in range(prompt_len)]
         for _ in range(rows_per_prompt):
-            r = rng.randint(20, 30)
-            seqs.append(TrainSequence(prompt_ids=list(prompt), response_ids=[rng.randrange(1000, 40000) for _ in range(r)],
+            r = rng.randint(*response_len)
+            seqs.append(TrainSequence(prompt_ids=list(prompt), response_ids=[rng.randrange(*token_range) for _ in range(r)],
                                       behaviour_logps=[-rng.random() * 3 for _ in range(r)], advantage=rng.gauss(0, 1)))  # fmt: skip
         chosen.append(p * rows_per_prompt), rejected.append(p * rows_per_prompt + 1), group.append(p)
     if rows_per_prompt != 2:
         chosen, rejected, group = [], [], []
-    packed = prompts * prompt_len + sum(len(s.response_ids) for s in seqs)
-    return TrainBatch(seqs, chosen, rejected, group), packed
+    batch = TrainBatch(seqs, chosen, rejected, group)
+    return batch, packed_tokens(batch)
 
 
 def main() -> None:

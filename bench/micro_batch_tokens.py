@@ -14,27 +14,11 @@ against rows only (16 rows per micro-batch, no budget).
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import time
 
 from common import machine, print_table
-
-
-def grpo_batch(groups: int, prompt_len: int, response_len: tuple[int, int], vocab: int, seed: int):
-    """``groups`` prompts with 4 samples each; returns the batch and its packed token count."""
-    from rollout.records import TrainBatch, TrainSequence
-
-    rng = random.Random(seed)
-    tokens = lambda n: [rng.randrange(10, vocab) for _ in range(n)]  # noqa: E731
-    seqs = []
-    for _ in range(groups):
-        prompt = tokens(prompt_len)
-        for _ in range(4):
-            n = rng.randint(*response_len)
-            seqs.append(TrainSequence(prompt_ids=list(prompt), response_ids=tokens(n),
-                                      behaviour_logps=[-rng.random() * 3 for _ in range(n)], advantage=rng.gauss(0, 1)))  # fmt: skip
-    return TrainBatch(seqs), groups * prompt_len + sum(len(s.response_ids) for s in seqs)
+from dpo_step import packed_tokens, shared_batch
 
 
 def main() -> None:
@@ -59,13 +43,13 @@ def main() -> None:
           f"attention {rank.engine.module.config._attn_implementation}")  # fmt: skip
     rows, warm = [], False
     for name, groups, response_len in [("short responses (20-30)", 8, (20, 30)), ("long responses (150-250)", 2, (150, 250))]:
-        batch, packed = grpo_batch(groups, args.prompt_len, response_len, rank.engine.module.config.vocab_size, seed=0)
+        vocab = rank.engine.module.config.vocab_size
+        batch, packed = shared_batch(4, groups, args.prompt_len, 0, response_len, token_range=(10, vocab))
         base = None
         for budget in args.budgets:
             cfg.micro_batch_tokens = budget
             parts = rank_micro_batches(batch, cfg)
-            longest = max(len({tuple(s.prompt_ids) for s in p.sequences}) * args.prompt_len
-                          + sum(len(s.response_ids) for s in p.sequences) for p in parts)  # fmt: skip
+            longest = max(map(packed_tokens, parts))
             times = []
             for _ in range(args.repeat + (not warm)):  # one warm-up step in all
                 t0 = time.perf_counter()

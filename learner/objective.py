@@ -136,10 +136,12 @@ def micro_batches(batch: TrainBatch, max_rows: int, max_tokens: int = 0, share_p
         return sum(map(len, prompts)) + sum(len(s.response_ids) for s in seqs)
 
     for unit in units(batch):
-        if out[-1] and (len(out[-1]) + len(unit) > max_rows or (max_tokens and tokens + cost(unit) > max_tokens)):
+        added = cost(unit)
+        if out[-1] and (len(out[-1]) + len(unit) > max_rows or (max_tokens and tokens + added > max_tokens)):
             out.append([])
             seen, tokens = set(), 0
-        tokens += cost(unit)
+            added = cost(unit)  # its prompts are new again
+        tokens += added
         seen.update(tuple(batch.sequences[r].prompt_ids) for r in unit)
         out[-1] += unit
     return [subset(batch, rows) for rows in out if rows]
