@@ -21,13 +21,14 @@ class LearnerGroup:
     """Splits each step's batch over the ranks (pair groups whole, tokens balanced) and sums the
     ranks' parts of the loss and metrics."""
 
-    def __init__(self, model_path: str, cfg: Any, temperature: float = 1.0, needs_reference: bool = False):
+    def __init__(self, model_path: str, cfg: Any, temperature: float = 1.0, needs_reference: bool = False,
+                 needs_value: bool = False):  # fmt: skip
         self.cfg = cfg
         gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
         port = free_port()
         self.workers = [
             LearnerWorker.options(num_cpus=1, num_gpus=gpus, runtime_env=WORKER_RUNTIME_ENV).remote(
-                model_path, cfg, rank, cfg.num_ranks, "127.0.0.1", port, temperature, needs_reference
+                model_path, cfg, rank, cfg.num_ranks, "127.0.0.1", port, temperature, needs_reference, needs_value
             )
             for rank in range(cfg.num_ranks)
         ]
@@ -39,7 +40,7 @@ class LearnerGroup:
         totals = Totals.of(batch)
         results = ray.get([w.train_step.remote(s, spec, totals, num_micro) for w, s in zip(self.workers, shards)])
         merged = {k: sum(r.get(k, 0.0) for r in results) for k in set().union(*results)}
-        merged.update({k: results[0][k] for k in ("grad_norm", "lr") if k in results[0]})  # global, not parts
+        merged.update({k: results[0][k] for k in ("grad_norm", "value_grad_norm", "lr") if k in results[0]})  # global, not parts
         return merged
 
     def on_all(self, method: str, *args: Any) -> list:

@@ -106,6 +106,9 @@ def save_final(run_dir: str, cfg: SyncRLConfig, state: RunState, learners, model
     learners.on_all("save_hf", str(out))
     from transformers import AutoTokenizer
 
-    AutoTokenizer.from_pretrained(model_path).save_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer.save_pretrained(out)
+    if (out / "value").is_dir():  # the value model (OREO): a folder of its own, loadable alone
+        tokenizer.save_pretrained(out / "value")
     (out / "syncrl_state.json").write_text(state.to_json())
     return out

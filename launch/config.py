@@ -88,10 +88,14 @@ class DataConfig(Section):
     seed: int = 0
 
 
+OREO_KL_REG = {"token": 0.01, "step": 0.1, "response": 0.3}  # the OREO paper's alpha per level
+
+
 class AlgorithmConfig(Section):
-    # grpo | dpo | group_dpo | group_dpo_grpo (GroupDPO + grpo_weight * GRPO)
-    name: Literal["grpo", "dpo", "group_dpo", "group_dpo_grpo"] = "grpo"
-    beta: float = Field(0.1, gt=0)  # DPO temperature
+    # grpo | dpo | group_dpo | group_dpo_grpo (GroupDPO + grpo_weight * GRPO) | oreo (policy and
+    # value model, soft Bellman losses) | rejection_sampling (NLL on the responses with reward 1)
+    name: Literal["grpo", "dpo", "group_dpo", "group_dpo_grpo", "oreo", "rejection_sampling"] = "grpo"
+    beta: float = Field(0.1, gt=0)  # DPO temperature; OREO's KL coefficient (the paper: 0.03)
     ld_alpha: float = Field(1.0, ge=0, le=1)  # LD-DPO weight of tokens past the shorter response; 1 = DPO
     nll_coef: float = Field(0.0, ge=0)  # NLL on the chosen response (length-normalized)
     grpo_weight: float = Field(1.0, ge=0)  # alpha of GroupDPO + alpha * GRPO
@@ -101,6 +105,17 @@ class AlgorithmConfig(Section):
     scale_by_std: bool = True  # GRPO advantages divided by the group's std
     entropy_coef: float = Field(0.0, ge=0)  # loss -= entropy_coef * mean token entropy
     skip_uniform_groups: bool = False  # drop GRPO groups whose rewards are all equal (zero advantage)
+    # OREO: an action is a token, a reasoning step (ended by step_delimiter) or the whole response
+    level: Literal["token", "step", "response"] = "token"
+    step_delimiter: str = Field("\n", min_length=1)
+    # OREO: weight alpha of KL(pi || ref) in the policy loss; None: the paper's 0.01 (token level),
+    # 0.1 (step), 0.3 (response). kl_estimator: over the full vocabulary, or the sampled token's k3.
+    kl_reg: float | None = Field(None, ge=0)
+    kl_estimator: Literal["full", "k3"] = "full"
+
+    @property
+    def oreo_kl_reg(self) -> float:
+        return OREO_KL_REG[self.level] if self.kl_reg is None else self.kl_reg
 
 
 class RolloutConfig(Section):
@@ -153,6 +168,7 @@ class LearnerConfig(Section):
     num_ranks: int = Field(1, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 0
     lr: float = Field(1e-6, gt=0)
+    value_lr: float | None = Field(None, gt=0)  # the value model's AdamW (OREO); None: lr
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = Field(1.0, ge=0)

@@ -39,7 +39,8 @@ class Driver:
     def __init__(self, cfg: SyncRLConfig, run_dir: str, state: RunState | None = None):
         self.cfg, self.run_dir = cfg, run_dir
         self.model_path, self.stages = resolve_model(cfg.model.path), cfg.resolved_stages()
-        self.algorithms = [make_algorithm(s.algorithm, seed=cfg.seed + i) for i, s in enumerate(self.stages)]
+        texts = TokenTexts(self.model_path)  # loads the tokenizer if an algorithm asks (OREO's steps)
+        self.algorithms = [make_algorithm(s.algorithm, cfg.seed + i, texts) for i, s in enumerate(self.stages)]
         self.data = load_data(cfg, self.model_path, self.stages)  # bad data fails here, before any actor starts
         self.state = state or RunState(sync_interval=self.stages[0].sync.interval)
         self.eval_prompts = test_prompts(cfg) if cfg.eval.enabled else []
@@ -52,8 +53,9 @@ class Driver:
         try:
             self.groups.append(rollouts := RolloutGroup(self.model_path, cfg.rollout))
             self.groups.append(rewards := RewardGroup(cfg.reward))
-            needs_reference = any(a.loss.needs_reference for a in self.algorithms)
-            self.groups.append(learners := LearnerGroup(self.model_path, cfg.learner, cfg.rollout.temperature, needs_reference))
+            needs = dict(needs_reference=any(a.loss.needs_reference for a in self.algorithms),
+                         needs_value=any(a.loss.needs_value for a in self.algorithms))  # fmt: skip
+            self.groups.append(learners := LearnerGroup(self.model_path, cfg.learner, cfg.rollout.temperature, **needs))
             self.rollouts, self.rewards, self.learners = rollouts, rewards, learners
             self.transport = make_transport(cfg.sync.transport, learners, rollouts)
             restore(self.run_dir, state, learners, rollouts, self.transport)
@@ -134,6 +136,21 @@ def train(cfg: SyncRLConfig, run_dir: str, state: RunState | None = None) -> Run
     """Run every stage of ``cfg`` in ``run_dir``; ``state`` continues a checkpointed run."""
     with Driver(cfg, run_dir, state) as driver:
         return driver.run()
+
+
+class TokenTexts:
+    """ids -> the text of each token, with the model's tokenizer, loaded on first use (OREO's
+    step level finds reasoning steps with it)."""
+
+    def __init__(self, model_path: str):
+        self.model_path, self.tokenizer = model_path, None
+
+    def __call__(self, ids: list[int]) -> list[str]:
+        if self.tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        return self.tokenizer.batch_decode([[i] for i in ids])
 
 
 def load_data(cfg: SyncRLConfig, model_path: str, stages) -> list:

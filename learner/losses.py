@@ -140,3 +140,97 @@ def grpo_loss(
 def entropy_loss(entropy: torch.Tensor, mask: torch.Tensor, coef: float, total_tokens: float | None = None) -> torch.Tensor:
     """Entropy regularization: L = -coef * token_mean(H_t), H_t = -sum_v pi(v) log pi(v)."""
     return -coef * token_mean(entropy, mask, total_tokens)
+
+
+# -- OREO (arXiv 2412.16145): soft Bellman consistency of a policy and a value model ---------------
+#
+# Token-level MDP: state s_t = prompt + response tokens before t, action a_t = token t, reward R
+# only at the end. lr_t = log pi(a_t|s_t) - log ref(a_t|s_t). An *action* may span several tokens
+# (step level: a reasoning step; response level: the whole response): ``starts[i, t]`` is 1 where
+# an action of row i begins, and every response token belongs to the action that began last.
+# ``values[i, t]`` is V(state before token t), read where an action begins.
+
+
+def action_log_ratios(log_ratio: torch.Tensor, mask: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per action k of each row, at its first token t_k:
+
+        A_k = sum_{t in action k} lr_t                    (the action's log-ratio, with gradient)
+        F_k = sum_{t >= t_k} lr_t                         (the action's and every later one's)
+
+    Both are [N, T], nonzero only where ``starts`` is 1. ``log_ratio`` is lr_t, [N, T].
+    """
+    lr = log_ratio * mask
+    future = lr.flip(-1).cumsum(-1).flip(-1)  # F at every token: sum of lr from t to the end
+    action = (starts * mask).cumsum(-1).long()  # 1-based index of each token's action (0 before the first)
+    per_action = lr.new_zeros(lr.shape[0], lr.shape[1] + 1).scatter_add(1, action, lr)  # A by action index
+    return per_action.gather(1, action) * starts * mask, future * starts * mask
+
+
+def _per_state_mean(per_state: torch.Tensor, states: torch.Tensor, num_rows: int | None) -> torch.Tensor:
+    """Mean over each row's states, then over rows (``num_rows`` when this batch is a part)."""
+    per_row = masked_sum(per_state, states) / states.sum(-1).clamp(min=1)
+    return per_row.sum() / (per_row.numel() if num_rows is None else num_rows)
+
+
+def oreo_value_loss(
+    values: torch.Tensor,
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    starts: torch.Tensor,
+    beta: float,
+    num_rows: int | None = None,
+) -> torch.Tensor:
+    """OREO value loss: the value model alone learns (every policy term is detached):
+
+        L_V = (1/N) sum_i (1/K_i) sum_k [ V(s_k) - R_i + beta * sg(sum_{j >= k} A_j) ]^2
+
+    over the K_i actions of row i (token level: every response token). ``rewards`` is [N].
+    """
+    states = starts * mask
+    _, future = action_log_ratios((logps - ref_logps).detach(), mask, states)
+    residual = values - rewards.to(values.dtype)[:, None] + beta * future
+    return _per_state_mean(residual.square(), states, num_rows)
+
+
+def oreo_policy_loss(
+    values: torch.Tensor,
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    starts: torch.Tensor,
+    beta: float,
+    num_rows: int | None = None,
+) -> torch.Tensor:
+    """OREO policy loss: only the current action's log-ratio carries gradient (V and the later
+    actions' log-ratios are stop-gradient):
+
+        L_pi = (1/N) sum_i (1/K_i) sum_k [ sg(V(s_k)) - R_i + beta * A_k + sg(beta * sum_{j > k} A_j) ]^2
+
+    Response level (one action: the whole response) this is [V(s_0) - R + beta * sum_t lr_t]^2.
+    """
+    states = starts * mask
+    current, future = action_log_ratios(logps - ref_logps.detach(), mask, states)
+    later = (future - current).detach()
+    residual = values.detach() - rewards.to(logps.dtype)[:, None] + beta * current + beta * later
+    return _per_state_mean(residual.square(), states, num_rows)
+
+
+def kl_full_vocab(logits: torch.Tensor, ref_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-position KL(pi || ref) over the whole vocabulary, from logits [..., V]:
+
+        KL_t = sum_v pi(v|s_t) * (log pi(v|s_t) - log ref(v|s_t))
+    """
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    ref_logp = torch.log_softmax(ref_logits.float() / temperature, dim=-1)
+    return (logp.exp() * (logp - ref_logp)).sum(-1)
+
+
+def state_mean(per_token: torch.Tensor, mask: torch.Tensor, num_rows: int | None = None) -> torch.Tensor:
+    """Mean over each row's response tokens, then over rows (OREO's KL regularizer L_reg):
+
+        L = (1/N) sum_i (1/|y_i|) sum_t per_token[i, t]
+    """
+    return _per_state_mean(per_token, mask, num_rows)

@@ -28,6 +28,8 @@ class CollatedBatch:
     chosen: torch.Tensor  # [P]
     rejected: torch.Tensor  # [P]
     pair_group: torch.Tensor  # [P]
+    rewards: torch.Tensor  # [N]
+    action_starts: torch.Tensor  # [N, T] float, 1 where an action (OREO) begins
 
     @property
     def num_tokens(self) -> int:
@@ -41,11 +43,18 @@ def collate(batch: TrainBatch, pad_token_id: int) -> CollatedBatch:
     attention_mask = torch.zeros((n, width), dtype=torch.long)
     loss_mask = torch.zeros((n, width))
     behaviour = torch.zeros((n, width))
+    starts = torch.zeros((n, width))
     for i, s in enumerate(batch.sequences):
         p, r = len(s.prompt_ids), len(s.response_ids)
         input_ids[i, : p + r] = torch.tensor(s.prompt_ids + s.response_ids, dtype=torch.long)
         attention_mask[i, : p + r] = 1
         loss_mask[i, p : p + r] = 1
+        if s.action_starts is None:
+            starts[i, p : p + r] = 1
+        else:
+            if any(not 0 <= a < r for a in s.action_starts) or (r and 0 not in s.action_starts):
+                raise ValueError(f"row {i}: action starts {s.action_starts} must include 0 and lie in its {r} response tokens")
+            starts[i, [p + a for a in s.action_starts]] = 1
         if s.behaviour_logps is not None:
             if len(s.behaviour_logps) != r:
                 raise ValueError(f"row {i}: {len(s.behaviour_logps)} behaviour log-probs for {r} response tokens")
@@ -60,6 +69,8 @@ def collate(batch: TrainBatch, pad_token_id: int) -> CollatedBatch:
         chosen=torch.tensor(batch.chosen, dtype=torch.long),
         rejected=torch.tensor(batch.rejected, dtype=torch.long),
         pair_group=torch.tensor(batch.pair_group, dtype=torch.long),
+        rewards=torch.tensor([s.reward for s in batch.sequences], dtype=torch.float32),
+        action_starts=starts,
     )
 
 
@@ -72,6 +83,7 @@ class Totals:
     groups: int  # pair groups (DPO / GroupDPO mean)
     pairs: int
     chosen_rows: int  # distinct chosen rows (NLL mean)
+    rows: int = 0  # every row (SFT, OREO and KL means over sequences)
 
     @staticmethod
     def of(batch: TrainBatch) -> Totals:
@@ -80,6 +92,7 @@ class Totals:
             groups=len(set(batch.pair_group)),
             pairs=batch.num_pairs,
             chosen_rows=len(set(batch.chosen)),
+            rows=len(batch.sequences),
         )
 
 
@@ -154,10 +167,17 @@ def compute_loss(
     entropy: torch.Tensor | None = None,
     ref_logps: torch.Tensor | None = None,
     totals: Totals | None = None,
+    values: torch.Tensor | None = None,
+    kl_tokens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L = dpo_weight * L_(Group)DPO + nll_coef * L_NLL + grpo_weight * L_GRPO - entropy_coef * H.
+    """The policy's loss:
 
-    ``logps``/``entropy``/``ref_logps`` are [N, T] per-token tensors aligned with input_ids.
+        L = dpo_weight * L_(Group)DPO + nll_coef * L_NLL + grpo_weight * L_GRPO - entropy_coef * H
+          + sft_weight * L_NLL(all rows) + bellman_weight * L_OREO_pi + kl_reg * L_KL
+
+    ``logps``/``entropy``/``ref_logps`` are [N, T] per-token tensors aligned with input_ids;
+    ``values`` the value model's V (OREO), ``kl_tokens`` the full-vocabulary KL(pi || ref) per
+    token (``kl_estimator: full``).
     ``totals`` are the whole step's denominators when ``batch`` is a micro-batch of it (default:
     this batch's own). Returns the loss and float metrics, each normalized by the same totals,
     so micro-batch values add up to the whole batch's.
@@ -168,8 +188,7 @@ def compute_loss(
     if spec.needs_reference and ref_logps is None:
         raise ValueError("this loss needs reference log-probs (DPO term or KL) but none were given")
     if totals is None:
-        totals = Totals(float(mask.sum()), len(set(batch.pair_group.tolist())), batch.chosen.numel(),
-                        len(set(batch.chosen.tolist())))  # fmt: skip
+        totals = own_totals(batch)
 
     if spec.dpo_weight and batch.chosen.numel():
         c, r = batch.chosen, batch.rejected
@@ -201,6 +220,30 @@ def compute_loss(
         metrics["grpo_loss"] = grpo.item()
         metrics.update({k: v.item() for k, v in stats.items()})
 
+    if spec.sft_weight:
+        sft = losses.nll_loss(logps, mask, totals.rows)
+        loss = loss + spec.sft_weight * sft
+        metrics["sft_loss"] = sft.item()
+
+    if spec.bellman_weight:
+        if values is None:
+            raise ValueError("the OREO policy loss needs the value model's values")
+        bellman = losses.oreo_policy_loss(values, logps, ref_logps, batch.rewards, mask, batch.action_starts,
+                                          spec.beta, totals.rows)  # fmt: skip
+        loss = loss + spec.bellman_weight * bellman
+        metrics["policy_bellman_loss"] = bellman.item()
+
+    if spec.kl_reg:
+        if spec.kl_estimator == "full":
+            if kl_tokens is None:
+                raise ValueError("kl_estimator 'full' needs the per-token KL over the vocabulary")
+            per_token = kl_tokens
+        else:
+            per_token = losses.kl_k3(logps, ref_logps)
+        kl_term = losses.state_mean(per_token, mask, totals.rows)
+        loss = loss + spec.kl_reg * kl_term
+        metrics["kl_reg_term"] = kl_term.item()
+
     if entropy is not None:
         metrics["entropy"] = losses.token_mean(entropy.detach(), mask, totals.tokens).item()
         if spec.entropy_coef:
@@ -208,3 +251,33 @@ def compute_loss(
 
     metrics["loss"] = loss.item()
     return loss, metrics
+
+
+def own_totals(batch: CollatedBatch) -> Totals:
+    """The denominators of a batch that is the whole step."""
+    return Totals(float(batch.loss_mask.sum()), len(set(batch.pair_group.tolist())), batch.chosen.numel(),
+                  len(set(batch.chosen.tolist())), batch.input_ids.shape[0])  # fmt: skip
+
+
+def compute_value_loss(
+    spec: LossSpec,
+    batch: CollatedBatch,
+    values: torch.Tensor,
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    totals: Totals | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The value model's loss, value_weight * L_OREO_V (no gradient reaches the policy), and how
+    well V(s_0), the value of the prompt alone, predicts the reward: its mean and mean |V(s_0) - R|."""
+    mask = batch.loss_mask.to(values.dtype)
+    totals = totals or own_totals(batch)
+    loss = spec.value_weight * losses.oreo_value_loss(values, logps, ref_logps, batch.rewards, mask,
+                                                      batch.action_starts, spec.beta, totals.rows)  # fmt: skip
+    has_response = mask.sum(-1) > 0
+    v0 = values.detach().gather(1, mask.argmax(-1, keepdim=True)).squeeze(1) * has_response
+    rows = max(totals.rows, 1)
+    return loss, {
+        "value_loss": loss.item(),
+        "value_s0_mean": v0.sum().item() / rows,
+        "value_s0_abs_err": ((v0 - batch.rewards.to(v0.dtype)).abs() * has_response).sum().item() / rows,
+    }

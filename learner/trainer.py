@@ -16,15 +16,19 @@ from typing import Any
 
 import torch
 
-from learner.logprobs import logprobs_and_entropy, token_logprobs_and_entropy
-from learner.objective import CollatedBatch, Totals, collate, compute_loss, micro_batches
-from learner.packing import pack, packed_mask, unpack
+from learner.losses import kl_full_vocab
+from learner.logprobs import logprobs_and_entropy
+from learner.objective import CollatedBatch, Totals, collate, compute_loss, compute_value_loss, micro_batches
+from learner.packing import Packed, pack, packed_mask, unpack
+from learner.value import ValueModel, save_value_folder
 from rollout.records import LossSpec, TrainBatch, TrainSequence, weights_checksum
 
 DUMMY = TrainBatch([TrainSequence(prompt_ids=[0], response_ids=[0], behaviour_logps=[0.0])])
 
 
-def ds_config(cfg: Any, gpu: bool) -> dict:
+def ds_config(cfg: Any, gpu: bool, lr: float | None = None) -> dict:
+    """The DeepSpeed config of a learner engine (``lr``: another learning rate, e.g. the value model's)."""
+    lr = cfg.lr if lr is None else lr
     config = {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": 1,
@@ -34,14 +38,14 @@ def ds_config(cfg: Any, gpu: bool) -> dict:
         "bf16": {"enabled": gpu},
         "optimizer": {
             "type": "AdamW",
-            "params": {"lr": cfg.lr, "betas": list(cfg.betas), "weight_decay": cfg.weight_decay, "torch_adam": True},
+            "params": {"lr": lr, "betas": list(cfg.betas), "weight_decay": cfg.weight_decay, "torch_adam": True},
         },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }  # fmt: skip
     if cfg.warmup_steps:
         config["scheduler"] = {"type": "WarmupLR", "params": {
-            "warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_num_steps": cfg.warmup_steps, "warmup_type": "linear"}}
+            "warmup_min_lr": 0.0, "warmup_max_lr": lr, "warmup_num_steps": cfg.warmup_steps, "warmup_type": "linear"}}
     return config
 
 
@@ -69,10 +73,12 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
 
 
 class LearnerRank:
-    """A DeepSpeed rank: log-probs, losses, optimizer steps, weight export, checkpoints."""
+    """A DeepSpeed rank: log-probs, losses, optimizer steps, weight export, checkpoints. With
+    ``needs_value`` it also holds a value model (OREO) as a second DeepSpeed engine with its own
+    AdamW (``cfg.value_lr``), trained on the same micro-batches."""
 
     def __init__(self, model_path: str, cfg: Any, rank: int, world_size: int, master_addr: str, master_port: int,
-                 temperature: float = 1.0, needs_reference: bool = False):  # fmt: skip
+                 temperature: float = 1.0, needs_reference: bool = False, needs_value: bool = False):  # fmt: skip
         import deepspeed
         from transformers import AutoModelForCausalLM
 
@@ -97,6 +103,13 @@ class LearnerRank:
         self.reference = None
         if needs_reference:
             self.reference = self._frozen_copy(model_path, load)
+        self.value_engine = None
+        if needs_value:
+            value = ValueModel.from_pretrained(model_path, **load)
+            if cfg.gradient_checkpointing:
+                value.gradient_checkpointing_enable()
+            self.value_engine, *_ = deepspeed.initialize(model=value, model_parameters=value.parameters(),
+                                                         config=ds_config(cfg, self.gpu, cfg.value_lr))  # fmt: skip
         self.version = 0
 
     def _frozen_copy(self, model_path: str, load: dict) -> torch.nn.Module:
@@ -107,19 +120,47 @@ class LearnerRank:
         return ref
 
     # -- forward ------------------------------------------------------------------------------
-    def _logps(self, module: torch.nn.Module, cb: CollatedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token log-probs and entropies [N, T] of a padded batch (0 off the response tokens),
-        computed padded or packed (learner.packing)."""
+    def _pack(self, cb: CollatedBatch) -> Packed | None:
+        """The micro-batch packed (learner.packing), or None when it runs padded."""
         if not self.cfg.packing:
-            logits = module(input_ids=cb.input_ids, attention_mask=cb.attention_mask, use_cache=False).logits
-            return token_logprobs_and_entropy(logits, cb.input_ids, self.temperature)
+            return None
         flash = self.engine.module.config._attn_implementation == "flash_attention_2"
-        packed = pack(cb.input_ids, cb.attention_mask, cb.loss_mask, share_prompts=self.cfg.share_prompts and not flash)
-        kwargs = dict(input_ids=packed.input_ids, position_ids=packed.position_ids, logits_to_keep=packed.pred, use_cache=False)
-        if not flash:  # flash-attention reads the segments from the position ids
+        return pack(cb.input_ids, cb.attention_mask, cb.loss_mask, share_prompts=self.cfg.share_prompts and not flash)
+
+    def _inputs(self, cb: CollatedBatch, packed: Packed | None) -> dict:
+        if packed is None:
+            return dict(input_ids=cb.input_ids, attention_mask=cb.attention_mask)
+        kwargs = dict(input_ids=packed.input_ids, position_ids=packed.position_ids)
+        if self.engine.module.config._attn_implementation != "flash_attention_2":  # flash reads segments from positions
             kwargs["attention_mask"] = packed_mask(packed, self.dtype)
-        logps, entropy = logprobs_and_entropy(module(**kwargs).logits[0], packed.target, self.temperature)
-        return unpack(logps, packed, cb.input_ids.shape), unpack(entropy, packed, cb.input_ids.shape)
+        return kwargs
+
+    def _place(self, values: torch.Tensor, cb: CollatedBatch, packed: Packed | None) -> torch.Tensor:
+        """Values of the positions that predict each token ([N, T-1] padded, [M] packed) in the
+        [N, T] layout of input_ids: column t holds the value for token t (0 off the response)."""
+        if packed is None:
+            return torch.cat([values.new_zeros(values.shape[0], 1), values], dim=1)
+        return unpack(values, packed, cb.input_ids.shape)
+
+    def _logps(self, module: torch.nn.Module, cb: CollatedBatch, packed: Packed | None = None,
+               keep_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """Per-token log-probs and entropies [N, T] of a padded batch (0 off the response tokens),
+        computed padded or packed (learner.packing); with ``keep_logits`` also the logits that
+        predict each token ([N, T-1, V] padded, [M, V] packed)."""
+        if packed is None:
+            logits = module(**self._inputs(cb, None), use_cache=False).logits[:, :-1]
+            targets = cb.input_ids[:, 1:]
+        else:
+            logits = module(**self._inputs(cb, packed), logits_to_keep=packed.pred, use_cache=False).logits[0]
+            targets = packed.target
+        logps, entropy = logprobs_and_entropy(logits, targets, self.temperature)
+        return self._place(logps, cb, packed), self._place(entropy, cb, packed), logits if keep_logits else None
+
+    def _values(self, cb: CollatedBatch, packed: Packed | None) -> torch.Tensor:
+        """The value model's V [N, T]: column t holds V of the state before token t (the prompt
+        and the response tokens before it), read at the last token of that state."""
+        values = self.value_engine(**self._inputs(cb, packed))
+        return self._place(values[:, :-1] if packed is None else values[0, packed.pred], cb, packed)
 
     def train_step(self, batch: TrainBatch, spec: LossSpec, totals: Totals, num_micro: int) -> dict[str, float]:
         """One optimizer step on this rank's share. ``num_micro``: micro-batches every rank runs
@@ -129,20 +170,37 @@ class LearnerRank:
         parts = rank_micro_batches(batch, self.cfg)
         if len(parts) > num_micro:
             raise ValueError(f"rank {self.rank}: {len(parts)} micro-batches, more than the agreed {num_micro}")
+        with_value = spec.needs_value
+        if with_value and self.value_engine is None:
+            raise ValueError("this loss needs a value model, and the learner was started without one")
+        if with_value:
+            self.value_engine.train()
         summed: dict[str, float] = {}
         for part in parts + [DUMMY] * (num_micro - len(parts)):
             cb = collate(part, self.pad_token_id)
             cb = CollatedBatch(**{k: v.to(self.device) for k, v in vars(cb).items()})
-            logps, entropy = self._logps(self.engine, cb)
-            ref_logps = None
+            packed = self._pack(cb)
+            logps, entropy, logits = self._logps(self.engine, cb, packed, keep_logits=spec.needs_full_logits)
+            ref_logps = kl_tokens = values = None
             if self.reference is not None:
                 with torch.no_grad():
-                    ref_logps, _ = self._logps(self.reference, cb)
-            loss, metrics = compute_loss(spec, cb, logps.float(), entropy.float(),
-                                         None if ref_logps is None else ref_logps.float(), totals)  # fmt: skip
+                    ref_logps, _, ref_logits = self._logps(self.reference, cb, packed, keep_logits=spec.needs_full_logits)
+                    ref_logps = ref_logps.float()
+                if logits is not None:
+                    kl_tokens = self._place(kl_full_vocab(logits, ref_logits, self.temperature), cb, packed)
+            if with_value:
+                values = self._values(cb, packed).float()
+            loss, metrics = compute_loss(spec, cb, logps.float(), entropy.float(), ref_logps, totals,
+                                         values=values, kl_tokens=kl_tokens)  # fmt: skip
+            if with_value:
+                value_loss, value_metrics = compute_value_loss(spec, cb, values, logps.float(), ref_logps, totals)
+                metrics.update(value_metrics)
             if part is DUMMY:
                 loss, metrics = loss * 0.0, {}
+                value_loss = value_loss * 0.0 if with_value else None
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+            if with_value:
+                self.value_engine.backward(value_loss * self.world_size, scale_wrt_gas=False)
             for k, v in metrics.items():
                 summed[k] = summed.get(k, 0.0) + v
         self.engine.step()
@@ -150,6 +208,11 @@ class LearnerRank:
         grad_norm = self.engine.get_global_grad_norm()  # None where DeepSpeed does not compute it (ZeRO-0)
         if grad_norm is not None:
             summed["grad_norm"] = float(grad_norm)
+        if with_value:
+            self.value_engine.step()
+            value_norm = self.value_engine.get_global_grad_norm()
+            if value_norm is not None:
+                summed["value_grad_norm"] = float(value_norm)
         summed["lr"] = self.engine.get_lr()[0]
         summed["tokens"] = float(sum(len(s.prompt_ids) + len(s.response_ids) for s in batch.sequences))
         return summed
@@ -158,12 +221,13 @@ class LearnerRank:
         return len(rank_micro_batches(batch, self.cfg))
 
     # -- weights ------------------------------------------------------------------------------
-    def named_full_weights(self):
-        """Yield (name, full tensor) of the policy in Hugging Face names. Every rank must iterate
-        (ZeRO-3 gathers each parameter collectively); all ranks see the full tensors."""
+    def named_full_weights(self, engine=None):
+        """Yield (name, full tensor) of the policy (or of another engine's module, e.g. the value
+        model) in Hugging Face names. Every rank must iterate (ZeRO-3 gathers each parameter
+        collectively); all ranks see the full tensors."""
         import deepspeed
 
-        module = self.engine.module
+        module = (engine or self.engine).module
         for name, param in module.named_parameters():
             if hasattr(param, "ds_id"):  # ZeRO-3 partitioned
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
@@ -208,16 +272,26 @@ class LearnerRank:
     def weights_checksum(self) -> str:
         return weights_checksum(self.named_full_weights())
 
+    def value_checksum(self) -> str | None:
+        return None if self.value_engine is None else weights_checksum(self.named_full_weights(self.value_engine))
+
     # -- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, folder: str, client_state: dict) -> None:
         """Model, optimizer and scheduler state of every rank, plus ``client_state`` and RNG."""
         state = dict(client_state, version=self.version, torch_rng=torch.get_rng_state(), py_rng=random.getstate())
         self.engine.save_checkpoint(folder, tag="state", client_state=state)
+        if self.value_engine is not None:
+            self.value_engine.save_checkpoint(str(Path(folder, "value")), tag="state")
         if self.reference is not None and self.rank == 0:
             torch.save(self.reference.state_dict(), Path(folder) / "reference.pt")
 
     def load_checkpoint(self, folder: str) -> dict:
         _, state = self.engine.load_checkpoint(folder, tag="state")
+        if self.value_engine is not None:
+            value_dir = Path(folder, "value")
+            if not value_dir.is_dir():
+                raise FileNotFoundError(f"{folder}: the checkpoint has no value model (value/), which this run trains")
+            self.value_engine.load_checkpoint(str(value_dir), tag="state")
         self.version = state["version"]
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["py_rng"])
@@ -227,11 +301,16 @@ class LearnerRank:
         return state
 
     def save_hf(self, folder: str) -> None:
-        """The policy as a Hugging Face folder (rank 0 writes; every rank must call)."""
+        """The policy as a Hugging Face folder, and the value model (if any) as its own folder in
+        ``folder/value`` (rank 0 writes; every rank must call)."""
         weights = dict(self.named_full_weights())
         if self.rank == 0:
             module = self.engine.module
             module.save_pretrained(folder, state_dict={k: v.cpu() for k, v in weights.items()}, safe_serialization=True)
+        if self.value_engine is not None:
+            value = {k: v.cpu() for k, v in self.named_full_weights(self.value_engine)}
+            if self.rank == 0:
+                save_value_folder(str(Path(folder, "value")), self.value_engine.module.backbone, value)
 
 
 def _has_flash_attn() -> bool:

@@ -11,6 +11,10 @@ spec. Samples of one prompt share ``prompt_id`` and form its group.
                    every (correct, incorrect) pair under 0/1 rewards; averaged per prompt.
 - group_dpo_grpo:  the group_dpo pairs plus every sample's GRPO advantage; the loss is
                    GroupDPO + grpo_weight * GRPO.
+- oreo:            every sample with its reward and where its actions begin (every token, each
+                   reasoning step, or the response); the loss is OREO's soft Bellman policy loss
+                   plus KL(pi || ref), and the value model's Bellman loss (arXiv 2412.16145).
+- rejection_sampling: the samples with reward 1 (correct), trained with NLL; OREO's baseline.
 """
 
 from __future__ import annotations
@@ -134,6 +138,53 @@ def build_group_dpo_batch(
     return TrainBatch(sequences, chosen, rejected, pair_group, counts)
 
 
+def step_starts(token_texts: list[str], delimiter: str) -> list[int]:
+    """Response-token indices where a reasoning step begins: 0, and the token after each one in
+    which an occurrence of ``delimiter`` ends (a delimiter may span tokens)."""
+    ends, pos = [], 0
+    for text in token_texts:
+        pos += len(text)
+        ends.append(pos)
+    joined, starts, token = "".join(token_texts), [0], 0
+    at = joined.find(delimiter)
+    while at >= 0:
+        last_char = at + len(delimiter) - 1
+        while ends[token] <= last_char:
+            token += 1
+        if token + 1 < len(token_texts) and starts[-1] != token + 1:
+            starts.append(token + 1)
+        at = joined.find(delimiter, at + len(delimiter))
+    return starts
+
+
+def build_oreo_batch(samples: list[Sample], level: str = "token", delimiter: str = "\n",
+                     token_texts: Callable[[list[int]], list[str]] | None = None) -> TrainBatch:  # fmt: skip
+    """Every sample, unpaired, with its reward and where its actions begin."""
+    if level == "step" and token_texts is None:
+        raise ValueError("OREO at step level needs the tokenizer's token texts to find the steps")
+    group_by_prompt(samples)  # every sample must be scored
+    sequences = []
+    for s in samples:
+        seq = _sequence(s)
+        seq.reward = float(s.reward)
+        if level == "response":
+            seq.action_starts = [0]
+        elif level == "step":
+            seq.action_starts = step_starts(token_texts(s.response_ids), delimiter)
+        sequences.append(seq)
+    counts = {"rows": len(sequences), "rows_rewarded": sum(s.reward > 0 for s in sequences)}
+    if level != "token":
+        counts["actions"] = sum(len(s.action_starts) for s in sequences)
+    return TrainBatch(sequences=sequences, counts=counts)
+
+
+def build_rejection_sampling_batch(samples: list[Sample]) -> TrainBatch:
+    """The samples whose reward is 1 (or more): a correct answer under a verifier."""
+    group_by_prompt(samples)  # every sample must be scored
+    kept = [_sequence(s) for s in samples if s.reward >= 1.0]
+    return TrainBatch(sequences=kept, counts={"kept": len(kept), "rejected": len(samples) - len(kept)})
+
+
 class Algorithm:
     """A named way of turning scored samples into a TrainBatch, and the loss that trains on it."""
 
@@ -146,8 +197,9 @@ class Algorithm:
         return f"Algorithm({self.name!r}, {self.loss})"
 
 
-def make_algorithm(cfg: Any, seed: int = 0) -> Algorithm:
-    """Build the algorithm an ``AlgorithmConfig`` names (duck-typed: rollout does not import launch)."""
+def make_algorithm(cfg: Any, seed: int = 0, token_texts: Callable[[list[int]], list[str]] | None = None) -> Algorithm:
+    """Build the algorithm an ``AlgorithmConfig`` names (duck-typed: rollout does not import launch).
+    ``token_texts`` maps token ids to their texts (OREO's step level finds steps with it)."""
     rng = random.Random(seed)
     grpo_terms = dict(clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef)
     dpo_terms = dict(beta=cfg.beta, ld_alpha=cfg.ld_alpha, nll_coef=cfg.nll_coef)
@@ -172,4 +224,13 @@ def make_algorithm(cfg: Any, seed: int = 0) -> Algorithm:
             lambda samples: build_group_dpo_batch(samples, with_advantages=True, scale_by_std=cfg.scale_by_std),
             LossSpec(dpo_weight=1.0, grpo_weight=cfg.grpo_weight, **dpo_terms, **grpo_terms, **common),
         )
+    if cfg.name == "oreo":
+        return Algorithm(
+            "oreo",
+            lambda samples: build_oreo_batch(samples, cfg.level, cfg.step_delimiter, token_texts),
+            LossSpec(bellman_weight=1.0, value_weight=1.0, beta=cfg.beta, kl_reg=cfg.oreo_kl_reg,
+                     kl_estimator=cfg.kl_estimator, **common),  # fmt: skip
+        )
+    if cfg.name == "rejection_sampling":
+        return Algorithm("rejection_sampling", build_rejection_sampling_batch, LossSpec(sft_weight=1.0, **common))
     raise ValueError(f"algorithm.name: unknown algorithm {cfg.name!r}")

@@ -49,6 +49,10 @@ class TrainSequence:
     behaviour_logps: list[float] | None = None  # needed by GRPO's importance ratio
     advantage: float = 0.0
     policy_version: int = 0
+    reward: float = 0.0  # the sample's reward (OREO's terminal reward R)
+    # Response-token indices where an action begins (OREO step and response levels); None: every
+    # token is an action (token level).
+    action_starts: list[int] | None = None
 
 
 @dataclass
@@ -85,6 +89,9 @@ class LossSpec:
 
         L = dpo_weight * GroupMean_k DPO_k(ld_alpha, beta) + nll_coef * NLL(chosen)
           + grpo_weight * GRPO(clip_low, clip_high, kl_coef) - entropy_coef * H
+          + sft_weight * NLL(every row)
+          + bellman_weight * OREO_pi(beta) + kl_reg * KL(pi || ref)       (kl_estimator: full | k3)
+        and, for the value model (its own optimizer): value_weight * OREO_V(beta)
     """
 
     dpo_weight: float = 0.0
@@ -96,10 +103,23 @@ class LossSpec:
     clip_high: float = 0.2
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
+    sft_weight: float = 0.0
+    bellman_weight: float = 0.0
+    value_weight: float = 0.0
+    kl_reg: float = 0.0
+    kl_estimator: str = "full"  # "full": over the vocabulary; "k3": the sampled token's estimate
 
     @property
     def needs_reference(self) -> bool:
-        return self.dpo_weight > 0 or self.kl_coef > 0
+        return self.dpo_weight > 0 or self.kl_coef > 0 or self.bellman_weight > 0 or self.value_weight > 0 or self.kl_reg > 0
+
+    @property
+    def needs_value(self) -> bool:
+        return self.value_weight > 0 or self.bellman_weight > 0
+
+    @property
+    def needs_full_logits(self) -> bool:
+        return self.kl_reg > 0 and self.kl_estimator == "full"
 
 
 def weights_checksum(named_tensors) -> str:

@@ -23,6 +23,11 @@ ONE_SHOT = [
     {"role": "user", "content": f"What is 2 + 2? {INSTRUCTION}"},
     {"role": "assistant", "content": "2 + 2 = 4. The answer is \\boxed{4}."},
 ]
+# Multi-step tasks: the worked example writes one step per line (OREO's step level splits at "\n").
+CHAIN_ONE_SHOT = [
+    {"role": "user", "content": f"Start with 4. Add 3, then multiply by 2, then subtract 5. What number do you get? {INSTRUCTION}"},
+    {"role": "assistant", "content": "4 + 3 = 7\n7 * 2 = 14\n14 - 5 = 9\nThe answer is \\boxed{9}."},
+]
 
 
 def _pairs(rng: random.Random, lo: int, hi: int) -> tuple[int, int]:
@@ -58,13 +63,37 @@ def word_1step(rng: random.Random) -> tuple[str, int]:
     return f"{name} has {a + b} {thing} and gives away {b}. How many {thing} are left?", a
 
 
+def chain(rng: random.Random, steps: int) -> tuple[str, int]:
+    """A start number and ``steps`` operations (add 2-9, multiply by 2-4, subtract 1-9 while the
+    result stays positive), applied in order."""
+    value = start = rng.randint(2, 20)
+    words = []
+    for _ in range(steps):
+        op = rng.choice(["add", "multiply", "subtract"] if value > 9 else ["add", "multiply"])
+        if op == "add":
+            n = rng.randint(2, 9)
+            value, text = value + n, f"add {n}"
+        elif op == "multiply":
+            n = rng.randint(2, 4)
+            value, text = value * n, f"multiply by {n}"
+        else:
+            n = rng.randint(1, 9)
+            value, text = value - n, f"subtract {n}"
+        words.append(text)
+    said = ", then ".join(words)
+    return f"Start with {start}. {said[0].upper()}{said[1:]}. What number do you get?", value
+
+
 TASKS: dict[str, Callable[[random.Random], tuple[str, int]]] = {
     "add-1digit": add_1digit,
     "add-2digit": add_2digit,
     "sub-2digit": sub_2digit,
     "mul-1digit": mul_1digit,
     "word-1step": word_1step,
+    "chain-2op": lambda rng: chain(rng, 2),
+    "chain-3op": lambda rng: chain(rng, 3),
 }
+SHOTS = {"chain-2op": CHAIN_ONE_SHOT, "chain-3op": CHAIN_ONE_SHOT}  # other tasks: ONE_SHOT
 
 
 GSM_TEST_TEMPLATES = 5  # every 5th GSM8K template is held out for testing
@@ -91,9 +120,10 @@ def gsm_symbolic(num_train: int, num_test: int, seed: int) -> tuple[list[tuple[s
 REAL_TASKS = {"gsm_symbolic": gsm_symbolic}
 
 
-def make_prompt(pid: str, question: str, answer: str, one_shot: bool, system_prompt: str | None) -> Prompt:
+def make_prompt(pid: str, question: str, answer: str, one_shot: bool, system_prompt: str | None,
+                shot: list[dict[str, str]] = ONE_SHOT) -> Prompt:  # fmt: skip
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages += ONE_SHOT if one_shot else []
+    messages += shot if one_shot else []
     messages.append({"role": "user", "content": f"{question} {INSTRUCTION}"})
     return Prompt(id=pid, messages=messages, answer=answer, source="math")
 
@@ -107,7 +137,8 @@ def make_task(name: str, num_train: int, num_test: int, seed: int = 0, one_shot:
         train, test = _generated(name, num_train, num_test, seed)
     else:
         raise ValueError(f"data.task: unknown task {name!r}; known: {', '.join([*TASKS, *REAL_TASKS])}")
-    prompt = lambda i, q, a, split: make_prompt(f"{name}/{split}/{i}", q, str(a), one_shot, system_prompt)  # noqa: E731
+    shot = SHOTS.get(name, ONE_SHOT)
+    prompt = lambda i, q, a, split: make_prompt(f"{name}/{split}/{i}", q, str(a), one_shot, system_prompt, shot)  # noqa: E731
     return [prompt(i, q, a, "train") for i, (q, a) in enumerate(train)], [prompt(i, q, a, "test") for i, (q, a) in enumerate(test)]
 
 

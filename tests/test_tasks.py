@@ -16,7 +16,14 @@ def test_tasks_are_seeded_disjoint_and_correct(name):
     assert not {p.messages[-1]["content"] for p in train} & {p.messages[-1]["content"] for p in test}
     for p in train[:10]:
         question = p.messages[-1]["content"]
-        if name != "word-1step":  # "What is a op b?": the reference answer is the arithmetic value
+        if name.startswith("chain"):  # "Start with a. Add b, then multiply by c, ...": apply the words in order
+            value = int(question.split(".")[0].removeprefix("Start with "))
+            for step in question.split(". ", 1)[1].split("?")[0].removesuffix(". What number do you get").split(", then "):
+                n = int(step.split()[-1])
+                value = {"add": value + n, "multiply": value * n, "subtract": value - n}[step.split()[0].lower()]
+            assert str(value) == p.answer and value > 0
+            assert len(question.split(", then ")) == int(name[6])
+        elif name != "word-1step":  # "What is a op b?": the reference answer is the arithmetic value
             expr = question.removeprefix("What is ").split("?")[0]
             assert str(eval(expr)) == p.answer  # noqa: S307 - generated digits and one operator
         assert "\\boxed{}" in question and p.source == "math"
@@ -64,3 +71,11 @@ def test_gsm_symbolic_is_split_by_template_with_the_generators_answers():
             question = p.messages[-1]["content"].removesuffix(" Put your final answer in \\boxed{}.")
             template, answer = truth[question]
             assert (template % GSM_TEST_TEMPLATES == 0) is held_out and p.answer == answer
+
+
+def test_chain_tasks_show_one_step_per_line():
+    (p,), _ = make_task("chain-3op", 1, 0, one_shot=True)
+    example = p.messages[1]["content"]
+    assert p.messages[0]["content"].startswith("Start with 4.") and example.count("\n") == 3
+    (plain,), _ = make_task("add-2digit", 1, 0, one_shot=True)
+    assert plain.messages[1]["content"].startswith("2 + 2 = 4")

@@ -196,6 +196,25 @@ def test_set_sync_interval_from_another_process(ray_cluster, tiny_llama, tmp_pat
     assert max(r["staleness_max"] for r in rows) <= 2 and any(r["staleness_max"] > 0 for r in rows)
 
 
+def kill_after_checkpoint(ray_cluster, cfg, run_dir: Path, step: int) -> None:
+    """Run ``syncrl train`` in another process on the test cluster and SIGKILL it as soon as its
+    checkpoint of ``step`` is in place."""
+    recipe = run_dir.with_name(run_dir.name + "-recipe.yaml")
+    recipe.write_text(dump_config(cfg))
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)
+    proc = subprocess.Popen([sys.executable, "-m", "launch", "train", str(recipe), "--output", str(run_dir)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not (run_dir / "checkpoints" / f"step_{step:06d}").exists():
+            assert proc.poll() is None and time.time() < deadline, "the run ended before its checkpoint"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    time.sleep(2)  # Ray reaps the dead driver's actors (the named Controller among them)
+
+
 def test_killed_run_resumes_with_the_same_data_and_versions(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
     """A run killed (SIGKILL) after its step-4 checkpoint and resumed gives the same data order,
     policy versions and samples as the uninterrupted run."""
@@ -206,20 +225,7 @@ def test_killed_run_resumes_with_the_same_data_and_versions(ray_cluster, tiny_ll
     train(cfg, str(tmp_path / "whole"))
 
     killed = tmp_path / "killed"
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(dump_config(cfg))
-    env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)
-    proc = subprocess.Popen([sys.executable, "-m", "launch", "train", str(recipe), "--output", str(killed)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.time() + 300
-        while not (killed / "checkpoints" / "step_000004").exists():
-            assert proc.poll() is None and time.time() < deadline, "the run ended before its checkpoint"
-            time.sleep(0.1)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    time.sleep(2)  # Ray reaps the dead driver's actors (the named Controller among them)
+    kill_after_checkpoint(ray_cluster, cfg, killed, step=4)
     run(None, resume=str(killed))
 
     keys = ("step", "stage", "policy_version", "engine_version", "sample_versions", "prompts_hash", "reward_mean",

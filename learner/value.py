@@ -1,0 +1,68 @@
+"""The value model of OREO: a causal LM's backbone with a scalar head.
+
+``V(s)`` of a state (a prompt plus the response tokens so far) is a linear map (hidden -> 1, no
+bias, zero-initialized, so V = 0 everywhere before training) of the backbone's last hidden state
+at the state's last token. The backbone starts from the same checkpoint as the policy.
+
+On disk a value model is its own folder: the backbone as an ordinary Hugging Face model (any
+``AutoModel`` loads it), the head in ``value_head.safetensors``, and the tokenizer;
+``ValueModel.from_pretrained(folder)`` loads the whole.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+HEAD_FILE = "value_head.safetensors"
+MARKER = "syncrl_value.json"
+
+
+class ValueModel(torch.nn.Module):
+    def __init__(self, backbone: torch.nn.Module, zero_init: bool = True):
+        super().__init__()
+        self.backbone = backbone
+        self.config = backbone.config
+        hidden = backbone.config.hidden_size
+        self.value_head = torch.nn.Linear(hidden, 1, bias=False, dtype=backbone.dtype)
+        if zero_init:
+            torch.nn.init.zeros_(self.value_head.weight)
+
+    @classmethod
+    def from_pretrained(cls, path: str, **load) -> ValueModel:
+        """A value folder (backbone + head), or a causal LM folder (a new, zero head)."""
+        from transformers import AutoModel
+
+        model = cls(AutoModel.from_pretrained(path, **load))
+        head = Path(path, HEAD_FILE)
+        if head.is_file():
+            from safetensors.torch import load_file
+
+            model.value_head.load_state_dict({k: v.to(model.value_head.weight.dtype) for k, v in load_file(head).items()})
+        return model
+
+    @staticmethod
+    def is_value_folder(path: str) -> bool:
+        return Path(path, HEAD_FILE).is_file()
+
+    def gradient_checkpointing_enable(self) -> None:
+        self.backbone.gradient_checkpointing_enable()
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
+        """The value at every position: [B, L], V of the state that ends at that token."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).last_hidden_state  # fmt: skip
+        return self.value_head(hidden).squeeze(-1)
+
+
+def save_value_folder(folder: str, backbone: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Write a value model from its full state dict (``backbone.*`` and ``value_head.*`` names)."""
+    from safetensors.torch import save_file
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    body = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
+    backbone.save_pretrained(folder, state_dict=body, safe_serialization=True)
+    save_file({"weight": state_dict["value_head.weight"].contiguous()}, str(Path(folder, HEAD_FILE)))
+    Path(folder, MARKER).write_text(json.dumps({"head": HEAD_FILE, "reads": "the last hidden state of the state's last token"}))
