@@ -1,7 +1,8 @@
 """``syncrl experiment``: arms x seeds of one base recipe, run one after another, then summarized.
 
 An experiments file (``launch/experiments/paper.yaml``) names a base recipe, the seeds, and per
-experiment its arms: partial configurations merged over the recipe. Every (arm, seed) run keeps
+experiment its arms: partial configurations merged over the recipe (an experiment may name its
+own ``recipe`` and ``transfer``). Every (arm, seed) run keeps
 its run directory under ``OUT/runs/ARM-FINGERPRINT/seedN``, the fingerprint being a hash of the
 arm's whole configuration: an arm that two experiments share (same name, same settings) runs once,
 and a finished run (``finished.json``) is not run again, so an interrupted experiment continues
@@ -52,6 +53,13 @@ def load_experiments(path: str) -> dict:
         if key not in spec:
             raise ConfigError(f"{file}: missing {key!r}")
     return spec
+
+
+def for_experiment(spec: dict, experiment: str) -> dict:
+    """The file's settings as one experiment sees them: an experiment may name its own ``recipe``
+    and ``transfer`` (``transfer: null``: none)."""
+    own = spec["experiments"].get(experiment) or {}
+    return {**spec, **{key: own[key] for key in ("recipe", "transfer") if key in own}}
 
 
 def arm_configs(spec: dict, experiment: str, seeds: list[int], overrides: dict | None = None) -> dict[tuple[str, int], SyncRLConfig]:
@@ -268,7 +276,7 @@ def overrides_tree(assignments: list[str]) -> dict[str, Any]:
 
 def main(spec_path: str, experiment: str, seeds: list[int] | None, out: str, overrides: list[str],
          summary_only: bool) -> int:  # fmt: skip
-    spec = load_experiments(spec_path)
+    spec = for_experiment(load_experiments(spec_path), experiment)
     tree = overrides_tree(overrides)
     configs = arm_configs(spec, experiment, seeds or spec["seeds"], tree)  # every arm validated before any run
     transfer = transfer_config(spec, tree)

@@ -25,8 +25,8 @@ ONE_SHOT = [
 ]
 # Multi-step tasks: the worked example writes one step per line (OREO's step level splits at "\n").
 CHAIN_ONE_SHOT = [
-    {"role": "user", "content": f"Start with 4. Add 3, then multiply by 2, then subtract 5. What number do you get? {INSTRUCTION}"},
-    {"role": "assistant", "content": "4 + 3 = 7\n7 * 2 = 14\n14 - 5 = 9\nThe answer is \\boxed{9}."},
+    {"role": "user", "content": f"Start with 4. Add 3, then add 6, then subtract 5. What number do you get? {INSTRUCTION}"},
+    {"role": "assistant", "content": "4 + 3 = 7\n7 + 6 = 13\n13 - 5 = 8\nThe answer is \\boxed{8}."},
 ]
 
 
@@ -64,21 +64,16 @@ def word_1step(rng: random.Random) -> tuple[str, int]:
 
 
 def chain(rng: random.Random, steps: int) -> tuple[str, int]:
-    """A start number and ``steps`` operations (add 2-9, multiply by 2-4, subtract 1-9 while the
-    result stays positive), applied in order."""
+    """A start number (2-20) and ``steps`` operations applied in order: add 2-9, or subtract 1-9
+    while the result stays positive."""
     value = start = rng.randint(2, 20)
     words = []
     for _ in range(steps):
-        op = rng.choice(["add", "multiply", "subtract"] if value > 9 else ["add", "multiply"])
-        if op == "add":
-            n = rng.randint(2, 9)
-            value, text = value + n, f"add {n}"
-        elif op == "multiply":
-            n = rng.randint(2, 4)
-            value, text = value * n, f"multiply by {n}"
-        else:
-            n = rng.randint(1, 9)
+        n = rng.randint(2, 9)
+        if value > n and rng.random() < 0.5:
             value, text = value - n, f"subtract {n}"
+        else:
+            value, text = value + n, f"add {n}"
         words.append(text)
     said = ", then ".join(words)
     return f"Start with {start}. {said[0].upper()}{said[1:]}. What number do you get?", value
