@@ -19,7 +19,8 @@ from launch.config import SyncConfig, interval_text
 NAMESPACE = "syncrl"
 DEFAULT_NAME = "syncrl-controller"
 GAUGES = ("reward_mean", "loss", "entropy_mean", "staleness_mean", "staleness_max", "sync_interval",
-          "policy_version", "response_len_mean", "tokens_per_s", "time_gen_s", "time_train_s", "time_sync_s", "kl")  # fmt: skip
+          "policy_version", "response_len_mean", "tokens_per_s", "time_gen_s", "time_train_s", "time_sync_s", "kl",
+          "value_loss", "policy_bellman_loss", "value_s0_mean", "value_s0_abs_err", "kl_reg_term")  # fmt: skip
 
 
 class Controller:

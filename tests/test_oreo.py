@@ -218,3 +218,26 @@ def test_oreo_configuration():
                        ("algorithm.kl_reg=-1", "algorithm.kl_reg"), ("learner.value_lr=0", "learner.value_lr")]:  # fmt: skip
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             load_config("tiny-grpo", ["algorithm.name=oreo", bad])
+
+
+def test_offline_oreo_trains_on_a_file_of_scored_responses(tiny_llama, tmp_path):
+    """s = inf with a JSONL file of scored responses: every response is a row, unpaired, with its
+    reward, and the step level finds the steps with the tokenizer."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from launch.train import TokenTexts
+    from rollout.offline import load_offline_groups
+
+    path = tmp_path / "scored.jsonl"
+    records = [("What is 2 + 3?", "2 + 3 = 5\nThe answer is 5", 1.0), ("What is 2 + 3?", "2 + 3 = 6", 0.0),
+               ("What is 4 + 4?", "4 + 4 = 8\n\\boxed{8}", 1.0)]  # fmt: skip
+    path.write_text("".join(json.dumps({"prompt": p, "response": r, "reward": w}) + "\n" for p, r, w in records))
+    groups = load_offline_groups(str(path), AutoTokenizer.from_pretrained(tiny_llama))
+    samples = [s for g in groups for s in g]
+    batch = build_oreo_batch(samples, "step", "\n", TokenTexts(tiny_llama))
+    assert [s.reward for s in batch.sequences] == [1.0, 0.0, 1.0]
+    assert [len(s.action_starts) for s in batch.sequences] == [2, 1, 2]  # a new step after each "\n"
+    cb = collate(batch, 0)
+    assert cb.action_starts.sum().item() == 5 and cb.rewards.tolist() == [1.0, 0.0, 1.0]
