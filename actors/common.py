@@ -31,6 +31,19 @@ class ActorMixin:
         return ray.util.get_node_ip_address()
 
 
+class ActorGroup:
+    """A group of actors of one kind (``workers``); ``shutdown`` stops them all."""
+
+    workers: list
+
+    def shutdown(self) -> None:
+        import ray
+
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []
+
+
 def wait_ready(group: Any) -> None:
     """Wait until every actor of ``group.workers`` has started; if one fails, stop them all
     (nothing is left running) and raise its error."""

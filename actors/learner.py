@@ -6,7 +6,7 @@ from typing import Any
 
 import ray
 
-from actors.common import WORKER_RUNTIME_ENV, ActorMixin, free_port, wait_ready
+from actors.common import ActorGroup, ActorMixin, WORKER_RUNTIME_ENV, free_port, wait_ready
 from learner.objective import Totals, split_batch
 from learner.trainer import LearnerRank, rank_micro_batches
 from rollout.records import LossSpec, TrainBatch
@@ -17,7 +17,7 @@ class LearnerWorker(ActorMixin, LearnerRank):
     """A LearnerRank as a Ray actor."""
 
 
-class LearnerGroup:
+class LearnerGroup(ActorGroup):
     """Splits each step's batch over the ranks (pair groups whole, tokens balanced) and sums the
     ranks' parts of the loss and metrics."""
 
@@ -43,11 +43,10 @@ class LearnerGroup:
         merged.update({k: results[0][k] for k in ("grad_norm", "value_grad_norm", "lr") if k in results[0]})  # global, not parts
         return merged
 
+    def score_states(self, states: list) -> list[float]:
+        """V of (prompt ids, response ids) states with the learner's value model (beam search's scorer)."""
+        return self.on_all("score_states", states)[0]
+
     def on_all(self, method: str, *args: Any) -> list:
         """Call a method on every rank (collective methods need all of them) and wait."""
         return ray.get([getattr(w, method).remote(*args) for w in self.workers])
-
-    def shutdown(self) -> None:
-        for w in self.workers:
-            ray.kill(w)
-        self.workers = []

@@ -7,7 +7,7 @@ from typing import Any
 
 import ray
 
-from actors.common import join, split_evenly, wait_ready
+from actors.common import ActorGroup, join, split_evenly, wait_ready
 from rewards.router import RewardRouter, Route
 from rollout.records import Sample
 
@@ -28,7 +28,7 @@ class RewardWorker:
         return self.router.stats()
 
 
-class RewardGroup:
+class RewardGroup(ActorGroup):
     """N reward workers; a batch of samples is spread across them and comes back in order."""
 
     def __init__(self, cfg: Any) -> None:
@@ -41,8 +41,3 @@ class RewardGroup:
 
     def stats(self) -> list[dict[str, dict[str, int]]]:
         return ray.get([w.stats.remote() for w in self.workers])
-
-    def shutdown(self) -> None:
-        for w in self.workers:
-            ray.kill(w)
-        self.workers = []

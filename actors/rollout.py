@@ -6,7 +6,7 @@ from typing import Any
 
 import ray
 
-from actors.common import WORKER_RUNTIME_ENV, ActorMixin, join, split_evenly, wait_ready
+from actors.common import ActorGroup, ActorMixin, WORKER_RUNTIME_ENV, join, split_evenly, wait_ready
 from rollout.engine import RolloutEngine
 from rollout.records import Prompt, Sample
 
@@ -16,7 +16,7 @@ class RolloutWorker(ActorMixin, RolloutEngine):
     """A RolloutEngine as a Ray actor: every public method of the engine is a remote method."""
 
 
-class RolloutGroup:
+class RolloutGroup(ActorGroup):
     """N rollout workers. Prompts are spread across them; samples come back in prompt order."""
 
     def __init__(self, model_path: str, cfg: Any):
@@ -28,20 +28,28 @@ class RolloutGroup:
         ]
         wait_ready(self)
 
+    def _spread(self, method: str, items: list, seed: int | None, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
+        """Call ``method`` on every worker with its contiguous chunk of ``items``; a chunk's seed
+        is ``seed`` plus the index of its first item (None stays None)."""
+        refs, offset = [], 0
+        for worker, chunk in zip(self.workers, split_evenly(items, len(self.workers))):
+            if chunk:
+                refs.append(getattr(worker, method).remote(chunk, *args, seed=None if seed is None else seed + offset, **kwargs))
+            offset += len(chunk)
+        return refs
+
     def generate_refs(self, prompts: list[Prompt], n: int | None = None, seed: int | None = None,
                       **sampling: Any) -> list[ray.ObjectRef]:  # fmt: skip
         """Start generation on every worker; ``ray.get`` the refs (in order) for the samples."""
-        chunks = split_evenly(prompts, len(self.workers))
-        refs, offset = [], 0
-        for worker, chunk in zip(self.workers, chunks):
-            if chunk:
-                refs.append(worker.generate.remote(chunk, n, None if seed is None else seed + offset, **sampling))
-            offset += len(chunk)
-        return refs
+        return self._spread("generate", prompts, seed, n, **sampling)
 
     def generate(self, prompts: list[Prompt], n: int | None = None, seed: int | None = None,
                  **sampling: Any) -> list[Sample]:  # fmt: skip
         return join(ray.get(self.generate_refs(prompts, n, seed, **sampling)))
+
+    def expand_steps(self, requests: list, n: int, seed: int, stop: str, temperature: float = 1.0) -> list:
+        """Beam search's ``expand`` over every worker (rollout.beam_search); results in request order."""
+        return join(ray.get(self._spread("expand_steps", requests, seed, n, stop=stop, temperature=temperature)))
 
     def update_weights(self, named_tensors: list, version: int) -> None:
         """Object-store transport: one ``ray.put`` of the weights, read by every worker."""
@@ -50,8 +58,3 @@ class RolloutGroup:
 
     def weights_checksums(self) -> list[str]:
         return ray.get([w.weights_checksum.remote() for w in self.workers])
-
-    def shutdown(self) -> None:
-        for w in self.workers:
-            ray.kill(w)
-        self.workers = []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import codecs
+import json
 import sys
 
 from launch.config import ConfigError, dump_config, load_config
@@ -50,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--one-shot", action="store_true", help="prompt with one worked example")
     ev.add_argument("--pass-at", default="1", help="comma-separated k values, e.g. 1,4")
     ev.add_argument("--output", help="write the results as JSON here")
+    ev.add_argument("--beam", type=int, nargs="+", default=[], metavar="B",
+                    help="also value-guided beam search with these beam sizes (OREO's value model)")
+    ev.add_argument("--value", default=None, metavar="VALUE_DIR",
+                    help="the value model folder for --beam (default: each model's value/ folder)")
+    ev.add_argument("--candidates", type=int, default=None, metavar="K", help="next steps sampled per beam (default: B)")
+    ev.add_argument("--max-steps", type=int, default=16, help="at most this many steps per answer")
+    ev.add_argument("--step-delimiter", default="\n", help="a reasoning step ends here (default: a newline)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     exp = commands.add_parser("experiment", help="run an experiment's arms x seeds one after another, then tabulate")
@@ -87,9 +96,15 @@ def main(argv: list[str] | None = None) -> int:
                          f"eval.temperature={args.temperature}", f"data.one_shot={args.one_shot}"]  # fmt: skip
             if args.max_new_tokens:
                 overrides.append(f"eval.max_new_tokens={args.max_new_tokens}")
+            if args.candidates:
+                overrides.append(f"eval.beam_candidates={args.candidates}")
+            delimiter = codecs.decode(args.step_delimiter, "unicode_escape")  # a typed "\\n" is a newline
+            overrides += [f"eval.beam_max_steps={args.max_steps}", f"eval.step_delimiter={json.dumps(delimiter)}"]
             cfg = load_config(args.recipe, [*overrides, *args.overrides])
+            if any(b < 1 for b in args.beam):
+                raise ConfigError(f"--beam: beam sizes must be >= 1 (got {args.beam})")
             ks = tuple(int(k) for k in args.pass_at.split(","))
-            return evaluate(args.models, cfg, args.task, ks, args.output)
+            return evaluate(args.models, cfg, args.task, ks, args.output, tuple(args.beam), args.value)
         elif args.command == "experiment":
             from launch.experiment import main as experiment
 

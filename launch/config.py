@@ -232,6 +232,13 @@ class EvalConfig(Section):
     samples_per_prompt: int = Field(1, ge=1)
     temperature: float = Field(0.0, ge=0)  # 0: greedy
     max_new_tokens: int | None = None  # default: rollout.max_new_tokens
+    # Also value-guided beam search with the run's value model (OREO runs), at every evaluation:
+    # beam_size B (0: off), beam_candidates K next steps sampled per beam (None: B), at most
+    # beam_max_steps steps, a step ending at step_delimiter.
+    beam_size: int = Field(0, ge=0)
+    beam_candidates: int | None = Field(None, ge=1)
+    beam_max_steps: int = Field(16, ge=1)
+    step_delimiter: str = Field("\n", min_length=1)
 
     @property
     def enabled(self) -> bool:
@@ -271,6 +278,12 @@ class SyncRLConfig(Section):
         names = [s.name for s in self.stages]
         if len(names) != len(set(names)):
             raise ValueError(f"stage names must be unique, got {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _beam_needs_a_value_model(self) -> SyncRLConfig:
+        if self.eval.beam_size and not any(s.algorithm.name == "oreo" for s in self.resolved_stages()):
+            raise ValueError("eval.beam_size: value-guided beam search needs the run's value model (an oreo algorithm)")
         return self
 
     def resolved_stages(self) -> list[StageConfig]:

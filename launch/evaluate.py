@@ -13,10 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
+
 from actors.reward import RewardGroup
 from actors.rollout import RolloutGroup
+from actors.value import ValueGroup
+from launch.config import ConfigError
+from rollout.beam_search import beam_search
 from rollout.evaluation import format_table, summarize
-from rollout.records import Prompt
+from rollout.records import Prompt, Sample
 from rollout.tasks import make_task
 
 EVAL_SEED = 12345  # evaluations sample reproducibly (when not greedy)
@@ -33,26 +38,52 @@ def test_prompts(cfg, task: str | None = None) -> list[Prompt]:
 
 
 class Evaluator:
-    def __init__(self, rollouts: RolloutGroup, rewards: RewardGroup, prompts: list[Prompt], cfg: Any, ks=(1,)):
+    """Sampled (or greedy) answers to the held-out prompts, graded; ``beam(B, score)`` the
+    value-guided beam search's answers instead (``score``: V of states, e.g. a ValueGroup's)."""
+
+    def __init__(self, rollouts: RolloutGroup, rewards: RewardGroup, prompts: list[Prompt], cfg: Any, ks=(1,),
+                 max_new_tokens: int = 64):  # fmt: skip
         self.rollouts, self.rewards, self.prompts, self.cfg = rollouts, rewards, prompts, cfg
         self.ks = tuple(k for k in ks if k <= cfg.samples_per_prompt) or (1,)
+        self.max_new_tokens = cfg.max_new_tokens or max_new_tokens
 
     def __call__(self) -> dict[str, float]:
         e = self.cfg
-        sampling = dict(temperature=e.temperature)
-        if e.max_new_tokens:
-            sampling["max_tokens"] = e.max_new_tokens
+        sampling = dict(temperature=e.temperature, max_tokens=self.max_new_tokens)
         started = time.perf_counter()
         samples = self.rollouts.generate(self.prompts, n=e.samples_per_prompt, seed=EVAL_SEED, **sampling)
-        result = summarize(self.rewards.score(samples), self.ks)
+        return self._result(samples, self.ks, started)
+
+    def beam(self, beam: int, score, candidates: int | None = None, max_steps: int | None = None) -> dict[str, float]:
+        e, worker = self.cfg, self.rollouts.workers[0]
+        started = time.perf_counter()
+        prompt_ids = ray.get([worker.prompt_ids.remote(p) for p in self.prompts])
+        expand = lambda requests, n, seed: self.rollouts.expand_steps(requests, n, seed, e.step_delimiter)  # noqa: E731
+        found = beam_search(prompt_ids, expand, score, beam, candidates or e.beam_candidates, max_steps or e.beam_max_steps,
+                            self.max_new_tokens, EVAL_SEED)  # fmt: skip
+        texts = ray.get(worker.decode.remote([r.response_ids for r in found]))
+        version = ray.get(worker.call.remote(lambda engine: engine.policy_version))
+        samples = [Sample(prompt_id=p.id, prompt_ids=ids, response_ids=r.response_ids, logprobs=[], finish_reason=r.finish_reason,
+                          policy_version=version, response_text=text, answer=p.answer, source=p.source)
+                   for p, ids, r, text in zip(self.prompts, prompt_ids, found, texts)]  # fmt: skip
+        result = self._result(samples, (1,), started)
+        result["tokens_per_question"] = sum(r.tokens_generated for r in found) / len(found)  # every sampled token
+        return {**result, "beam": beam, "finished_answers_mean": sum(r.finished_answers for r in found) / len(found)}
+
+    def _result(self, samples: list[Sample], ks, started: float) -> dict[str, float]:
+        result = summarize(self.rewards.score(samples), ks)
+        result["tokens_per_question"] = sum(s.response_len for s in samples) / len(self.prompts)
         result["policy_version"] = samples[0].policy_version
         result["time_s"] = time.perf_counter() - started
         return result
 
 
-def evaluate_models(model_dirs: list[str], cfg: Any, task: str | None, ks=(1,)) -> list[dict[str, float]]:
+def evaluate_models(model_dirs: list[str], cfg: Any, task: str | None, ks=(1,), beams: tuple[int, ...] = (),
+                    value_dirs: list[str] | None = None) -> list[dict[str, float]]:  # fmt: skip
     """Evaluate each folder (on the Ray cluster found or a local one); engines start once per run
-    of interchangeable folders and stop at the end."""
+    of interchangeable folders and stop at the end. With ``beams``, each folder is also searched
+    with value-guided beam search of each beam size, ranked by its value folder (``value_dirs``,
+    one per model); those results follow the folder's own, in the order of ``beams``."""
     prompts = test_prompts(cfg, task)
     rewards, rollouts, loaded = RewardGroup(cfg.reward), None, None
     results = []
@@ -65,7 +96,14 @@ def evaluate_models(model_dirs: list[str], cfg: Any, task: str | None, ks=(1,)) 
             elif folder != loaded:
                 rollouts.update_weights(folder_weights(folder), version)
             loaded = folder
-            results.append(Evaluator(rollouts, rewards, prompts, cfg.eval, ks)())
+            evaluator = Evaluator(rollouts, rewards, prompts, cfg.eval, ks, cfg.rollout.max_new_tokens)
+            results.append(evaluator())
+            if beams:
+                values = ValueGroup(value_dirs[version])
+                try:
+                    results += [evaluator.beam(b, values.score) for b in beams]
+                finally:
+                    values.shutdown()
     finally:
         if rollouts is not None:
             rollouts.shutdown()
@@ -98,16 +136,27 @@ def folder_weights(folder: str) -> list[tuple[str, Any]]:
     return [item for f in files for item in load_file(f).items()]
 
 
-def main(model_dirs: list[str], cfg: Any, task: str | None, ks: tuple[int, ...], output: str | None) -> int:
-    import ray
+def value_folders(model_dirs: list[str], value: str | None) -> list[str]:
+    """The value folder of each model: ``value`` for all, or each model's own ``value/`` (what
+    OREO training writes in ``final/``)."""
+    folders = [value or str(Path(d, "value")) for d in model_dirs]
+    for model, folder in zip(model_dirs, folders):
+        if not Path(folder, "config.json").is_file():
+            raise ConfigError(f"--beam: no value model for {model}: {folder} is not a model folder (give --value DIR)")
+    return folders
 
+
+def main(model_dirs: list[str], cfg: Any, task: str | None, ks: tuple[int, ...], output: str | None,
+         beams: tuple[int, ...] = (), value: str | None = None) -> int:  # fmt: skip
     from launch.models import resolve_model
     from launch.train import connect_ray
 
     folders = [resolve_model(d) for d in model_dirs]
+    values = value_folders(folders, value and resolve_model(value)) if beams else None
+    names = [name for d in model_dirs for name in [d, *(f"{d} beam={b}" for b in beams)]]
     started = connect_ray(cfg)
     try:
-        results = list(zip(model_dirs, evaluate_models(folders, cfg, task, ks)))
+        results = list(zip(names, evaluate_models(folders, cfg, task, ks, beams, values)))
     finally:
         if started:
             ray.shutdown()

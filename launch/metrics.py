@@ -104,7 +104,8 @@ class MetricsLog:
         with open(self.path.with_name("eval.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
         controller.report_eval.remote(record)
-        print(f"eval at step {step} (policy v{result['policy_version']}): accuracy {result['accuracy']:.3f} "
+        search = f" beam {result['beam']}" if "beam" in result else ""
+        print(f"eval{search} at step {step} (policy v{result['policy_version']}): accuracy {result['accuracy']:.3f} "
               f"+- {result['accuracy_stderr']:.3f} over {result['questions']} questions, "
               f"boxed {result['boxed_rate']:.2f}, len {result['response_len_mean']:.1f}", flush=True)  # fmt: skip
 

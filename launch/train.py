@@ -64,7 +64,8 @@ class Driver:
             raise
         self.source = make_source(cfg, self.data, rollouts, state.data_position)
         self.log = MetricsLog(self.run_dir, cfg.logging.progress_bar, sum(s.steps for s in self.stages), state.step)
-        self.evaluate = Evaluator(rollouts, rewards, self.eval_prompts, cfg.eval, ks=(1, cfg.eval.samples_per_prompt))
+        self.evaluator = Evaluator(rollouts, rewards, self.eval_prompts, cfg.eval, (1, cfg.eval.samples_per_prompt),
+                                   cfg.rollout.max_new_tokens)  # fmt: skip
         return self
 
     def __exit__(self, *exc) -> None:  # shut down whatever started, however the run ends
@@ -79,11 +80,18 @@ class Driver:
             self.learners.on_all("sync_reference")
         self.state.engine_version, self.state.steps_since_sync = self.state.learner_version, 0
 
+    def evaluate(self) -> None:
+        """Held-out accuracy of the engines' policy (and of value-guided beam search with the
+        learner's value model, with eval.beam_size), logged."""
+        self.log.eval(self.state.step, self.evaluator(), self.controller)
+        if self.cfg.eval.beam_size:
+            self.log.eval(self.state.step, self.evaluator.beam(self.cfg.eval.beam_size, self.learners.score_states), self.controller)
+
     def run(self) -> RunState:
         """For each stage, for each step: generate, score, build, train; push every s steps."""
         cfg, state = self.cfg, self.state
         if cfg.eval.at_start and state.step == 0:
-            self.log.eval(state.step, self.evaluate(), self.controller)
+            self.evaluate()
         for index in range(state.stage_index, len(self.stages)):
             stage, algorithm = self.stages[index], self.algorithms[index]
             if index != state.stage_index:  # a new stage starts from the current policy, with its own s
@@ -110,7 +118,7 @@ class Driver:
         if cfg.eval.at_end and self.evaluated_at != state.step:  # not already evaluated by every_steps
             if state.engine_version != state.learner_version:  # the engines get the final policy
                 self.push(ref_sync=False)
-            self.log.eval(state.step, self.evaluate(), self.controller)
+            self.evaluate()
         save_final(self.run_dir, cfg, state, self.learners, self.model_path)
         self.log.close()
         print(f"progress plot: {plot_run(self.run_dir)}", flush=True)
@@ -126,7 +134,7 @@ class Driver:
         self.log.write(record, self.controller)
         every = cfg.eval.every_steps
         if every and state.step % every == 0 and state.engine_version == state.learner_version:
-            self.log.eval(state.step, self.evaluate(), self.controller)
+            self.evaluate()
             self.evaluated_at = state.step
         if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
             save_checkpoint(self.run_dir, cfg, state, self.learners, self.controller)

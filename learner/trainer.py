@@ -217,6 +217,25 @@ class LearnerRank:
         summed["tokens"] = float(sum(len(s.prompt_ids) + len(s.response_ids) for s in batch.sequences))
         return summed
 
+    @torch.no_grad()
+    def score_states(self, states: list[tuple[list[int], list[int]]]) -> list[float]:
+        """V of each (prompt ids, response ids) state with the value model, through the forward
+        that trains it (packing included): the state is a row whose response is followed by one
+        more token, whose V is read (every rank must call: ZeRO-3 gathers in the forward)."""
+        if self.value_engine is None:
+            raise ValueError("this learner has no value model")
+        self.value_engine.eval()
+        out: list[float] = []
+        for start in range(0, len(states), self.cfg.micro_batch_size):
+            chunk = states[start : start + self.cfg.micro_batch_size]
+            rows = TrainBatch([TrainSequence(list(p), list(r) + [self.pad_token_id]) for p, r in chunk])
+            cb = collate(rows, self.pad_token_id)
+            cb = CollatedBatch(**{k: v.to(self.device) for k, v in vars(cb).items()})
+            values = self._values(cb, self._pack(cb))
+            last = cb.attention_mask.sum(-1) - 1
+            out += values[torch.arange(len(chunk), device=self.device), last].float().tolist()
+        return out
+
     def num_micro_batches(self, batch: TrainBatch) -> int:
         return len(rank_micro_batches(batch, self.cfg))
 

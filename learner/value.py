@@ -66,3 +66,41 @@ def save_value_folder(folder: str, backbone: torch.nn.Module, state_dict: dict[s
     backbone.save_pretrained(folder, state_dict=body, safe_serialization=True)
     save_file({"weight": state_dict["value_head.weight"].contiguous()}, str(Path(folder, HEAD_FILE)))
     Path(folder, MARKER).write_text(json.dumps({"head": HEAD_FILE, "reads": "the last hidden state of the state's last token"}))
+
+
+def pad_states(states: list[tuple[list[int], list[int]]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(prompt ids, response ids) states as right-padded input ids, attention mask, and the index
+    of each state's last token."""
+    rows = [list(p) + list(r) for p, r in states]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask, torch.tensor([len(r) - 1 for r in rows])
+
+
+class ValueScorer:
+    """V of (prompt, partial response) states with a value folder (``final/value`` of an OREO run;
+    a causal LM folder gives the untrained, all-zero value model). Beam search's scorer."""
+
+    def __init__(self, folder: str, batch_size: int = 64, threads: int = 0):
+        import os
+
+        gpu = torch.cuda.is_available()
+        if not gpu:  # a 1-CPU Ray actor runs 1 thread; score with the cores this process may use
+            torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+        self.device = torch.device("cuda" if gpu else "cpu")
+        self.model = ValueModel.from_pretrained(folder, dtype=torch.bfloat16 if gpu else torch.float32).to(self.device).eval()
+        pad = self.model.config.pad_token_id
+        self.pad_id, self.batch_size = 0 if pad is None else pad, batch_size
+
+    @torch.no_grad()
+    def score(self, states: list[tuple[list[int], list[int]]]) -> list[float]:
+        out: list[float] = []
+        for start in range(0, len(states), self.batch_size):
+            ids, mask, last = pad_states(states[start : start + self.batch_size], self.pad_id)
+            values = self.model(ids.to(self.device), attention_mask=mask.to(self.device))
+            out += values[torch.arange(len(last)), last.to(self.device)].float().tolist()
+        return out

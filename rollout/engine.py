@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from rollout.beam_search import Step
 from rollout.records import Prompt, Sample
 
 EXTENSION = "rollout.vllm_worker.WeightUpdateExtension"
@@ -143,6 +144,28 @@ class RolloutEngine:
                     )
                 )
         return samples
+
+    def expand_steps(self, requests: list[tuple[list[int], list[int], int]], n: int, seed: int, stop: str,
+                     temperature: float = 1.0) -> list[list[Step]]:  # fmt: skip
+        """``n`` sampled next steps of each (prompt ids, response ids so far, tokens left): a step
+        ends at the ``stop`` string (kept in the step), at end of sequence or at the token limit
+        (these two end the response). Request i is sampled with seed + i. The requests share
+        their prefixes (a question's beams), which vLLM's prefix cache computes once."""
+        from vllm.inputs import TokensPrompt
+
+        params = [self.sampling_params(n, temperature=temperature, max_tokens=max(1, left), stop=[stop],
+                                       include_stop_str_in_output=True, seed=seed + i, logprobs=None)
+                  for i, (_, _, left) in enumerate(requests)]  # fmt: skip
+        prompts = [TokensPrompt(prompt_token_ids=list(p) + list(r)) for p, r, _ in requests]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [[Step(list(c.token_ids), finished=c.finish_reason == "length" or c.stop_reason != stop,
+                      finish_reason=c.finish_reason or "stop") for c in out.outputs] for out in outputs]  # fmt: skip
+
+    def decode(self, token_ids: list[list[int]]) -> list[str]:
+        return self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
+
+    def prefix_caching(self) -> bool:
+        return bool(self.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching)
 
     # -- weights ------------------------------------------------------------------------------
     def stage_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:

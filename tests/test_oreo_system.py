@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from launch.config import load_config
 from rollout.records import LossSpec, Sample
+from launch.metrics import read_jsonl
 from test_train import kill_after_checkpoint, read_metrics, rm_reward, tiny_config
 
 pytestmark = pytest.mark.system
@@ -27,8 +28,11 @@ def _fixed_batch():
     return build_oreo_batch(samples)
 
 
-def test_value_model_learns_beside_the_policy_and_zero3_matches_one_rank(ray_cluster, tiny_llama):
+def test_value_model_learns_beside_the_policy_and_zero3_matches_one_rank(ray_cluster, tiny_llama, tmp_path):
+    """... and the value worker (the saved value folder, a plain padded forward) scores states as
+    the learner's value engine does (ZeRO-3, packed)."""
     from actors.learner import LearnerGroup
+    from actors.value import ValueGroup
 
     batch = _fixed_batch()
     spec = LossSpec(bellman_weight=1.0, value_weight=1.0, beta=0.1, kl_reg=0.01)
@@ -44,6 +48,15 @@ def test_value_model_learns_beside_the_policy_and_zero3_matches_one_rank(ray_clu
                 steps.append(group.train_step(batch, spec))
                 checksums.append((group.on_all("weights_checksum")[0], group.on_all("value_checksum")[0]))
             runs[name] = steps
+            states = [(s.prompt_ids, s.response_ids[:t]) for s in batch.sequences for t in (0, 2, len(s.response_ids))]
+            learner_scores = group.score_states(states)
+            group.on_all("save_hf", str(tmp_path / name))
+            worker = ValueGroup(str(tmp_path / name / "value"))
+            try:
+                assert worker.score(states) == pytest.approx(learner_scores, rel=1e-4, abs=1e-5), name
+            finally:
+                worker.shutdown()
+            assert len(set(learner_scores)) > 3, "a trained value model tells states apart"
         finally:
             group.shutdown()
         assert len({c[0] for c in checksums}) == len(checksums) and len({c[1] for c in checksums}) == len(checksums), \
@@ -74,7 +87,8 @@ def test_oreo_stage_after_grpo_killed_and_resumed_ends_with_the_same_weights(ray
     stages = ["stages=[{name: grpo-warmup, steps: 2, algorithm: {name: grpo}, sync: {interval: 1}}, "
               "{name: oreo, steps: 4, algorithm: {name: oreo, beta: 0.1, level: step, step_delimiter: ' '}, sync: {interval: 2}}]"]
     cfg = tiny_config("tiny-oreo", tiny_llama, *stages, "checkpoint.every_steps=3", "learner.value_lr=1e-2",
-                      "logging.controller_name=oreo-resume", *rm_reward(tiny_reward_model))  # fmt: skip
+                      "logging.controller_name=oreo-resume", *rm_reward(tiny_reward_model),
+                      "eval.at_end=true", "eval.beam_size=2", "eval.num_questions=6", "eval.step_delimiter=' '")  # fmt: skip
     train(cfg, str(tmp_path / "whole"))
     rows = read_metrics(tmp_path / "whole")
     assert [r["stage"] for r in rows] == ["grpo-warmup"] * 2 + ["oreo"] * 4
@@ -85,6 +99,9 @@ def test_oreo_stage_after_grpo_killed_and_resumed_ends_with_the_same_weights(ray
     assert all(r["batch_actions"] > r["batch_rows"] for r in oreo)  # steps split at ' ': several actions a row
     assert {"policy_bellman_loss", "kl_reg_term", "value_s0_abs_err"} <= set(oreo[0])
     assert [r["engine_version"] for r in oreo] == [2, 4, 4, 6]
+    greedy, beam = read_jsonl(tmp_path / "whole" / "eval.jsonl")  # the end: greedy, then beam search with the learner's V
+    assert "beam" not in greedy and beam["beam"] == 2 and beam["questions"] == greedy["questions"] == 6
+    assert beam["policy_version"] == 6 and beam["tokens_per_question"] > greedy["tokens_per_question"]
 
     killed = tmp_path / "killed"
     kill_after_checkpoint(ray_cluster, cfg, killed, step=3)  # inside the OREO stage, engines one version behind
@@ -109,3 +126,14 @@ def test_oreo_stage_after_grpo_killed_and_resumed_ends_with_the_same_weights(ray
     with torch.no_grad():
         v = value(torch.tensor([[1, 5, 6, 7]]))
     assert v.shape == (1, 4) and torch.isfinite(v).all()
+
+    # syncrl eval --beam: the saved value model (a value worker) steers a real vLLM engine
+    from launch.evaluate import evaluate_models
+
+    final = str(tmp_path / "whole" / "final")
+    results = evaluate_models([final], cfg, None, beams=(1, 2), value_dirs=[str(value_dir)])
+    assert [r.get("beam") for r in results] == [None, 1, 2]
+    for r in results:
+        assert r["questions"] == 6 and 0 <= r["accuracy"] <= 1 and r["response_len_mean"] > 0
+    assert results[2]["tokens_per_question"] > results[1]["tokens_per_question"]  # a wider search samples more
+    assert results[2]["finished_answers_mean"] >= 1
