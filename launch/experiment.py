@@ -152,7 +152,8 @@ def run_transfer(cfg: SyncRLConfig, runs: list[Path], out: Path) -> None:
 
 
 def run_summary(run_dir: Path) -> dict[str, float]:
-    evals, steps = read_jsonl(run_dir / "eval.jsonl"), read_jsonl(run_dir / "metrics.jsonl")
+    evals = [e for e in read_jsonl(run_dir / "eval.jsonl") if "beam" not in e]  # greedy (beam search: its own records)
+    steps = read_jsonl(run_dir / "metrics.jsonl")
     if not evals or not steps:
         raise ValueError(f"{run_dir}: no eval.jsonl or metrics.jsonl")
     first, last = evals[0], evals[-1]

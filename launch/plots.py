@@ -14,7 +14,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    steps, evals = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "eval.jsonl")
+    steps = read_jsonl(run_dir / "metrics.jsonl")
+    evals = [e for e in read_jsonl(run_dir / "eval.jsonl") if "beam" not in e]
     if not steps:
         raise FileNotFoundError(f"{run_dir}/metrics.jsonl: no steps to plot")
     fig, ax = plt.subplots(figsize=(7, 4))
