@@ -56,6 +56,19 @@ def rank_micro_batches(batch: TrainBatch, cfg: Any) -> list[TrainBatch]:
     return micro_batches(batch, cfg.micro_batch_size, cfg.micro_batch_tokens, shared) if batch.sequences else []
 
 
+def extensions_dir() -> str:
+    """Where DeepSpeed's JIT-compiled ops (the CPU shm comm op, ~80 s to build) are cached: one
+    folder per DeepSpeed install path and version pair. The build command names the install by
+    the path Python imported it through, so one virtualenv reached by two paths (a symlink, a
+    worktree) gave two commands that rebuilt the op over each other at every start in turn."""
+    import hashlib
+
+    import deepspeed
+
+    where = f"{Path(deepspeed.__file__).parent} {deepspeed.__version__} torch {torch.__version__}"
+    return str(Path.home() / ".cache" / "syncrl" / "torch_extensions" / hashlib.sha256(where.encode()).hexdigest()[:12])
+
+
 def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int) -> str:
     """Join the learner's process group; returns the backend (gloo on CPU, nccl on GPU)."""
     import deepspeed
@@ -63,7 +76,7 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     gpu = torch.cuda.is_available()
     if not gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "syncrl" / "torch_extensions"))
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
     os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK="0" if not gpu else str(rank % torch.cuda.device_count()))  # fmt: skip
     os.environ.pop("LOCAL_SIZE", None)  # with it, each CPU rank leaks a /dev/shm file
@@ -120,6 +133,10 @@ class LearnerRank:
         return ref
 
     # -- forward ------------------------------------------------------------------------------
+    def _collate(self, batch: TrainBatch) -> CollatedBatch:
+        cb = collate(batch, self.pad_token_id)
+        return CollatedBatch(**{k: v.to(self.device) for k, v in vars(cb).items()})
+
     def _pack(self, cb: CollatedBatch) -> Packed | None:
         """The micro-batch packed (learner.packing), or None when it runs padded."""
         if not self.cfg.packing:
@@ -177,29 +194,11 @@ class LearnerRank:
             self.value_engine.train()
         summed: dict[str, float] = {}
         for part in parts + [DUMMY] * (num_micro - len(parts)):
-            cb = collate(part, self.pad_token_id)
-            cb = CollatedBatch(**{k: v.to(self.device) for k, v in vars(cb).items()})
-            packed = self._pack(cb)
-            logps, entropy, logits = self._logps(self.engine, cb, packed, keep_logits=spec.needs_full_logits)
-            ref_logps = kl_tokens = values = None
-            if self.reference is not None:
-                with torch.no_grad():
-                    ref_logps, _, ref_logits = self._logps(self.reference, cb, packed, keep_logits=spec.needs_full_logits)
-                    ref_logps = ref_logps.float()
-                if logits is not None:
-                    kl_tokens = self._place(kl_full_vocab(logits, ref_logits, self.temperature), cb, packed)
-            if with_value:
-                values = self._values(cb, packed).float()
-            loss, metrics = compute_loss(spec, cb, logps.float(), entropy.float(), ref_logps, totals,
-                                         values=values, kl_tokens=kl_tokens)  # fmt: skip
-            if with_value:
-                value_loss, value_metrics = compute_value_loss(spec, cb, values, logps.float(), ref_logps, totals)
-                metrics.update(value_metrics)
-            if part is DUMMY:
-                loss, metrics = loss * 0.0, {}
-                value_loss = value_loss * 0.0 if with_value else None
+            loss, value_loss, metrics = self._losses(self._collate(part), spec, totals)
+            if part is DUMMY:  # every rank runs as many forwards as the others; a dummy weighs nothing
+                loss, value_loss, metrics = loss * 0.0, None if value_loss is None else value_loss * 0.0, {}
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
-            if with_value:
+            if value_loss is not None:
                 self.value_engine.backward(value_loss * self.world_size, scale_wrt_gas=False)
             for k, v in metrics.items():
                 summed[k] = summed.get(k, 0.0) + v
@@ -217,6 +216,27 @@ class LearnerRank:
         summed["tokens"] = float(sum(len(s.prompt_ids) + len(s.response_ids) for s in batch.sequences))
         return summed
 
+    def _losses(self, cb: CollatedBatch, spec: LossSpec, totals: Totals) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+        """One micro-batch's forwards (policy; reference, value model and full logits as the spec
+        needs) and losses: the policy's, the value model's (None without one) and the metrics."""
+        packed = self._pack(cb)
+        logps, entropy, logits = self._logps(self.engine, cb, packed, keep_logits=spec.needs_full_logits)
+        ref_logps = kl_tokens = values = value_loss = None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref_logps, _, ref_logits = self._logps(self.reference, cb, packed, keep_logits=spec.needs_full_logits)
+                ref_logps = ref_logps.float()
+            if logits is not None:
+                kl_tokens = self._place(kl_full_vocab(logits, ref_logits, self.temperature), cb, packed)
+        if spec.needs_value:
+            values = self._values(cb, packed).float()
+        loss, metrics = compute_loss(spec, cb, logps.float(), entropy.float(), ref_logps, totals, values=values,
+                                     kl_tokens=kl_tokens)  # fmt: skip
+        if spec.needs_value:
+            value_loss, value_metrics = compute_value_loss(spec, cb, values, logps.float(), ref_logps, totals)
+            metrics.update(value_metrics)
+        return loss, value_loss, metrics
+
     @torch.no_grad()
     def score_states(self, states: list[tuple[list[int], list[int]]]) -> list[float]:
         """V of each (prompt ids, response ids) state with the value model, through the forward
@@ -228,9 +248,7 @@ class LearnerRank:
         out: list[float] = []
         for start in range(0, len(states), self.cfg.micro_batch_size):
             chunk = states[start : start + self.cfg.micro_batch_size]
-            rows = TrainBatch([TrainSequence(list(p), list(r) + [self.pad_token_id]) for p, r in chunk])
-            cb = collate(rows, self.pad_token_id)
-            cb = CollatedBatch(**{k: v.to(self.device) for k, v in vars(cb).items()})
+            cb = self._collate(TrainBatch([TrainSequence(list(p), list(r) + [self.pad_token_id]) for p, r in chunk]))
             values = self._values(cb, self._pack(cb))
             last = cb.attention_mask.sum(-1) - 1
             out += values[torch.arange(len(chunk), device=self.device), last].float().tolist()
