@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from launch.config import SyncConfig, interval_text
+from rollout.records import interval_text, parse_interval
 
 NAMESPACE = "syncrl"
 DEFAULT_NAME = "syncrl-controller"
@@ -44,7 +44,7 @@ class Controller:
         return {"sync_interval": self.sync_interval, "paused": self.paused}
 
     def set_sync_interval(self, interval: Any) -> float:
-        value = SyncConfig(interval=interval).interval  # the same validation as a recipe
+        value = parse_interval(interval)  # the same validation as a recipe's sync.interval
         self._event(f"sync_interval {interval_text(self.sync_interval)} -> {interval_text(value)} (from the next step)")
         self.sync_interval = value
         return value

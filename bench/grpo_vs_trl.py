@@ -9,7 +9,7 @@ the other, never at the same time.
 
 - syncrl: the real loop, ``launch.train.train(cfg, run_dir)`` on a config built from the
   ``tiny-grpo`` recipe (vLLM engine, reward worker, DeepSpeed learner as Ray actors; a local Ray
-  cluster is started through ``launch.train.connect_ray`` if none runs). metrics.jsonl has no
+  cluster is started through ``launch.cluster.connect_ray`` if none runs). metrics.jsonl has no
   timestamp, so the bench stamps each step as the driver logs it (``MetricsLog.write`` is wrapped
   in this process); a step's wall time is the gap between two stamps (it also holds what the
   time_*_s parts do not: reading the Controller, logging). Step 1 (engine start, first-call
@@ -120,10 +120,10 @@ def syncrl_config(args: argparse.Namespace, *overrides: str):
 
 
 def ensure_ray(cfg) -> bool:
-    """Ray as ``syncrl train`` gets it (``launch.train.connect_ray``); True if it started one."""
+    """Ray as ``syncrl train`` gets it (``launch.cluster.connect_ray``); True if it started one."""
     import ray
 
-    from launch.train import connect_ray
+    from launch.cluster import connect_ray
 
     if ray.is_initialized():
         return False

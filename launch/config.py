@@ -9,7 +9,6 @@ overrides any field. ``load_config`` returns a validated ``SyncRLConfig`` or rai
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,32 +24,13 @@ from pydantic import (
     model_validator,
 )
 
+from rollout.records import interval_text, parse_interval
+
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
 class ConfigError(ValueError):
     """A recipe or override that does not validate; the message names each field."""
-
-
-def parse_interval(value: Any) -> float | int:
-    if isinstance(value, str) and value.strip().lower() in {"inf", ".inf", "infinity", "offline"}:
-        return math.inf
-    if isinstance(value, float) and math.isinf(value) and value > 0:
-        return math.inf
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError("must be a positive integer or 'inf'")
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError("must be a positive integer or 'inf'") from None
-    if number != float(value) or number < 1:
-        raise ValueError("must be a positive integer (1 = online) or 'inf' (offline)")
-    return number
-
-
-def interval_text(value: float) -> str | int:
-    """A sync interval as written in recipes, metrics and status: an int, or "inf"."""
-    return "inf" if math.isinf(value) else int(value)
 
 
 # A sync interval: a positive int, or math.inf (written "inf" in YAML and on the command line).

@@ -148,18 +148,14 @@ def value_folders(model_dirs: list[str], value: str | None) -> list[str]:
 
 def main(model_dirs: list[str], cfg: Any, task: str | None, ks: tuple[int, ...], output: str | None,
          beams: tuple[int, ...] = (), value: str | None = None) -> int:  # fmt: skip
+    from launch.cluster import ray_session
     from launch.models import resolve_model
-    from launch.train import connect_ray
 
     folders = [resolve_model(d) for d in model_dirs]
     values = value_folders(folders, value and resolve_model(value)) if beams else None
     names = [name for d in model_dirs for name in [d, *(f"{d} beam={b}" for b in beams)]]
-    started = connect_ray(cfg)
-    try:
+    with ray_session(cfg):
         results = list(zip(names, evaluate_models(folders, cfg, task, ks, beams, values)))
-    finally:
-        if started:
-            ray.shutdown()
     print(format_table(results))
     if output:
         Path(output).write_text(json.dumps({d: r for d, r in results}, indent=1))

@@ -127,7 +127,7 @@ def run_transfer(cfg: SyncRLConfig, runs: list[Path], out: Path) -> None:
     """Evaluate the base model and each run's final model on the transfer task, those not done."""
     from launch.evaluate import evaluate_models
     from launch.models import resolve_model
-    from launch.train import connect_ray
+    from launch.cluster import ray_session
 
     targets = [(out / "runs" / "base", resolve_model(cfg.model.path))] + [(r, str(r / "final")) for r in runs]
     todo = [(d, model) for d, model in targets if not (d / transfer_file(cfg)).is_file()]
@@ -138,14 +138,8 @@ def run_transfer(cfg: SyncRLConfig, runs: list[Path], out: Path) -> None:
             raise ConfigError(f"transfer: run {d} has no {transfer_file(cfg)} and no final model to evaluate "
                               f"(records kept without models): delete {d} to run it again")  # fmt: skip
     print(f"[experiment] transfer: {cfg.eval.task} on {len(todo)} models", flush=True)
-    started = connect_ray(cfg)
-    try:
+    with ray_session(cfg):
         results = evaluate_models([model for _, model in todo], cfg, cfg.eval.task)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
     for (d, _), result in zip(todo, results):
         d.mkdir(parents=True, exist_ok=True)
         (d / transfer_file(cfg)).write_text(json.dumps(result, indent=1))

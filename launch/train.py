@@ -9,18 +9,18 @@ count and s (G2D: GRPO with s=1, then DPO with s=inf on the warmed-up policy's r
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 
 import ray
 
-from actors.controller import NAMESPACE, start_controller
+from actors.controller import start_controller
 from actors.learner import LearnerGroup
 from actors.reward import RewardGroup
 from actors.rollout import RolloutGroup
 from actors.weight_sync import make_transport
 from launch.checkpoint import RunState, load_state, restore, save_checkpoint, save_final
+from launch.cluster import ray_session
 from launch.config import ConfigError, SyncRLConfig, dump_config, load_config
 from launch.evaluate import Evaluator, test_prompts
 from launch.metrics import MetricsLog, live_sync_interval, step_record
@@ -187,26 +187,6 @@ def make_source(cfg: SyncRLConfig, data: list, rollouts: RolloutGroup, position:
     return FileSource(stream)
 
 
-def required_cpus(cfg: SyncRLConfig) -> int:
-    r = cfg.rollout
-    return int(math.ceil(r.num_workers * r.num_cpus_per_worker)) + cfg.reward.num_workers + cfg.learner.num_ranks
-
-
-def connect_ray(cfg: SyncRLConfig) -> bool:
-    """Attach to the cluster named by RAY_ADDRESS (as inside ``ray job submit``) or started on this
-    machine with ``ray start``; else start a local one with enough logical CPUs for the run's
-    actors. Returns True if it started one."""
-    if ray.is_initialized():
-        return False
-    address = os.environ.get("RAY_ADDRESS")
-    if address or Path("/tmp/ray/ray_current_cluster").is_file():  # never guess among other clusters
-        ray.init(address=address or "auto", namespace=NAMESPACE, log_to_driver=True)
-        return False
-    ray.init(address="local", namespace=NAMESPACE, num_cpus=max(os.cpu_count() or 1, required_cpus(cfg)),
-             include_dashboard=False)  # fmt: skip
-    return True
-
-
 def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None = None) -> Path:
     """``syncrl train``: make (or reopen) the run directory, connect to Ray, train."""
     if resume:
@@ -222,10 +202,6 @@ def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None 
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_config(cfg))
         state = None
-    started = connect_ray(cfg)
-    try:
+    with ray_session(cfg):
         train(cfg, str(run_dir), state)
-    finally:
-        if started:
-            ray.shutdown()
     return run_dir

@@ -5,7 +5,9 @@ No Ray, no vLLM, no torch: these cross process boundaries as they are.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -132,3 +134,26 @@ def weights_checksum(named_tensors) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def parse_interval(value: Any) -> float | int:
+    """A sync interval from a recipe, an override or ``syncrl ctl``: a positive int, or math.inf
+    ("inf", "offline"). Raises ValueError naming what it must be."""
+    if isinstance(value, str) and value.strip().lower() in {"inf", ".inf", "infinity", "offline"}:
+        return math.inf
+    if isinstance(value, float) and math.isinf(value) and value > 0:
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("must be a positive integer or 'inf'")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a positive integer or 'inf'") from None
+    if number != float(value) or number < 1:
+        raise ValueError("must be a positive integer (1 = online) or 'inf' (offline)")
+    return number
+
+
+def interval_text(value: float) -> str | int:
+    """A sync interval as written in recipes, metrics and status: an int, or "inf"."""
+    return "inf" if math.isinf(value) else int(value)
