@@ -41,11 +41,11 @@ class Evaluator:
     """Sampled (or greedy) answers to the held-out prompts, graded; ``beam(B, score)`` the
     value-guided beam search's answers instead (``score``: V of states, e.g. a ValueGroup's)."""
 
-    def __init__(self, rollouts: RolloutGroup, rewards: RewardGroup, prompts: list[Prompt], cfg: Any, ks=(1,),
-                 max_new_tokens: int = 64):  # fmt: skip
+    def __init__(self, rollouts: RolloutGroup, rewards: RewardGroup, prompts: list[Prompt], cfg: Any,
+                 rollout_max_new_tokens: int, ks=(1,)):  # fmt: skip
         self.rollouts, self.rewards, self.prompts, self.cfg = rollouts, rewards, prompts, cfg
         self.ks = tuple(k for k in ks if k <= cfg.samples_per_prompt) or (1,)
-        self.max_new_tokens = cfg.max_new_tokens or max_new_tokens
+        self.max_new_tokens = cfg.max_new_tokens or rollout_max_new_tokens
 
     def __call__(self) -> dict[str, float]:
         e = self.cfg
@@ -54,25 +54,26 @@ class Evaluator:
         samples = self.rollouts.generate(self.prompts, n=e.samples_per_prompt, seed=EVAL_SEED, **sampling)
         return self._result(samples, self.ks, started)
 
-    def beam(self, beam: int, score, candidates: int | None = None, max_steps: int | None = None) -> dict[str, float]:
+    def beam(self, beam: int, score) -> dict[str, float]:
         e, worker = self.cfg, self.rollouts.workers[0]
         started = time.perf_counter()
         prompt_ids = ray.get([worker.prompt_ids.remote(p) for p in self.prompts])
         expand = lambda requests, n, seed: self.rollouts.expand_steps(requests, n, seed, e.step_delimiter)  # noqa: E731
-        found = beam_search(prompt_ids, expand, score, beam, candidates or e.beam_candidates, max_steps or e.beam_max_steps,
-                            self.max_new_tokens, EVAL_SEED)  # fmt: skip
+        found = beam_search(prompt_ids, expand, score, beam, e.beam_candidates, e.beam_max_steps, self.max_new_tokens, EVAL_SEED)
         texts = ray.get(worker.decode.remote([r.response_ids for r in found]))
         version = ray.get(worker.call.remote(lambda engine: engine.policy_version))
         samples = [Sample(prompt_id=p.id, prompt_ids=ids, response_ids=r.response_ids, logprobs=[], finish_reason=r.finish_reason,
                           policy_version=version, response_text=text, answer=p.answer, source=p.source)
                    for p, ids, r, text in zip(self.prompts, prompt_ids, found, texts)]  # fmt: skip
-        result = self._result(samples, (1,), started)
-        result["tokens_per_question"] = sum(r.tokens_generated for r in found) / len(found)  # every sampled token
+        tokens = sum(r.tokens_generated for r in found)  # every sampled token, kept or not
+        result = self._result(samples, (1,), started, tokens)
         return {**result, "beam": beam, "finished_answers_mean": sum(r.finished_answers for r in found) / len(found)}
 
-    def _result(self, samples: list[Sample], ks, started: float) -> dict[str, float]:
+    def _result(self, samples: list[Sample], ks, started: float, tokens: int | None = None) -> dict[str, float]:
+        """Graded summary; ``tokens``: the tokens generated (default: those of the samples)."""
         result = summarize(self.rewards.score(samples), ks)
-        result["tokens_per_question"] = sum(s.response_len for s in samples) / len(self.prompts)
+        generated = sum(s.response_len for s in samples) if tokens is None else tokens
+        result["tokens_per_question"] = generated / len(self.prompts)
         result["policy_version"] = samples[0].policy_version
         result["time_s"] = time.perf_counter() - started
         return result
@@ -96,7 +97,7 @@ def evaluate_models(model_dirs: list[str], cfg: Any, task: str | None, ks=(1,), 
             elif folder != loaded:
                 rollouts.update_weights(folder_weights(folder), version)
             loaded = folder
-            evaluator = Evaluator(rollouts, rewards, prompts, cfg.eval, ks, cfg.rollout.max_new_tokens)
+            evaluator = Evaluator(rollouts, rewards, prompts, cfg.eval, cfg.rollout.max_new_tokens, ks)
             results.append(evaluator())
             if beams:
                 values = ValueGroup(value_dirs[version])

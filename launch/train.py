@@ -64,8 +64,8 @@ class Driver:
             raise
         self.source = make_source(cfg, self.data, rollouts, state.data_position)
         self.log = MetricsLog(self.run_dir, cfg.logging.progress_bar, sum(s.steps for s in self.stages), state.step)
-        self.evaluator = Evaluator(rollouts, rewards, self.eval_prompts, cfg.eval, (1, cfg.eval.samples_per_prompt),
-                                   cfg.rollout.max_new_tokens)  # fmt: skip
+        self.evaluator = Evaluator(rollouts, rewards, self.eval_prompts, cfg.eval, cfg.rollout.max_new_tokens,
+                                   (1, cfg.eval.samples_per_prompt))  # fmt: skip
         return self
 
     def __exit__(self, *exc) -> None:  # shut down whatever started, however the run ends

@@ -11,13 +11,11 @@ On disk a value model is its own folder: the backbone as an ordinary Hugging Fac
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 HEAD_FILE = "value_head.safetensors"
-MARKER = "syncrl_value.json"
 
 
 class ValueModel(torch.nn.Module):
@@ -43,10 +41,6 @@ class ValueModel(torch.nn.Module):
             model.value_head.load_state_dict({k: v.to(model.value_head.weight.dtype) for k, v in load_file(head).items()})
         return model
 
-    @staticmethod
-    def is_value_folder(path: str) -> bool:
-        return Path(path, HEAD_FILE).is_file()
-
     def gradient_checkpointing_enable(self) -> None:
         self.backbone.gradient_checkpointing_enable()
 
@@ -65,7 +59,6 @@ def save_value_folder(folder: str, backbone: torch.nn.Module, state_dict: dict[s
     body = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
     backbone.save_pretrained(folder, state_dict=body, safe_serialization=True)
     save_file({"weight": state_dict["value_head.weight"].contiguous()}, str(Path(folder, HEAD_FILE)))
-    Path(folder, MARKER).write_text(json.dumps({"head": HEAD_FILE, "reads": "the last hidden state of the state's last token"}))
 
 
 def pad_states(states: list[tuple[list[int], list[int]]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

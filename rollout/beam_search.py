@@ -5,9 +5,9 @@ answers that write one step per line). Each of the B beams of a question samples
 steps; the value model scores every child (its prompt plus its partial response) at its last
 token; the highest-valued children are kept, B of them less one for every finished answer so far.
 A kept child that ends the response (end of sequence, or the token limit) joins the question's
-finished answers, and its beam slot is gone for good; the others are the next beams. The search of a question stops when no beam is left or after
-``max_steps`` steps, and returns its highest-valued finished answer (if none finished, its
-highest-valued beam). Policy log-probs play no part in the ranking. Identical children of one
+finished answers, and its beam slot is gone for good; the others are the next beams. The search
+of a question stops when no beam is left or after ``max_steps`` steps, and returns its
+highest-valued finished answer (if none finished, its highest-valued beam). Policy log-probs play no part in the ranking. Identical children of one
 question (the same token ids) are merged before ranking (``dedup``), so that copies do not take
 several beam slots.
 
@@ -94,8 +94,8 @@ def beam_search(prompts: list[list[int]], expand: Expand, score: Score, beam: in
             beams[q] = [c for c in kept if not c.finished]
     results = []
     for q in range(len(prompts)):
-        candidates_ = pools[q] or beams[q]
-        best = max(candidates_, key=lambda c: c.value) if candidates_ else Beam([], finish_reason="length")
+        answers = pools[q] or beams[q]  # no finished answer: the best unfinished beam, cut at max_steps
+        best = max(answers, key=lambda c: c.value) if answers else Beam([])
         results.append(SearchResult(best.response_ids, best.value, best.finish_reason if pools[q] else "length",
                                     best.steps, generated[q], len(pools[q]), pools[q]))  # fmt: skip
     return results
