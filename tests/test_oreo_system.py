@@ -137,3 +137,8 @@ def test_oreo_stage_after_grpo_killed_and_resumed_ends_with_the_same_weights(ray
         assert r["questions"] == 6 and 0 <= r["accuracy"] <= 1 and r["response_len_mean"] > 0
     assert results[2]["tokens_per_question"] > results[1]["tokens_per_question"]  # a wider search samples more
     assert results[2]["finished_answers_mean"] >= 1
+    # eval.beam_candidates and eval.beam_max_steps: one candidate, one step, so one step's tokens per question
+    narrow = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"beam_candidates": 1, "beam_max_steps": 1})})
+    _, one = evaluate_models([final], narrow, None, beams=(2,), value_dirs=[str(value_dir)])
+    assert one["tokens_per_question"] == pytest.approx(one["response_len_mean"])  # the answer is all that was sampled
+    assert one["tokens_per_question"] < results[2]["tokens_per_question"] and one["finished_answers_mean"] <= 1
