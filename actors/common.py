@@ -32,9 +32,89 @@ class ActorMixin:
 
 
 class ActorGroup:
-    """A group of actors of one kind (``workers``); ``shutdown`` stops them all."""
+    """A group of actors of one ``kind`` (``workers``, named ``kind-i``) under a ``Supervisor``.
 
+    A subclass starts worker i in ``_start(i)``; ``replace(i, cause)`` charges the restart budget,
+    kills worker i and starts it again (``_restore(i)`` then brings the new one to the state the
+    group's work needs). ``call(submit)`` runs one call per worker through ``Calls``, which
+    replaces a worker that dies or hangs and runs its call again. ``shutdown`` stops them all.
+    """
+
+    kind = "actor"
     workers: list
+    supervisor: Any = None
+
+    def name(self, i: int) -> str:
+        return f"{self.kind}-{i}"
+
+    def _start(self, i: int) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} cannot start a replacement worker")
+
+    def _restore(self, i: int, version: int | None) -> None:
+        """Bring replacement worker i up to date (the rollout group loads the weights of
+        ``version``, by default those the engines hold)."""
+
+    def held(self) -> int | None:
+        """The weights version the workers hold (rollout engines; None for other groups)."""
+        return None
+
+    def reload(self, i: int, version: int) -> None:
+        """Worker i loads the weights of ``version`` (rollout engines)."""
+
+    def start_workers(self, count: int, supervisor: Any = None) -> None:
+        from actors.faults import Supervisor
+
+        self.supervisor = supervisor or Supervisor()
+        self.workers = [self._start(i) for i in range(count)]
+        self.replacements = [0] * count
+        wait_ready(self)
+
+    def calls(self, submit: Callable[[Any, int], Any], indices: list[int] | None = None, version: int | None = None):
+        """Start ``submit(worker, i)`` on every worker (or those of ``indices``): a ``Calls``."""
+        from actors.faults import Calls
+
+        return Calls(self, submit, list(range(len(self.workers))) if indices is None else indices, version)
+
+    def call(self, submit: Callable[[Any, int], Any], indices: list[int] | None = None) -> list:
+        return self.calls(submit, indices).collect()
+
+    def is_dead(self, i: int) -> bool:
+        import ray
+
+        try:
+            ray.get(self.workers[i].__ray_ready__.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            return True
+        except ray.exceptions.GetTimeoutError:  # alive, busy
+            return False
+        return False
+
+    def replace(self, i: int, cause: str, version: int | None = None) -> None:
+        """Worker i died or hung: charge the budget (which raises when it is spent), replace it
+        (with the weights of ``version``, by default those the workers hold)."""
+        import time
+
+        from actors.faults import ActorFailure
+
+        failure = ActorFailure(self.kind, self.name(i), cause)
+        self.supervisor.charge(failure)
+        t0 = time.perf_counter()
+        self.restart(i)
+        self._restore(i, version)
+        self.supervisor.record(failure, time.perf_counter() - t0)
+
+    def restart(self, i: int) -> None:
+        """Kill worker i and start it afresh (not counted: ``replace`` counts)."""
+        import ray
+
+        ray.kill(self.workers[i])
+        self.workers[i] = self._start(i)
+        self.replacements[i] += 1
+        ray.get(self.workers[i].__ray_ready__.remote(), timeout=self.supervisor.timeout(self.kind))
+
+    def probe(self) -> None:
+        """Ping every worker; replace the dead ones (the driver calls this between steps)."""
+        self.call(lambda w, i: w.__ray_ready__.remote())
 
     def shutdown(self) -> None:
         import ray

@@ -33,8 +33,13 @@ class Controller:
         self._pending: list[str] = []
         self.gauges, self.eval_gauges = {}, {}
         self.last_eval: dict[str, Any] = {}
+        self.restarts: dict[str, int] = {}  # per actor kind
+        self.restart_counter = None
         if export_metrics:
-            from ray.util.metrics import Gauge
+            from ray.util.metrics import Counter, Gauge
+
+            self.restart_counter = Counter("syncrl_restarts", description="actors replaced (kind: rollout, reward, learner)",
+                                           tag_keys=("run", "kind"))  # fmt: skip
 
             self.gauges = {k: Gauge(f"syncrl_{k}", description=k, tag_keys=("run",)) for k in GAUGES}
             self.eval_gauges = {k: Gauge(f"syncrl_eval_{k}", description=f"eval {k}", tag_keys=("run",))
@@ -70,9 +75,17 @@ class Controller:
             if key in self.eval_gauges:
                 self.eval_gauges[key].set(float(result[key]), tags={"run": self.run_name})
 
+    def report_restart(self, event: dict[str, Any]) -> None:
+        """An actor was replaced (``actors.faults.Supervisor`` reports it)."""
+        self.restarts[event["kind"]] = self.restarts.get(event["kind"], 0) + 1
+        if self.restart_counter is not None:
+            self.restart_counter.inc(tags={"run": self.run_name, "kind": event["kind"]})
+        self._event(f"restart: {event['actor']} {event['cause']}, replaced in {event['recovery_s']:.1f} s")
+
     def get_status(self) -> dict[str, Any]:
         return {"run": self.run_name, **self.settings(), "sync_interval": interval_text(self.sync_interval),
-                "status": self.status, "last_eval": self.last_eval, "events": self.events[-10:]}  # fmt: skip
+                "status": self.status, "last_eval": self.last_eval, "restarts": self.restarts,
+                "events": self.events[-10:]}  # fmt: skip
 
     def drain_events(self) -> list[str]:
         """Events since the last call (the driver logs them)."""

@@ -6,7 +6,8 @@ from typing import Any
 
 import ray
 
-from actors.common import ActorGroup, ActorMixin, WORKER_RUNTIME_ENV, free_port, wait_ready
+from actors.common import ActorGroup, ActorMixin, WORKER_RUNTIME_ENV, free_port
+from actors.faults import ActorFailure
 from learner.objective import Totals, split_batch
 from learner.trainer import LearnerRank, rank_micro_batches
 from rollout.records import LossSpec, TrainBatch
@@ -19,26 +20,33 @@ class LearnerWorker(ActorMixin, LearnerRank):
 
 class LearnerGroup(ActorGroup):
     """Splits each step's batch over the ranks (pair groups whole, tokens balanced) and sums the
-    ranks' parts of the loss and metrics."""
+    ranks' parts of the loss and metrics.
+
+    A rank cannot be replaced alone (the DeepSpeed state of every rank is lost with one of them):
+    a rank that dies or hangs raises ``ActorFailure`` and the driver restarts the whole group
+    from the run's last checkpoint.
+    """
+
+    kind = "learner"
 
     def __init__(self, model_path: str, cfg: Any, temperature: float = 1.0, needs_reference: bool = False,
-                 needs_value: bool = False):  # fmt: skip
+                 needs_value: bool = False, supervisor: Any = None):  # fmt: skip
         self.cfg = cfg
         gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
         port = free_port()
-        self.workers = [
-            LearnerWorker.options(num_cpus=1, num_gpus=gpus, runtime_env=WORKER_RUNTIME_ENV).remote(
-                model_path, cfg, rank, cfg.num_ranks, "127.0.0.1", port, temperature, needs_reference, needs_value
-            )
-            for rank in range(cfg.num_ranks)
-        ]
-        wait_ready(self)
+        self._start = lambda rank: LearnerWorker.options(num_cpus=1, num_gpus=gpus, runtime_env=WORKER_RUNTIME_ENV).remote(
+            model_path, cfg, rank, cfg.num_ranks, "127.0.0.1", port, temperature, needs_reference, needs_value
+        )  # fmt: skip
+        self.start_workers(cfg.num_ranks, supervisor)
+
+    def replace(self, i: int, cause: str, version: int | None = None) -> None:
+        raise ActorFailure(self.kind, self.name(i), cause)
 
     def train_step(self, batch: TrainBatch, spec: LossSpec) -> dict[str, float]:
         shards = split_batch(batch, len(self.workers))
         num_micro = max(len(rank_micro_batches(s, self.cfg)) for s in shards)
         totals = Totals.of(batch)
-        results = ray.get([w.train_step.remote(s, spec, totals, num_micro) for w, s in zip(self.workers, shards)])
+        results = self.call(lambda w, i: w.train_step.remote(shards[i], spec, totals, num_micro))
         merged = {k: sum(r.get(k, 0.0) for r in results) for k in set().union(*results)}
         merged.update({k: results[0][k] for k in ("grad_norm", "value_grad_norm", "lr") if k in results[0]})  # global, not parts
         return merged
@@ -49,4 +57,4 @@ class LearnerGroup(ActorGroup):
 
     def on_all(self, method: str, *args: Any) -> list:
         """Call a method on every rank (collective methods need all of them) and wait."""
-        return ray.get([getattr(w, method).remote(*args) for w in self.workers])
+        return self.call(lambda w, i: getattr(w, method).remote(*args))

@@ -7,13 +7,13 @@ from typing import Any
 
 import ray
 
-from actors.common import ActorGroup, join, split_evenly, wait_ready
+from actors.common import ActorGroup, ActorMixin, join, split_evenly
 from rewards.router import RewardRouter, Route
 from rollout.records import Sample
 
 
 @ray.remote(num_cpus=1)
-class RewardWorker:
+class RewardWorker(ActorMixin):
     """Scores batches of samples by their ``source``: math verifier or reward model per route."""
 
     def __init__(self, routes: Mapping[str, Route | Mapping[str, Any]], default: str = "default") -> None:
@@ -29,15 +29,21 @@ class RewardWorker:
 
 
 class RewardGroup(ActorGroup):
-    """N reward workers; a batch of samples is spread across them and comes back in order."""
+    """N reward workers; a batch of samples is spread across them and comes back in order. A
+    worker that dies or hangs is replaced and its chunk scored again."""
 
-    def __init__(self, cfg: Any) -> None:
-        self.workers = [RewardWorker.remote(cfg.routes, cfg.default) for _ in range(cfg.num_workers)]
-        wait_ready(self)
+    kind = "reward"
+
+    def __init__(self, cfg: Any, supervisor: Any = None) -> None:
+        self.cfg = cfg
+        self.start_workers(cfg.num_workers, supervisor)
+
+    def _start(self, i: int):
+        return RewardWorker.remote(self.cfg.routes, self.cfg.default)
 
     def score(self, samples: list[Sample]) -> list[Sample]:
-        chunks = split_evenly(samples, len(self.workers))
-        return join(ray.get([w.score.remote(c) for w, c in zip(self.workers, chunks) if c]))
+        chunks = dict(enumerate(split_evenly(samples, len(self.workers))))
+        return join(self.call(lambda w, i: w.score.remote(chunks[i]), [i for i, c in chunks.items() if c]))
 
     def stats(self) -> list[dict[str, dict[str, int]]]:
-        return ray.get([w.stats.remote() for w in self.workers])
+        return self.call(lambda w, i: w.stats.remote())

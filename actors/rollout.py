@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import ray
 
-from actors.common import ActorGroup, ActorMixin, WORKER_RUNTIME_ENV, join, split_evenly, wait_ready
+from actors.common import ActorGroup, ActorMixin, WORKER_RUNTIME_ENV, join, split_evenly
 from rollout.engine import RolloutEngine
 from rollout.records import Prompt, Sample
 
@@ -17,44 +18,76 @@ class RolloutWorker(ActorMixin, RolloutEngine):
 
 
 class RolloutGroup(ActorGroup):
-    """N rollout workers. Prompts are spread across them; samples come back in prompt order."""
+    """N rollout workers. Prompts are spread across them; samples come back in prompt order.
 
-    def __init__(self, model_path: str, cfg: Any):
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        n = cfg.num_workers
-        self.workers = [
-            RolloutWorker.options(num_cpus=cfg.num_cpus_per_worker, num_gpus=gpus, runtime_env=WORKER_RUNTIME_ENV).remote(model_path, cfg, i, n)
-            for i in range(n)
-        ]
-        wait_ready(self)
+    A worker that dies or hangs is replaced (``ActorGroup.replace``); the replacement loads the
+    weights its call needs (those the engines hold, ``held()``; for a generation started before a
+    push, those from before it), which the driver keeps (``weights_of(version)``: a ref to them,
+    None for the base model's), and its call runs again with the same seeds.
+    """
 
-    def _spread(self, method: str, items: list, seed: int | None, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
-        """Call ``method`` on every worker with its contiguous chunk of ``items``; a chunk's seed
-        is ``seed`` plus the index of its first item (None stays None)."""
-        refs, offset = [], 0
-        for worker, chunk in zip(self.workers, split_evenly(items, len(self.workers))):
+    kind = "rollout"
+
+    def __init__(self, model_path: str, cfg: Any, supervisor: Any = None):
+        self.model_path, self.cfg = model_path, cfg
+        self.gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        self.held: Callable[[], int] = lambda: 0  # set by the driver, like weights_of
+        self.weights_of: Callable[[int], ray.ObjectRef | None] = lambda version: None
+        self.on_replace: list[Callable[[int], None]] = []  # e.g. a collective transport regroups
+        self.start_workers(cfg.num_workers, supervisor)
+
+    def _start(self, i: int):
+        return RolloutWorker.options(num_cpus=self.cfg.num_cpus_per_worker, num_gpus=self.gpus,
+                                     runtime_env=WORKER_RUNTIME_ENV).remote(self.model_path, self.cfg, i, self.cfg.num_workers)  # fmt: skip
+
+    def _restore(self, i: int, version: int | None) -> None:
+        version = self.held() if version is None else version
+        if version != 0:  # a new engine has the base model's weights (version 0)
+            self.reload(i, version)
+        for hook in self.on_replace:
+            hook(i)
+
+    def reload(self, i: int, version: int) -> None:
+        if version == 0:
+            self.restart(i)
+            return
+        ray.get(self.workers[i].update_weights.remote(self.weights_of(version), version), timeout=self.supervisor.timeout(self.kind))
+
+    def restart_all(self) -> None:
+        """Every worker started again (the base model's weights), not counted as restarts."""
+        self.shutdown()
+        self.start_workers(self.cfg.num_workers, self.supervisor)
+
+    def _spread(self, method: str, items: list, seed: int | None, *args: Any, **kwargs: Any):
+        """Start ``method`` on every worker with its contiguous chunk of ``items`` (a ``Calls``);
+        a chunk's seed is ``seed`` plus the index of its first item (None stays None)."""
+        chunks, offsets, offset = {}, {}, 0
+        for i, chunk in enumerate(split_evenly(items, len(self.workers))):
             if chunk:
-                refs.append(getattr(worker, method).remote(chunk, *args, seed=None if seed is None else seed + offset, **kwargs))
+                chunks[i], offsets[i] = chunk, offset
             offset += len(chunk)
-        return refs
 
-    def generate_refs(self, prompts: list[Prompt], n: int | None = None, seed: int | None = None,
-                      **sampling: Any) -> list[ray.ObjectRef]:  # fmt: skip
-        """Start generation on every worker; ``ray.get`` the refs (in order) for the samples."""
+        def submit(worker, i):
+            return getattr(worker, method).remote(chunks[i], *args, seed=None if seed is None else seed + offsets[i], **kwargs)
+
+        return self.calls(submit, list(chunks), version=self.held())
+
+    def start_generate(self, prompts: list[Prompt], n: int | None = None, seed: int | None = None, **sampling: Any):
+        """Start generation on every worker; ``join(calls.collect())`` gives the samples in order."""
         return self._spread("generate", prompts, seed, n, **sampling)
 
     def generate(self, prompts: list[Prompt], n: int | None = None, seed: int | None = None,
                  **sampling: Any) -> list[Sample]:  # fmt: skip
-        return join(ray.get(self.generate_refs(prompts, n, seed, **sampling)))
+        return join(self.start_generate(prompts, n, seed, **sampling).collect())
 
     def expand_steps(self, requests: list, n: int, seed: int, stop: str, temperature: float = 1.0) -> list:
         """Beam search's ``expand`` over every worker (rollout.beam_search); results in request order."""
-        return join(ray.get(self._spread("expand_steps", requests, seed, n, stop=stop, temperature=temperature)))
+        return join(self._spread("expand_steps", requests, seed, n, stop=stop, temperature=temperature).collect())
 
     def update_weights(self, named_tensors: list, version: int) -> None:
         """Object-store transport: one ``ray.put`` of the weights, read by every worker."""
         ref = ray.put(named_tensors)
-        ray.get([w.update_weights.remote(ref, version) for w in self.workers])
+        self.call(lambda w, i: w.update_weights.remote(ref, version))
 
     def weights_checksums(self) -> list[str]:
-        return ray.get([w.weights_checksum.remote() for w in self.workers])
+        return self.call(lambda w, i: w.weights_checksum.remote())

@@ -18,6 +18,7 @@ import ray
 import torch
 
 from actors.common import free_port
+from actors.faults import DEATHS
 from actors.learner import LearnerGroup
 from actors.rollout import RolloutGroup
 
@@ -30,8 +31,14 @@ class WeightTransport(Protocol):
 
 class ObjectStoreTransport:
     def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int) -> None:
-        refs = [w.export_weights.remote() for w in learners.workers]  # rank 0's ref holds the weights
-        ray.get([w.update_weights.remote(refs[0], version) for w in rollouts.workers] + refs[1:])
+        exports = learners.calls(lambda w, i: w.export_weights.remote(version))
+        weights = exports.refs[0]  # rank 0's result holds the weights: the engines read it, the driver not
+        try:
+            rollouts.call(lambda w, i: w.update_weights.remote(weights, version))
+        except DEATHS:  # the engines are alive but the weights are lost: a learner rank died
+            exports.collect(fetch=lambda i: i != 0)  # raises the rank's ActorFailure
+            raise
+        exports.collect(fetch=lambda i: i != 0)
 
 
 # -- collective broadcast: code that runs inside the actors (through ActorMixin.call) ---------
@@ -48,7 +55,7 @@ def _join_group(obj, host: str, port: int, rank: int, world: int, backend: str) 
     obj.weight_group = group
 
 
-def _send(learner, with_group: bool) -> list[tuple[str, tuple, str]] | None:
+def _send(learner, with_group: bool, version: int = 0) -> list[tuple[str, tuple, str]] | None:
     """On every learner rank: gather each tensor; rank 0 broadcasts it. Returns the metadata."""
     meta, sent = [], []
     for name, tensor in learner.named_full_weights():
@@ -59,7 +66,7 @@ def _send(learner, with_group: bool) -> list[tuple[str, tuple, str]] | None:
     if learner.rank != 0:
         return None
     if with_group:  # copied after the broadcasts, while the engines load what they received
-        learner.pushed = [(name, tensor.to("cpu", copy=True)) for name, tensor in sent]
+        learner.keep_pushed(version, [(name, tensor.to("cpu", copy=True)) for name, tensor in sent])
     return meta
 
 
@@ -85,18 +92,25 @@ class CollectiveTransport:
 
     def __init__(self, learners: LearnerGroup, rollouts: RolloutGroup, backend: str):
         self.backend = backend
+        self._join(learners, rollouts)
+        # A replaced engine is not in the group: every member joins a new one. (An engine lost in
+        # the middle of a broadcast leaves rank 0 blocked in it: the learner group is restarted.)
+        rollouts.on_replace.append(lambda i: self._join(learners, rollouts))
+
+    def _join(self, learners: LearnerGroup, rollouts: RolloutGroup) -> None:
+        backend = self.backend
         host = ray.get(learners.workers[0].node_ip.remote())
         port = free_port()
         world = 1 + len(rollouts.workers)
         members = [learners.workers[0], *rollouts.workers]
         ray.get([m.call.remote(_join_group, host, port, rank, world, backend) for rank, m in enumerate(members)])
-        # Names, shapes and dtypes do not change during a run: learn them once.
-        self.meta = ray.get([w.call.remote(_send, False) for w in learners.workers])[0]
+        if not hasattr(self, "meta"):  # names, shapes and dtypes do not change during a run: learn them once
+            self.meta = ray.get([w.call.remote(_send, False) for w in learners.workers])[0]
 
     def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int) -> None:
-        sends = [w.call.remote(_send, True) for w in learners.workers]
-        receives = [w.call.remote(_receive, self.meta, version) for w in rollouts.workers]
-        ray.get(sends + receives)
+        sends = learners.calls(lambda w, i: w.call.remote(_send, True, version))
+        rollouts.call(lambda w, i: w.call.remote(_receive, self.meta, version))
+        sends.collect()
 
 
 def make_transport(kind: str, learners: LearnerGroup, rollouts: RolloutGroup) -> WeightTransport:

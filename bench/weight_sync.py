@@ -54,7 +54,7 @@ def copy_baseline(path: str, repeat: int) -> tuple[float, int]:
 # -- instrumented pushes: code run inside the actors (through ActorMixin.call) -----------------
 def _export_timed(learner) -> tuple[list | None, float]:
     t0 = time.perf_counter()
-    weights = learner.export_weights()
+    weights = learner.export_weights(-1)
     return weights, time.perf_counter() - t0
 
 
@@ -113,7 +113,7 @@ def _send_timed(learner) -> dict[str, float]:
         times["broadcast (send)"] += t2 - t1
         times["keep pushed copy (clone)"] += t3 - t2
         t = time.perf_counter()
-    learner.pushed = pushed
+    learner.keep_pushed(-1, pushed)
     return times
 
 

@@ -61,7 +61,7 @@ def save_checkpoint(run_dir: str, cfg: SyncRLConfig, state: RunState, learners, 
     settings = ray.get(controller.settings.remote())
     learners.on_all("save_checkpoint", str(tmp), {"settings": settings})
     if state.engine_version not in (0, state.learner_version):  # version 0: the base model, on disk already
-        ray.get(learners.workers[0].save_pushed_weights.remote(str(tmp / ENGINE_WEIGHTS)))
+        ray.get(learners.workers[0].save_pushed_weights.remote(str(tmp / ENGINE_WEIGHTS), state.engine_version))
     (tmp / "run_state.json").write_text(state.to_json())
     (tmp / "config.yaml").write_text(dump_config(cfg))
     os.replace(tmp, final)
@@ -92,7 +92,7 @@ def restore(run_dir: str, state: RunState, learners, rollouts, transport) -> Non
     if engine_file.is_file():  # the engines lagged the learner: give them exactly what they had
         from safetensors.torch import load_file
 
-        ray.get(learners.workers[0].load_pushed_weights.remote(str(engine_file)))
+        ray.get(learners.workers[0].load_pushed_weights.remote(str(engine_file), state.engine_version))
         rollouts.update_weights(list(load_file(engine_file).items()), state.engine_version)
     elif state.engine_version > 0:
         transport.push(learners, rollouts, state.engine_version)

@@ -237,6 +237,22 @@ class CheckpointConfig(Section):
     save_final_hf: bool = True
 
 
+class FaultToleranceConfig(Section):
+    """What a run survives (README, "Failures and restarts"). A rollout or reward worker that dies
+    or hangs is replaced and its call re-run; a learner rank that does restarts the learner group
+    from the last checkpoint. The budgets count over one ``syncrl train`` invocation; when one is
+    spent the run stops with an error naming the actor and leaves a resumable checkpoint."""
+
+    rollout_restarts: int = Field(3, ge=0)  # rollout workers replaced, at most
+    reward_restarts: int = Field(3, ge=0)  # reward workers replaced, at most
+    learner_restarts: int = Field(1, ge=0)  # learner group restarts from the last checkpoint, at most
+    max_restarts: int = Field(5, ge=0)  # all kinds together
+    generate_timeout_s: float = Field(1800, gt=0)  # a rollout call (a step's generation, a weight load)
+    score_timeout_s: float = Field(600, gt=0)  # a reward worker's batch
+    train_timeout_s: float = Field(3600, gt=0)  # a learner call (a step, a push, a checkpoint)
+    health_check_s: float = Field(10, ge=0)  # idle workers are pinged between steps this often (0: every step)
+
+
 class SyncRLConfig(Section):
     name: str = "syncrl"
     seed: int = 0
@@ -252,6 +268,7 @@ class SyncRLConfig(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    fault_tolerance: FaultToleranceConfig = Field(default_factory=FaultToleranceConfig)
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> SyncRLConfig:

@@ -40,6 +40,7 @@ def step_record(state, stage: str, sync_interval: float, samples: list[Sample], 
         "reward_mean": _mean([s.reward for s in samples]),
         "response_len_mean": _mean([s.response_len for s in samples]),
         "truncated_frac": _mean([s.finish_reason == "length" for s in samples]),
+        "grader_timeouts": sum(bool((s.reward_info or {}).get("timed_out")) for s in samples),  # scored 0 after the grader's limit
         "entropy_mean": loss.get("entropy", float("nan")),
         "loss": loss.get("loss", float("nan")),
         "kl": loss.get("kl"),
@@ -65,19 +66,30 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 class MetricsLog:
     def __init__(self, run_dir: str, progress_bar: bool, total_steps: int, resume_step: int = 0):
-        path = Path(run_dir, "metrics.jsonl")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():  # a resumed run: drop the lines past its checkpoint (the killed run wrote them)
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
-        self.path = path
-        self.file = open(path, "a")
+        self.path = Path(run_dir, "metrics.jsonl")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._truncate(resume_step)
+        self.file = open(self.path, "a")
         self.last_write = time.time()
         self.bar = None
         if progress_bar and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, desc="syncrl", unit="step")
+
+    def _truncate(self, step: int) -> None:
+        """Drop the records past ``step`` from metrics.jsonl and eval.jsonl: a resumed (or restarted)
+        run writes them again, and would duplicate them; from step 0 every record goes."""
+        for path in (self.path, self.path.with_name("eval.jsonl")):
+            if path.exists():
+                kept = [line for line in path.read_text().splitlines() if line and step > 0 and json.loads(line)["step"] <= step]
+                path.write_text("".join(line + "\n" for line in kept))
+
+    def rewind(self, step: int) -> None:
+        """The run continues from the checkpoint of ``step`` (the learner group restarted)."""
+        self.file.close()
+        self._truncate(step)
+        self.file = open(self.path, "a")
 
     def write(self, record: dict[str, Any], controller) -> None:
         """Log a step; adds ``time`` (Unix seconds) and ``time_wall_s``, the wall time since the

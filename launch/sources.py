@@ -5,8 +5,6 @@ Both expose ``next(step, prefetch)`` and ``position`` (data consumed, for checkp
 
 from __future__ import annotations
 
-import ray
-
 from actors.common import join
 from actors.rollout import RolloutGroup
 from rollout.records import Prompt, Sample
@@ -19,20 +17,19 @@ class RolloutSource:
 
     def __init__(self, rollouts: RolloutGroup, prompts: ShuffledStream[Prompt], seed: int):
         self.rollouts, self.prompts, self.seed = rollouts, prompts, seed
-        self.pending: list[ray.ObjectRef] | None = None
+        self.pending = None  # the prefetched generation (a Calls), collected by the next step
 
     def _sampling_seed(self, step: int) -> int:
         """Seeds follow the step: runs, and resumed runs, sample reproducibly."""
         return self.seed + 1_000_003 * step
 
     def next(self, step: int, prefetch: bool = False) -> list[Sample]:
-        if self.pending is not None:
-            samples = join(ray.get(self.pending))
-        else:
-            samples = self.rollouts.generate(self.prompts.next(), seed=self._sampling_seed(step))
+        if self.pending is None:
+            self.pending = self.rollouts.start_generate(self.prompts.next(), seed=self._sampling_seed(step))
+        samples = join(self.pending.collect())  # a worker that dies meanwhile is replaced, its chunk re-run
         self.pending = None
         if prefetch:
-            self.pending = self.rollouts.generate_refs(self.prompts.next(), seed=self._sampling_seed(step + 1))
+            self.pending = self.rollouts.start_generate(self.prompts.next(), seed=self._sampling_seed(step + 1))
         return samples
 
     @property

@@ -15,11 +15,12 @@ from pathlib import Path
 import ray
 
 from actors.controller import start_controller
+from actors.faults import ActorFailure, RestartBudgetSpent, Supervisor
 from actors.learner import LearnerGroup
 from actors.reward import RewardGroup
 from actors.rollout import RolloutGroup
 from actors.weight_sync import make_transport
-from launch.checkpoint import RunState, load_state, restore, save_checkpoint, save_final
+from launch.checkpoint import RunState, latest_checkpoint, load_state, restore, save_checkpoint, save_final
 from launch.cluster import ray_session
 from launch.config import ConfigError, SyncRLConfig, dump_config, load_config
 from launch.evaluate import Evaluator, test_prompts
@@ -42,31 +43,69 @@ class Driver:
         texts = TokenTexts(self.model_path)  # loads the tokenizer if an algorithm asks (OREO's steps)
         self.algorithms = [make_algorithm(s.algorithm, cfg.seed + i, texts) for i, s in enumerate(self.stages)]
         self.data = load_data(cfg, self.model_path, self.stages)  # bad data fails here, before any actor starts
-        self.state = state or RunState(sync_interval=self.stages[0].sync.interval)
+        self.state = state or self.initial_state()
         self.eval_prompts = test_prompts(cfg) if cfg.eval.enabled else []
         self.groups: list = []
         self.evaluated_at: int | None = None  # the step of the last every_steps evaluation
+        self.mid_step = False  # the learner trained this step and its record is not written yet
+        self.probed_at = time.monotonic()
+
+    def initial_state(self) -> RunState:
+        return RunState(sync_interval=self.stages[0].sync.interval)
 
     def __enter__(self) -> Driver:
         cfg, state = self.cfg, self.state
         self.controller = start_controller(cfg.logging.controller_name, state.sync_interval, cfg.name, cfg.logging.ray_metrics)
+        self.supervisor = Supervisor(cfg.fault_tolerance, lambda event: self.controller.report_restart.remote(event))
         try:
-            self.groups.append(rollouts := RolloutGroup(self.model_path, cfg.rollout))
-            self.groups.append(rewards := RewardGroup(cfg.reward))
-            needs = dict(needs_reference=any(a.loss.needs_reference for a in self.algorithms),
-                         needs_value=any(a.loss.needs_value for a in self.algorithms))  # fmt: skip
-            self.groups.append(learners := LearnerGroup(self.model_path, cfg.learner, cfg.rollout.temperature, **needs))
-            self.rollouts, self.rewards, self.learners = rollouts, rewards, learners
-            self.transport = make_transport(cfg.sync.transport, learners, rollouts)
-            restore(self.run_dir, state, learners, rollouts, self.transport)
+            self.groups.append(rollouts := RolloutGroup(self.model_path, cfg.rollout, self.supervisor))
+            self.groups.append(rewards := RewardGroup(cfg.reward, self.supervisor))
+            self.rollouts, self.rewards = rollouts, rewards
+            rollouts.held, rollouts.weights_of = lambda: self.state.engine_version, self.pushed_weights
+            self.start_learners()
         except BaseException:
             self.__exit__()
             raise
-        self.source = make_source(cfg, self.data, rollouts, state.data_position)
         self.log = MetricsLog(self.run_dir, cfg.logging.progress_bar, sum(s.steps for s in self.stages), state.step)
         self.evaluator = Evaluator(rollouts, rewards, self.eval_prompts, cfg.eval, cfg.rollout.max_new_tokens,
                                    (1, cfg.eval.samples_per_prompt))  # fmt: skip
         return self
+
+    def start_learners(self) -> None:
+        """The learner group, the weight transport, and the actors brought to the run state (the
+        last checkpoint's, for a resumed or restarted run), with a data source at its position."""
+        needs = dict(needs_reference=any(a.loss.needs_reference for a in self.algorithms),
+                     needs_value=any(a.loss.needs_value for a in self.algorithms))  # fmt: skip
+        self.groups.append(learners := LearnerGroup(self.model_path, self.cfg.learner, self.cfg.rollout.temperature,
+                                                    **needs, supervisor=self.supervisor))  # fmt: skip
+        self.learners = learners
+        self.rollouts.on_replace.clear()  # a collective transport of the previous group regrouped there
+        self.transport = make_transport(self.cfg.sync.transport, learners, self.rollouts)
+        if any(stage.sync.overlap for stage in self.stages):  # a prefetch may need the version before a push
+            ray.get(learners.workers[0].set_pushed_kept.remote(2))
+        restore(self.run_dir, self.state, learners, self.rollouts, self.transport)
+        self.source = make_source(self.cfg, self.data, self.rollouts, self.state.data_position)
+
+    def pushed_weights(self, version: int):
+        """The weights pushed to the engines as ``version`` (learner rank 0 keeps them): what a
+        replacement engine loads, not the learner's newer weights."""
+        return self.learners.workers[0].pushed_weights.remote(version)
+
+    def restart_learners(self, failure: ActorFailure) -> None:
+        """A learner rank died or hung: restart the group from the last checkpoint (from the start
+        without one); the step records after it are replaced as the steps run again."""
+        self.supervisor.charge(failure)
+        t0 = time.perf_counter()
+        self.learners.shutdown()
+        self.groups.remove(self.learners)
+        held = self.state.engine_version
+        self.state = load_state(self.run_dir) if latest_checkpoint(self.run_dir) else self.initial_state()
+        if self.state.engine_version == 0 and held != 0:  # the engines go back to the base model
+            self.rollouts.restart_all()
+        self.start_learners()
+        self.log.rewind(self.state.step)
+        self.evaluated_at, self.mid_step = None, False
+        self.supervisor.record(failure, time.perf_counter() - t0, resumed_from_step=self.state.step)
 
     def __exit__(self, *exc) -> None:  # shut down whatever started, however the run ends
         for group in self.groups:
@@ -88,6 +127,20 @@ class Driver:
             self.log.eval(self.state.step, self.evaluator.beam(self.cfg.eval.beam_size, self.learners.score_states), self.controller)
 
     def run(self) -> RunState:
+        """The loop, continued from the last checkpoint after a learner failure; a spent restart
+        budget stops it with a resumable checkpoint."""
+        while True:
+            try:
+                try:
+                    return self.run_stages()
+                except ActorFailure as failure:
+                    if failure.kind != "learner":
+                        raise
+                    self.restart_learners(failure)
+            except RestartBudgetSpent as spent:
+                raise self.stopped(spent) from None
+
+    def run_stages(self) -> RunState:
         """For each stage, for each step: generate, score, build, train; push every s steps."""
         cfg, state = self.cfg, self.state
         if cfg.eval.at_start and state.step == 0:
@@ -99,6 +152,7 @@ class Driver:
                 self.push(stage.sync.ref_sync)
             while state.step_in_stage < stage.steps:
                 s = state.sync_interval = live_sync_interval(self.controller, self.log)
+                self.probe()
                 t0 = time.perf_counter()
                 samples = self.source.next(state.step, prefetch=stage.sync.overlap and state.step_in_stage + 1 < stage.steps)
                 t1 = time.perf_counter()
@@ -107,6 +161,7 @@ class Driver:
                 t2 = time.perf_counter()
                 loss = {}
                 if batch.sequences:  # a step with no pair (DPO) or no group (GRPO) trains nothing
+                    self.mid_step = True
                     loss = self.learners.train_step(batch, algorithm.loss)
                     state.learner_version += 1
                     state.steps_since_sync += 1
@@ -124,13 +179,38 @@ class Driver:
         print(f"progress plot: {plot_run(self.run_dir)}", flush=True)
         return state
 
+    def probe(self) -> None:
+        """Between steps, at most every fault_tolerance.health_check_s: ping the idle rollout and
+        reward workers and replace the dead ones before work is sent to them."""
+        if time.monotonic() - self.probed_at < self.cfg.fault_tolerance.health_check_s:
+            return
+        if getattr(self.source, "pending", None) is None:  # an engine busy with a prefetch answers late
+            self.rollouts.probe()
+        self.rewards.probe()
+        self.probed_at = time.monotonic()
+
+    def stopped(self, spent: RestartBudgetSpent) -> RestartBudgetSpent:
+        """The run stops: a checkpoint of its state when the learner is up and between steps, and
+        the error saying how to continue."""
+        where = latest_checkpoint(self.run_dir)
+        if spent.failure.kind != "learner" and not self.mid_step:
+            try:
+                where = save_checkpoint(self.run_dir, self.cfg, self.state, self.learners, self.controller)
+            except Exception as err:  # the learner may be failing too: the last checkpoint stands
+                print(f"[restart] no checkpoint at the stop ({err!r})", flush=True)
+        hint = f"continue with: syncrl train --resume {self.run_dir} (from {where.name})" if where else "no checkpoint to resume from"
+        spent.args = (f"{spent.args[0]}. The run stopped at step {self.state.step}; {hint}",)
+        return spent
+
     def end_step(self, record: dict) -> None:
         """Count the step, log it, checkpoint when due."""
         state, cfg = self.state, self.cfg
         if cfg.logging.weight_checksums:
             record.update(learner_checksum=self.learners.on_all("weights_checksum")[0][:16],
                           engine_checksums=[c[:16] for c in self.rollouts.weights_checksums()])  # fmt: skip
+        record["restarts"] = self.supervisor.drain()
         state.step, state.step_in_stage, state.data_position = state.step + 1, state.step_in_stage + 1, self.source.position
+        self.mid_step = False
         self.log.write(record, self.controller)
         every = cfg.eval.every_steps
         if every and state.step % every == 0 and state.engine_version == state.learner_version:

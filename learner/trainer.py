@@ -272,30 +272,45 @@ class LearnerRank:
             else:
                 yield name, param.detach()
 
-    def export_weights(self) -> list[tuple[str, torch.Tensor]] | None:
+    def export_weights(self, version: int) -> list[tuple[str, torch.Tensor]] | None:
         """The full weights as CPU copies on rank 0 (None on other ranks); rank 0 keeps them as
-        the last pushed weights."""
+        the weights pushed as ``version``."""
         out = [(n, t.to("cpu", copy=True)) for n, t in self.named_full_weights()]
         if self.rank != 0:
             return None
-        self.pushed = out
+        self.keep_pushed(version, out)
         return out
 
-    # The weights last pushed to the engines (rank 0): a checkpoint taken while the engines lag
-    # the learner stores them, so a resumed run gives the engines exactly what they had.
-    pushed: list[tuple[str, torch.Tensor]] | None = None
+    # The weights pushed to the engines (rank 0), by version, the newest ``pushed_kept`` of them: a
+    # checkpoint taken while the engines lag the learner stores them, so a resumed run gives the
+    # engines exactly what they had, and a replacement engine loads them. With sync.overlap a
+    # generation started before a push may have to run again on the version before it: 2 kept.
+    pushed: dict[int, list[tuple[str, torch.Tensor]]] = {}
+    pushed_kept: int = 1
 
-    def save_pushed_weights(self, path: str) -> None:
+    def keep_pushed(self, version: int, weights: list[tuple[str, torch.Tensor]]) -> None:
+        pushed = {v: w for v, w in self.pushed.items() if v != version}
+        pushed[version] = weights  # the newest last
+        self.pushed = dict(list(pushed.items())[-self.pushed_kept :])
+
+    def set_pushed_kept(self, count: int) -> None:
+        self.pushed_kept = count
+
+    def pushed_weights(self, version: int) -> list[tuple[str, torch.Tensor]]:
+        """The weights pushed as ``version`` (rank 0): what a replacement engine loads."""
+        if version not in self.pushed:
+            raise RuntimeError(f"the weights of version {version} are not kept (kept: {sorted(self.pushed)})")
+        return self.pushed[version]
+
+    def save_pushed_weights(self, path: str, version: int) -> None:
         from safetensors.torch import save_file
 
-        if self.pushed is None:
-            raise RuntimeError("no weights were pushed yet")
-        save_file({n: t.contiguous() for n, t in self.pushed}, path)
+        save_file({n: t.contiguous() for n, t in self.pushed_weights(version)}, path)
 
-    def load_pushed_weights(self, path: str) -> None:
+    def load_pushed_weights(self, path: str, version: int) -> None:
         from safetensors.torch import load_file
 
-        self.pushed = list(load_file(path).items())
+        self.keep_pushed(version, list(load_file(path).items()))
 
     def sync_reference(self) -> None:
         """Reference sync: the frozen reference becomes a copy of the current policy."""

@@ -185,6 +185,12 @@ def build_rejection_sampling_batch(samples: list[Sample]) -> TrainBatch:
     return TrainBatch(sequences=kept, counts={"kept": len(kept), "rejected": len(samples) - len(kept)})
 
 
+def batch_rng(seed: int, samples: list[Sample]) -> random.Random:
+    """Random choices (DPO's ties) as a function of the seed and the batch, not of the batches
+    before it: a resumed or restarted run makes the same choices as an uninterrupted one."""
+    return random.Random(f"{seed}|" + "|".join(f"{s.prompt_id}:{','.join(map(str, s.response_ids))}" for s in samples))
+
+
 class Algorithm:
     """A named way of turning scored samples into a TrainBatch, and the loss that trains on it."""
 
@@ -200,7 +206,6 @@ class Algorithm:
 def make_algorithm(cfg: Any, seed: int = 0, token_texts: Callable[[list[int]], list[str]] | None = None) -> Algorithm:
     """Build the algorithm an ``AlgorithmConfig`` names (duck-typed: rollout does not import launch).
     ``token_texts`` maps token ids to their texts (OREO's step level finds steps with it)."""
-    rng = random.Random(seed)
     grpo_terms = dict(clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef)
     dpo_terms = dict(beta=cfg.beta, ld_alpha=cfg.ld_alpha, nll_coef=cfg.nll_coef)
     common = dict(entropy_coef=cfg.entropy_coef)
@@ -212,7 +217,7 @@ def make_algorithm(cfg: Any, seed: int = 0, token_texts: Callable[[list[int]], l
         )
     if cfg.name == "dpo":
         return Algorithm(
-            "dpo", lambda samples: build_dpo_batch(samples, rng), LossSpec(dpo_weight=1.0, **dpo_terms, **common)
+            "dpo", lambda samples: build_dpo_batch(samples, batch_rng(seed, samples)), LossSpec(dpo_weight=1.0, **dpo_terms, **common)
         )
     if cfg.name == "group_dpo":
         return Algorithm(

@@ -326,15 +326,17 @@ def test_reference_sync_makes_the_reference_the_policy(ray_cluster, tiny_llama):
 
 
 def test_a_crashed_worker_is_reported_and_nothing_is_left(ray_cluster, tiny_llama, tmp_path):
-    """A rollout worker that dies mid-run ends the run with Ray's actor error, and the run's other
-    actors (and its named Controller) are stopped."""
+    """A rollout worker that dies mid-run, with no restart allowed, ends the run with an error
+    naming it, and the run's other actors (and its named Controller) are stopped."""
     import ray
 
     from actors.controller import NAMESPACE
+    from actors.faults import RestartBudgetSpent
     from launch.train import Driver
 
-    cfg = tiny_config("tiny-grpo", tiny_llama, "steps=3", "logging.controller_name=crash-test")
-    with pytest.raises(ray.exceptions.RayActorError):
+    cfg = tiny_config("tiny-grpo", tiny_llama, "steps=3", "logging.controller_name=crash-test",
+                      "fault_tolerance.rollout_restarts=0")  # fmt: skip
+    with pytest.raises(RestartBudgetSpent, match="rollout-0 died"):
         with Driver(cfg, str(tmp_path)) as driver:
             handles = [*driver.rollouts.workers, *driver.rewards.workers, *driver.learners.workers, driver.controller]
             ray.kill(driver.rollouts.workers[0])
