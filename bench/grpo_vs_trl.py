@@ -72,7 +72,7 @@ def _instrument() -> None:
     def timed_next(self, step, prefetch=False):
         samples = source_next(self, step, prefetch)
         if self.pending:  # the batch of step `step + 2` (1-based) started generating just now
-            refs, t0 = list(self.pending), time.perf_counter()
+            refs, t0 = list(self.pending.refs.values()), time.perf_counter()
 
             def wait() -> None:
                 ray.wait(refs, num_returns=len(refs), fetch_local=False)

@@ -77,6 +77,9 @@ def test_killed_and_hung_rollout_and_reward_workers_are_replaced_losing_nothing(
                5: lambda d: hang(d.rollouts.workers[0])}  # fmt: skip
     with chaos_driver(actions)(cfg, str(tmp_path / "chaos")) as driver:
         driver.run()
+        status = __import__("ray").get(driver.controller.get_status.remote())  # what `syncrl ctl status` prints
+    assert status["restarts"] == {"reward": 1, "rollout": 2}
+    assert sum("restart: rollout-0" in e for e in status["events"]) == 2
 
     clean, chaos = read_metrics(tmp_path / "clean"), read_metrics(tmp_path / "chaos")
     assert comparable(chaos) == comparable(clean)
@@ -94,14 +97,14 @@ def test_a_dead_learner_rank_restarts_the_group_and_a_spent_budget_stops_resumab
                                                                                     tiny_reward_model, tmp_path):  # fmt: skip
     """2 ZeRO ranks, checkpoints every 2 steps, no rollout restart allowed: learner rank 1 killed
     after step 3 -> the group restarts from step 2 and steps 3-4 run again (their records
-    replaced); then the rollout worker killed after step 5 -> the run stops with an error naming
-    the actor, its cause and the budget, after a checkpoint of step 5; ``--resume`` ends it like
-    the run left alone."""
+    replaced); then the (idle) rollout worker killed after step 5 -> the health probe at the next
+    step boundary finds it, and the run stops with an error naming the actor, its cause and the
+    budget, after a checkpoint of step 5; ``--resume`` ends it like the run left alone."""
     from actors.faults import RestartBudgetSpent
     from launch.train import run, train
 
     overrides = ["steps=6", "sync.interval=2", "learner.num_ranks=2", "checkpoint.every_steps=2",
-                 "fault_tolerance.rollout_restarts=0", "logging.weight_checksums=true"]  # fmt: skip
+                 "fault_tolerance.rollout_restarts=0", "fault_tolerance.health_check_s=0", "logging.weight_checksums=true"]  # fmt: skip
     cfg = tiny_config("tiny-grpo", tiny_llama, *overrides, *rm_reward(tiny_reward_model), "logging.controller_name=ft-l-clean")
     train(cfg, str(tmp_path / "clean"))
 
