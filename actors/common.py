@@ -110,7 +110,12 @@ class ActorGroup:
         ray.kill(self.workers[i])
         self.workers[i] = self._start(i)
         self.replacements[i] += 1
-        ray.get(self.workers[i].__ray_ready__.remote(), timeout=self.supervisor.timeout(self.kind))
+        timeout = self.supervisor.timeout(self.kind)
+        try:
+            ray.get(self.workers[i].__ray_ready__.remote(), timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise RuntimeError(f"{self.name(i)}: its replacement did not start within {timeout:g} s "
+                               "(is there room for it on the cluster? `ray status` shows what is free)") from None  # fmt: skip
 
     def probe(self) -> None:
         """Ping every worker; replace the dead ones (the driver calls this between steps)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ray
 
-from actors.common import ActorGroup, ActorMixin, wait_ready
+from actors.common import ActorGroup, ActorMixin
 from learner.value import ValueScorer
 
 
@@ -16,12 +16,20 @@ class ValueWorker(ActorMixin, ValueScorer):
 
 
 class ValueGroup(ActorGroup):
-    """One value worker over one value folder; ``score`` is beam search's scorer."""
+    """One value worker over one value folder; ``score`` is beam search's scorer. A worker that
+    dies or hangs is replaced like a rollout engine (it holds nothing but the folder)."""
 
-    def __init__(self, folder: str):
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        self.workers = [ValueWorker.options(num_cpus=1, num_gpus=gpus).remote(folder)]
-        wait_ready(self)
+    kind = "rollout"  # its budget and timeout are the engines'
+
+    def __init__(self, folder: str, supervisor=None):
+        self.folder, self.gpus = folder, 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        self.start_workers(1, supervisor)
+
+    def name(self, i: int) -> str:
+        return f"value-{i}"
+
+    def _start(self, i: int):
+        return ValueWorker.options(num_cpus=1, num_gpus=self.gpus).remote(self.folder)
 
     def score(self, states: list[tuple[list[int], list[int]]]) -> list[float]:
-        return ray.get(self.workers[0].score.remote(states))
+        return self.call(lambda w, i: w.score.remote(states))[0]

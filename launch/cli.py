@@ -116,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"syncrl: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from actors.faults import ActorFailure, RestartBudgetSpent
+
+        if not isinstance(err, (ActorFailure, RestartBudgetSpent)):
+            raise
+        print(f"syncrl: {err}", file=sys.stderr)  # the actor, the cause, the budget, how to resume
+        return 1
     return 0
 
 

@@ -17,6 +17,7 @@ import ray
 
 from actors.reward import RewardGroup
 from actors.rollout import RolloutGroup
+from actors.faults import Supervisor
 from actors.value import ValueGroup
 from launch.config import ConfigError
 from rollout.beam_search import beam_search
@@ -86,21 +87,25 @@ def evaluate_models(model_dirs: list[str], cfg: Any, task: str | None, ks=(1,), 
     with value-guided beam search of each beam size, ranked by its value folder (``value_dirs``,
     one per model); those results follow the folder's own, in the order of ``beams``."""
     prompts = test_prompts(cfg, task)
-    rewards, rollouts, loaded = RewardGroup(cfg.reward), None, None
+    supervisor = Supervisor(cfg.fault_tolerance)  # a dead or hung worker is replaced, as in training
+    rewards, rollouts, loaded, base = RewardGroup(cfg.reward, supervisor), None, None, None
     results = []
     try:
         for version, folder in enumerate(model_dirs):
             if rollouts is None or not interchangeable(loaded, folder):
                 if rollouts is not None:
                     rollouts.shutdown()
-                rollouts = RolloutGroup(folder, cfg.rollout)
+                rollouts, base = RolloutGroup(folder, cfg.rollout, supervisor), folder
+                # a replacement engine starts on `base` and loads the folder being evaluated
+                rollouts.held = lambda: 0 if loaded == base else model_dirs.index(loaded)
+                rollouts.weights_of = lambda v: ray.put(folder_weights(model_dirs[v]))
             elif folder != loaded:
                 rollouts.update_weights(folder_weights(folder), version)
             loaded = folder
             evaluator = Evaluator(rollouts, rewards, prompts, cfg.eval, cfg.rollout.max_new_tokens, ks)
             results.append(evaluator())
             if beams:
-                values = ValueGroup(value_dirs[version])
+                values = ValueGroup(value_dirs[version], supervisor)
                 try:
                     results += [evaluator.beam(b, values.score) for b in beams]
                 finally:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from learner.packing import Packed, packed_mask
+
 HEAD_FILE = "value_head.safetensors"
 
 
@@ -61,24 +63,59 @@ def save_value_folder(folder: str, backbone: torch.nn.Module, state_dict: dict[s
     save_file({"weight": state_dict["value_head.weight"].contiguous()}, str(Path(folder, HEAD_FILE)))
 
 
-def pad_states(states: list[tuple[list[int], list[int]]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(prompt ids, response ids) states as right-padded input ids, attention mask, and the index
-    of each state's last token."""
-    rows = [list(p) + list(r) for p, r in states]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return ids, mask, torch.tensor([len(r) - 1 for r in rows])
+def pack_states(states: list[tuple[list[int], list[int]]]) -> tuple[Packed, torch.Tensor]:
+    """States laid end to end with each distinct prompt once (``learner.packing``'s shared-prompt
+    layout: a response attends to its prompt and to itself, positions continue from the prompt),
+    and the packed position of each state's last token (the prompt's last for an empty response)."""
+    ids: list[int] = []
+    pos: list[int] = []
+    block: list[int] = []
+    branch: list[int] = []
+    last = [0] * len(states)
+    prompts: dict[tuple[int, ...], list[int]] = {}
+    for i, (prompt, _) in enumerate(states):
+        prompts.setdefault(tuple(prompt), []).append(i)
+    for b, (prompt, members) in enumerate(prompts.items()):
+        start = len(ids)
+        ids += prompt
+        pos += range(len(prompt))
+        block += [b] * len(prompt)
+        branch += [-1] * len(prompt)
+        for i in members:
+            response = list(states[i][1])
+            ids += response
+            pos += range(len(prompt), len(prompt) + len(response))
+            block += [b] * len(response)
+            branch += [i] * len(response)
+            last[i] = len(ids) - 1 if response else start + len(prompt) - 1
+    as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+    none = as_long([])
+    packed = Packed(input_ids=as_long(ids)[None], position_ids=as_long(pos)[None], block=as_long(block),
+                    branch=as_long(branch), pred=none, target=none, rows=none, cols=none)  # fmt: skip
+    return packed, as_long(last)
+
+
+def token_chunks(states: list[tuple[list[int], list[int]]], max_tokens: int) -> list[list[int]]:
+    """Indices of ``states`` in chunks of whole prompt groups of about ``max_tokens`` packed tokens
+    each (a group larger than that is a chunk of its own)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (prompt, _) in enumerate(states):
+        groups.setdefault(tuple(prompt), []).append(i)
+    chunks, chunk, size = [], [], 0
+    for prompt, members in groups.items():
+        tokens = len(prompt) + sum(len(states[i][1]) for i in members)
+        if chunk and size + tokens > max_tokens:
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk, size = chunk + members, size + tokens
+    return chunks + ([chunk] if chunk else [])
 
 
 class ValueScorer:
     """V of (prompt, partial response) states with a value folder (``final/value`` of an OREO run;
     a causal LM folder gives the untrained, all-zero value model). Beam search's scorer."""
 
-    def __init__(self, folder: str, batch_size: int = 64, threads: int = 0):
+    def __init__(self, folder: str, max_tokens: int = 2048, threads: int = 0):
         import os
 
         gpu = torch.cuda.is_available()
@@ -86,14 +123,18 @@ class ValueScorer:
             torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
         self.device = torch.device("cuda" if gpu else "cpu")
         self.model = ValueModel.from_pretrained(folder, dtype=torch.bfloat16 if gpu else torch.float32).to(self.device).eval()
-        pad = self.model.config.pad_token_id
-        self.pad_id, self.batch_size = 0 if pad is None else pad, batch_size
+        self.max_tokens = max_tokens
+        self.dtype = next(self.model.parameters()).dtype
 
     @torch.no_grad()
     def score(self, states: list[tuple[list[int], list[int]]]) -> list[float]:
-        out: list[float] = []
-        for start in range(0, len(states), self.batch_size):
-            ids, mask, last = pad_states(states[start : start + self.batch_size], self.pad_id)
-            values = self.model(ids.to(self.device), attention_mask=mask.to(self.device))
-            out += values[torch.arange(len(last)), last.to(self.device)].float().tolist()
+        """V of each state, packed: the states of one prompt (a question's beams and their
+        candidates) share one copy of it, ``max_tokens`` packed tokens a forward at most."""
+        out = [0.0] * len(states)
+        for chunk in token_chunks(states, self.max_tokens):
+            packed, last = pack_states([states[i] for i in chunk])
+            values = self.model(packed.input_ids.to(self.device), position_ids=packed.position_ids.to(self.device),
+                                attention_mask=packed_mask(packed, self.dtype).to(self.device))[0]  # fmt: skip
+            for i, v in zip(chunk, values[last.to(self.device)].float().tolist()):
+                out[i] = v
         return out

@@ -241,3 +241,22 @@ def test_offline_oreo_trains_on_a_file_of_scored_responses(tiny_llama, tmp_path)
     assert [len(s.action_starts) for s in batch.sequences] == [2, 1, 2]  # a new step after each "\n"
     cb = collate(batch, 0)
     assert cb.action_starts.sum().item() == 5 and cb.rewards.tolist() == [1.0, 0.0, 1.0]
+
+
+def test_value_scorer_packs_states_by_prompt_and_scores_each_alone(tiny_llama, tmp_path):
+    """The packed scorer (each prompt once, small token budget: several forwards) gives every
+    state the value a forward of that state alone gives."""
+    from learner.value import ValueModel, ValueScorer, save_value_folder, token_chunks
+
+    torch.manual_seed(0)
+    model = ValueModel.from_pretrained(tiny_llama)
+    torch.nn.init.normal_(model.value_head.weight, std=1.0)  # a head that tells states apart
+    save_value_folder(str(tmp_path / "value"), model.backbone, model.state_dict())
+    states = [([5, 6, 7], []), ([5, 6, 7], [9]), ([8, 9], [10, 11, 12]), ([5, 6, 7], [9, 4, 4]), ([8, 9], [])]
+    scorer = ValueScorer(str(tmp_path / "value"), max_tokens=9)
+    assert sorted(i for c in token_chunks(states, 9) for i in c) == list(range(5)) and len(token_chunks(states, 9)) == 2
+    got = scorer.score(states)
+    with torch.no_grad():
+        alone = [model(torch.tensor([p + r]))[0, -1].item() for p, r in states]
+    assert got == pytest.approx(alone, rel=1e-5, abs=1e-6)
+    assert len(set(round(v, 4) for v in got)) == len(states)
