@@ -61,13 +61,15 @@ class ActorGroup:
     def reload(self, i: int, version: int) -> None:
         """Worker i loads the weights of ``version`` (rollout engines)."""
 
-    def start_workers(self, count: int, supervisor: Any = None) -> None:
+    def start_workers(self, count: int, supervisor: Any = None, wait: bool = True) -> None:
+        """Start the workers; ``wait=False``: return at once (``wait_ready`` several groups together)."""
         from actors.faults import Supervisor
 
         self.supervisor = supervisor or Supervisor()
         self.workers = [self._start(i) for i in range(count)]
         self.replacements = [0] * count
-        wait_ready(self)
+        if wait:
+            wait_ready(self)
 
     def calls(self, submit: Callable[[Any, int], Any], indices: list[int] | None = None, version: int | None = None):
         """Start ``submit(worker, i)`` on every worker (or those of ``indices``): a ``Calls``."""
@@ -129,15 +131,16 @@ class ActorGroup:
         self.workers = []
 
 
-def wait_ready(group: Any) -> None:
-    """Wait until every actor of ``group.workers`` has started; if one fails, stop them all
-    (nothing is left running) and raise its error."""
+def wait_ready(*groups: Any) -> None:
+    """Wait until every actor of the groups (started together) is up; if one fails, stop them
+    all (nothing is left running) and raise its error."""
     import ray
 
     try:
-        ray.get([w.__ray_ready__.remote() for w in group.workers])
+        ray.get([w.__ray_ready__.remote() for group in groups for w in group.workers])
     except BaseException:
-        group.shutdown()
+        for group in groups:
+            group.shutdown()
         raise
 
 

@@ -30,14 +30,14 @@ class LearnerGroup(ActorGroup):
     kind = "learner"
 
     def __init__(self, model_path: str, cfg: Any, temperature: float = 1.0, needs_reference: bool = False,
-                 needs_value: bool = False, supervisor: Any = None):  # fmt: skip
+                 needs_value: bool = False, supervisor: Any = None, wait: bool = True):  # fmt: skip
         self.cfg = cfg
         gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
         port = free_port()
         self._start = lambda rank: LearnerWorker.options(num_cpus=1, num_gpus=gpus, runtime_env=WORKER_RUNTIME_ENV).remote(
             model_path, cfg, rank, cfg.num_ranks, "127.0.0.1", port, temperature, needs_reference, needs_value
         )  # fmt: skip
-        self.start_workers(cfg.num_ranks, supervisor)
+        self.start_workers(cfg.num_ranks, supervisor, wait)
 
     def replace(self, i: int, cause: str, version: int | None = None) -> None:
         raise ActorFailure(self.kind, self.name(i), cause)

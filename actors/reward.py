@@ -34,9 +34,9 @@ class RewardGroup(ActorGroup):
 
     kind = "reward"
 
-    def __init__(self, cfg: Any, supervisor: Any = None) -> None:
+    def __init__(self, cfg: Any, supervisor: Any = None, wait: bool = True) -> None:
         self.cfg = cfg
-        self.start_workers(cfg.num_workers, supervisor)
+        self.start_workers(cfg.num_workers, supervisor, wait)
 
     def _start(self, i: int):
         return RewardWorker.remote(self.cfg.routes, self.cfg.default)

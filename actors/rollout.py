@@ -28,13 +28,13 @@ class RolloutGroup(ActorGroup):
 
     kind = "rollout"
 
-    def __init__(self, model_path: str, cfg: Any, supervisor: Any = None):
+    def __init__(self, model_path: str, cfg: Any, supervisor: Any = None, wait: bool = True):
         self.model_path, self.cfg = model_path, cfg
         self.gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
         self.held: Callable[[], int] = lambda: 0  # set by the driver, like weights_of
         self.weights_of: Callable[[int], ray.ObjectRef | None] = lambda version: None
         self.on_replace: list[Callable[[int], None]] = []  # e.g. a collective transport regroups
-        self.start_workers(cfg.num_workers, supervisor)
+        self.start_workers(cfg.num_workers, supervisor, wait)
 
     def _start(self, i: int):
         return RolloutWorker.options(num_cpus=self.cfg.num_cpus_per_worker, num_gpus=self.gpus,

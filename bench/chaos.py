@@ -104,7 +104,7 @@ def main() -> None:
     events = [(r["step"], e) for r in rows for e in r["restarts"]]
     table, reruns = [], 0
     for step, actor in killed:
-        found = next(((s, e) for s, e in events if e["actor"] == actor and s > step), None)
+        found = next(((s, e) for s, e in events if e["actor"] == actor), None)  # a learner's is logged at the re-run step
         if found is None:
             table.append([step, actor, "none found", "", ""])
             continue

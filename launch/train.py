@@ -14,6 +14,7 @@ from pathlib import Path
 
 import ray
 
+from actors.common import wait_ready
 from actors.controller import start_controller
 from actors.faults import ActorFailure, RestartBudgetSpent, Supervisor
 from actors.learner import LearnerGroup
@@ -57,12 +58,14 @@ class Driver:
         cfg, state = self.cfg, self.state
         self.controller = start_controller(cfg.logging.controller_name, state.sync_interval, cfg.name, cfg.logging.ray_metrics)
         self.supervisor = Supervisor(cfg.fault_tolerance, lambda event: self.controller.report_restart.remote(event))
-        try:
-            self.groups.append(rollouts := RolloutGroup(self.model_path, cfg.rollout, self.supervisor))
-            self.groups.append(rewards := RewardGroup(cfg.reward, self.supervisor))
+        try:  # the three groups start at once, and are waited for together
+            self.groups.append(rollouts := RolloutGroup(self.model_path, cfg.rollout, self.supervisor, wait=False))
+            self.groups.append(rewards := RewardGroup(cfg.reward, self.supervisor, wait=False))
+            self.groups.append(self.learner_group())
+            wait_ready(*self.groups)
             self.rollouts, self.rewards = rollouts, rewards
             rollouts.held, rollouts.weights_of = lambda: self.state.engine_version, self.pushed_weights
-            self.start_learners()
+            self.attach_learners()
         except BaseException:
             self.__exit__()
             raise
@@ -71,14 +74,18 @@ class Driver:
                                    (1, cfg.eval.samples_per_prompt))  # fmt: skip
         return self
 
-    def start_learners(self) -> None:
-        """The learner group, the weight transport, and the actors brought to the run state (the
-        last checkpoint's, for a resumed or restarted run), with a data source at its position."""
+    def learner_group(self) -> LearnerGroup:
+        """The learner group, starting (not waited for)."""
         needs = dict(needs_reference=any(a.loss.needs_reference for a in self.algorithms),
                      needs_value=any(a.loss.needs_value for a in self.algorithms))  # fmt: skip
-        self.groups.append(learners := LearnerGroup(self.model_path, self.cfg.learner, self.cfg.rollout.temperature,
-                                                    **needs, supervisor=self.supervisor))  # fmt: skip
-        self.learners = learners
+        self.learners = LearnerGroup(self.model_path, self.cfg.learner, self.cfg.rollout.temperature, **needs,
+                                     supervisor=self.supervisor, wait=False)  # fmt: skip
+        return self.learners
+
+    def attach_learners(self) -> None:
+        """The weight transport, and the actors brought to the run state (the last checkpoint's,
+        for a resumed or restarted run), with a data source at its position."""
+        learners = self.learners
         self.rollouts.on_replace.clear()  # a collective transport of the previous group regrouped there
         self.transport = make_transport(self.cfg.sync.transport, learners, self.rollouts)
         if any(stage.sync.overlap for stage in self.stages):  # a prefetch may need the version before a push
@@ -102,7 +109,9 @@ class Driver:
         self.state = load_state(self.run_dir) if latest_checkpoint(self.run_dir) else self.initial_state()
         if self.state.engine_version == 0 and held != 0:  # the engines go back to the base model
             self.rollouts.restart_all()
-        self.start_learners()
+        self.groups.append(self.learner_group())
+        wait_ready(self.learners)
+        self.attach_learners()
         self.log.rewind(self.state.step)
         self.evaluated_at, self.mid_step = None, False
         self.supervisor.record(failure, time.perf_counter() - t0, resumed_from_step=self.state.step)
