@@ -52,14 +52,8 @@ class ActorGroup:
 
     def _restore(self, i: int, version: int | None) -> None:
         """Bring replacement worker i up to date (the rollout group loads the weights of
-        ``version``, by default those the engines hold)."""
-
-    def held(self) -> int | None:
-        """The weights version the workers hold (rollout engines; None for other groups)."""
-        return None
-
-    def reload(self, i: int, version: int) -> None:
-        """Worker i loads the weights of ``version`` (rollout engines)."""
+        ``version``, by default those the engines hold: it alone has ``held``/``reload``, which
+        ``Calls`` uses for calls made with a version)."""
 
     def start_workers(self, count: int, supervisor: Any = None, wait: bool = True) -> None:
         """Start the workers; ``wait=False``: return at once (``wait_ready`` several groups together)."""

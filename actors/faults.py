@@ -116,7 +116,6 @@ class Calls:
             due = [deadline[i] for i in pending if deadline[i] is not None]
             wait = None if not due else max(0.0, min(due) - time.monotonic())
             ready, _ = ray.wait(list(pending.values()), num_returns=1, timeout=wait)
-            cause = None
             if not ready:  # the earliest deadline passed: that worker hangs
                 i = min((i for i in pending if deadline[i] is not None), key=deadline.get)
                 cause = f"gave no answer within {timeout:g} s (hung)"

@@ -32,12 +32,14 @@ class LearnerGroup(ActorGroup):
     def __init__(self, model_path: str, cfg: Any, temperature: float = 1.0, needs_reference: bool = False,
                  needs_value: bool = False, supervisor: Any = None, wait: bool = True):  # fmt: skip
         self.cfg = cfg
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        port = free_port()
-        self._start = lambda rank: LearnerWorker.options(num_cpus=1, num_gpus=gpus, runtime_env=WORKER_RUNTIME_ENV).remote(
-            model_path, cfg, rank, cfg.num_ranks, "127.0.0.1", port, temperature, needs_reference, needs_value
-        )  # fmt: skip
+        self.gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        self.rank_args = (model_path, cfg, cfg.num_ranks, "127.0.0.1", free_port(), temperature, needs_reference, needs_value)
         self.start_workers(cfg.num_ranks, supervisor, wait)
+
+    def _start(self, rank: int):
+        model_path, cfg, world, host, port, *rest = self.rank_args
+        options = dict(num_cpus=1, num_gpus=self.gpus, runtime_env=WORKER_RUNTIME_ENV)
+        return LearnerWorker.options(**options).remote(model_path, cfg, rank, world, host, port, *rest)
 
     def replace(self, i: int, cause: str, version: int | None = None) -> None:
         raise ActorFailure(self.kind, self.name(i), cause)

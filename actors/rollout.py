@@ -85,9 +85,12 @@ class RolloutGroup(ActorGroup):
         return join(self._spread("expand_steps", requests, seed, n, stop=stop, temperature=temperature).collect())
 
     def update_weights(self, named_tensors: list, version: int) -> None:
-        """Object-store transport: one ``ray.put`` of the weights, read by every worker."""
-        ref = ray.put(named_tensors)
-        self.call(lambda w, i: w.update_weights.remote(ref, version))
+        """One ``ray.put`` of the weights, read by every worker."""
+        self.reload_all(ray.put(named_tensors), version)
+
+    def reload_all(self, weights: ray.ObjectRef, version: int) -> None:
+        """Every worker loads the weights held in the object store at ``weights``."""
+        self.call(lambda w, i: w.update_weights.remote(weights, version))
 
     def weights_checksums(self) -> list[str]:
         return self.call(lambda w, i: w.weights_checksum.remote())

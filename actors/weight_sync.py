@@ -98,12 +98,11 @@ class CollectiveTransport:
         rollouts.on_replace.append(lambda i: self._join(learners, rollouts))
 
     def _join(self, learners: LearnerGroup, rollouts: RolloutGroup) -> None:
-        backend = self.backend
         host = ray.get(learners.workers[0].node_ip.remote())
         port = free_port()
         world = 1 + len(rollouts.workers)
         members = [learners.workers[0], *rollouts.workers]
-        ray.get([m.call.remote(_join_group, host, port, rank, world, backend) for rank, m in enumerate(members)])
+        ray.get([m.call.remote(_join_group, host, port, rank, world, self.backend) for rank, m in enumerate(members)])
         if not hasattr(self, "meta"):  # names, shapes and dtypes do not change during a run: learn them once
             self.meta = ray.get([w.call.remote(_send, False) for w in learners.workers])[0]
 

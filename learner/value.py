@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from learner.packing import Packed, packed_mask
+from learner.packing import Packed, pack, packed_mask
 
 HEAD_FILE = "value_head.safetensors"
 
@@ -64,35 +64,20 @@ def save_value_folder(folder: str, backbone: torch.nn.Module, state_dict: dict[s
 
 
 def pack_states(states: list[tuple[list[int], list[int]]]) -> tuple[Packed, torch.Tensor]:
-    """States laid end to end with each distinct prompt once (``learner.packing``'s shared-prompt
-    layout: a response attends to its prompt and to itself, positions continue from the prompt),
-    and the packed position of each state's last token (the prompt's last for an empty response)."""
-    ids: list[int] = []
-    pos: list[int] = []
-    block: list[int] = []
-    branch: list[int] = []
-    last = [0] * len(states)
-    prompts: dict[tuple[int, ...], list[int]] = {}
-    for i, (prompt, _) in enumerate(states):
-        prompts.setdefault(tuple(prompt), []).append(i)
-    for b, (prompt, members) in enumerate(prompts.items()):
-        start = len(ids)
-        ids += prompt
-        pos += range(len(prompt))
-        block += [b] * len(prompt)
-        branch += [-1] * len(prompt)
-        for i in members:
-            response = list(states[i][1])
-            ids += response
-            pos += range(len(prompt), len(prompt) + len(response))
-            block += [b] * len(response)
-            branch += [i] * len(response)
-            last[i] = len(ids) - 1 if response else start + len(prompt) - 1
-    as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
-    none = as_long([])
-    packed = Packed(input_ids=as_long(ids)[None], position_ids=as_long(pos)[None], block=as_long(block),
-                    branch=as_long(branch), pred=none, target=none, rows=none, cols=none)  # fmt: skip
-    return packed, as_long(last)
+    """States packed with ``learner.packing.pack``, each distinct prompt once (``share_prompts``),
+    and the packed position of each state's last token: as in ``LearnerRank.score_states``, a
+    state is a row whose response is followed by one more token, and the position that predicts
+    that token is the state's last (the prompt's last for an empty response)."""
+    rows = [list(p) + list(r) + [0] for p, r in states]
+    ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+    mask, scored = torch.zeros_like(ids), torch.zeros_like(ids)
+    for i, ((prompt, _), row) in enumerate(zip(states, rows)):
+        ids[i, : len(row)], mask[i, : len(row)], scored[i, len(prompt) : len(row)] = torch.tensor(row), 1, 1
+    packed = pack(ids, mask, scored, share_prompts=True)
+    final = packed.cols == mask.sum(1)[packed.rows] - 1  # the appended token of each row
+    last = torch.empty(len(states), dtype=torch.long)
+    last[packed.rows[final]] = packed.pred[final]
+    return packed, last
 
 
 def token_chunks(states: list[tuple[list[int], list[int]]], max_tokens: int) -> list[list[int]]:
