@@ -30,6 +30,31 @@ class ActorMixin:
 
         return ray.util.get_node_ip_address()
 
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def free_port(self) -> int:
+        """A TCP port free on this actor's node right now (for a rendezvous it hosts)."""
+        return free_port()
+
+    def unseen(self, paths: dict[str, str], marker: tuple[str, str] | None = None) -> list[str]:
+        """Which of ``paths`` (what -> path) this actor's node cannot see, and whether it reads
+        ``marker`` (path, content): a file the driver just wrote, so that a folder of the same name
+        on another filesystem does not pass for the driver's."""
+        import os
+
+        missing = [f"{what} {path}" for what, path in paths.items() if not os.path.exists(path)]
+        if marker is not None:
+            try:
+                seen = open(marker[0]).read() == marker[1]
+            except OSError:
+                seen = False
+            if not seen:
+                missing.append(f"the driver's file {marker[0]}")
+        return missing
+
 
 class ActorGroup:
     """A group of actors of one ``kind`` (``workers``, named ``kind-i``) under a ``Supervisor``.
@@ -43,6 +68,11 @@ class ActorGroup:
     kind = "actor"
     workers: list
     supervisor: Any = None
+    placement: Any = None  # a Placement (actors/placement.py) when the group's workers hold bundles
+
+    def ask(self, count: int) -> Any:
+        """The ``Ask`` of ``count`` workers placed in a placement group, or None (placed anywhere)."""
+        return None
 
     def name(self, i: int) -> str:
         return f"{self.kind}-{i}"
@@ -58,8 +88,12 @@ class ActorGroup:
     def start_workers(self, count: int, supervisor: Any = None, wait: bool = True) -> None:
         """Start the workers; ``wait=False``: return at once (``wait_ready`` several groups together)."""
         from actors.faults import Supervisor
+        from actors.placement import Placement
 
         self.supervisor = supervisor or Supervisor()
+        ask = self.ask(count)
+        if ask is not None and self.placement is None:
+            self.placement = Placement(f"{self.kind} group", ask)
         self.workers = [self._start(i) for i in range(count)]
         self.replacements = [0] * count
         if wait:
@@ -123,15 +157,29 @@ class ActorGroup:
         for w in self.workers:
             ray.kill(w)
         self.workers = []
+        if self.placement is not None:  # its bundles' resources go back to the cluster
+            self.placement.remove()
+            self.placement = None
 
 
 def wait_ready(*groups: Any) -> None:
-    """Wait until every actor of the groups (started together) is up; if one fails, stop them
-    all (nothing is left running) and raise its error."""
+    """Wait until every actor of the groups (started together) is up, each group's placement
+    first, within ``fault_tolerance.start_timeout_s``; if one fails or does not start in time,
+    stop them all (nothing is left running) and raise an error naming it."""
     import ray
 
     try:
-        ray.get([w.__ray_ready__.remote() for group in groups for w in group.workers])
+        timeout = groups[0].supervisor.start_timeout if groups else None
+        for group in groups:
+            if group.placement is not None:
+                group.placement.wait(timeout)
+        refs = {w.__ray_ready__.remote(): group.name(i) for group in groups for i, w in enumerate(group.workers)}
+        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+        if pending:
+            names = ", ".join(refs[r] for r in pending)
+            raise TimeoutError(f"{names} did not start within {timeout:g} s (fault_tolerance.start_timeout_s); "
+                               "`ray status` shows whether the cluster has room for them")  # fmt: skip
+        ray.get(ready)  # raises the error of an actor whose constructor failed
     except BaseException:
         for group in groups:
             group.shutdown()

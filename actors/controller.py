@@ -9,6 +9,7 @@ the Ray dashboard).
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Any
 
@@ -18,9 +19,51 @@ from rollout.records import interval_text, parse_interval
 
 NAMESPACE = "syncrl"
 DEFAULT_NAME = "syncrl-controller"
-GAUGES = ("reward_mean", "loss", "entropy_mean", "staleness_mean", "staleness_max", "sync_interval",
-          "policy_version", "response_len_mean", "tokens_per_s", "time_gen_s", "time_train_s", "time_sync_s", "kl",
-          "value_loss", "policy_bellman_loss", "value_s0_mean", "value_s0_abs_err", "kl_reg_term")  # fmt: skip
+# Every numeric field of a step record (launch.metrics.step_record) is the gauge ``syncrl_<field>``
+# (Prometheus: ``ray_syncrl_<field>``), and of an evaluation ``syncrl_eval_<key>`` (value-guided beam
+# search: ``syncrl_eval_beam_<key>``), tagged ``run``. These have a description; the others (the
+# algorithm's loss terms, the batch counts) are made when a step first reports them.
+DESCRIPTIONS = {
+    "step": "steps done", "policy_version": "learner (policy) version", "engine_version": "version the engines hold",
+    "sync_interval": "learner steps between weight pushes (0: inf, offline)",
+    "staleness_mean": "mean staleness of the step's samples (learner version - generating version)",
+    "staleness_max": "largest staleness of the step's samples", "reward_mean": "mean reward of the step's samples",
+    "response_len_mean": "mean response length (tokens)", "truncated_frac": "share of responses cut at max_new_tokens",
+    "grader_timeouts": "samples scored 0 after the grader's time limit", "entropy_mean": "mean token entropy",
+    "loss": "training loss", "kl": "KL to the reference", "sequences": "sequences trained",
+    "tokens_generated": "response tokens generated", "tokens_trained": "tokens the learner ran forward and backward",
+    "trained": "1 when the step trained", "time_gen_s": "generation time (s)", "time_score_s": "scoring time (s)",
+    "time_train_s": "training time (s)", "time_sync_s": "weight push time (s)",
+    "tokens_per_s": "tokens trained per second of the step", "time": "Unix time the step was logged",
+    "time_wall_s": "wall time since the previous step (s)",
+}  # fmt: skip
+GAUGES = tuple(DESCRIPTIONS)  # the step gauges every run sets (the README names some of them)
+EVAL_GAUGES = ("accuracy", "accuracy_stderr", "boxed_rate", "correct_any_format", "truncated_rate",
+               "response_len_mean", "questions", "policy_version", "time_s")  # fmt: skip
+
+
+def metric_name(field: str) -> str:
+    """A record field as a Prometheus metric name part: ``pass@1`` -> ``pass_at_1``."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", field.replace("@", "_at_"))
+
+
+def metric_values(record: dict[str, Any]) -> dict[str, float]:
+    """Every numeric field of a step or eval record, by metric name (``metric_name``), as a float:
+    bools as 0/1, ``sync_interval`` "inf" as 0 (Ray drops a non-finite gauge value). Text, lists,
+    None and NaN (e.g. the loss of a step that did not train) are left out: the gauge keeps its
+    last value."""
+    values = {}
+    for key, value in record.items():
+        if key == "sync_interval" and value == "inf":
+            value = 0
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            values[metric_name(key)] = float(value)
+    return values
+
+
+def eval_prefix(result: dict[str, Any]) -> str:
+    """``eval_``, or ``eval_beam_`` for a value-guided beam search's result."""
+    return "eval_beam_" if "beam" in result else "eval_"
 
 
 class Controller:
@@ -31,19 +74,36 @@ class Controller:
         self.status: dict[str, Any] = {"step": 0}
         self.events: list[str] = []
         self._pending: list[str] = []
-        self.gauges, self.eval_gauges = {}, {}
+        self.export_metrics = export_metrics
+        self.gauges: dict[str, Any] = {}  # metric name (syncrl_...) -> ray.util.metrics.Gauge
         self.last_eval: dict[str, Any] = {}
+        self.evals: dict[str, dict[str, Any]] = {}  # the last result per eval_prefix, its gauges set again each step
         self.restarts: dict[str, int] = {}  # per actor kind
         self.restart_counter = None
         if export_metrics:
-            from ray.util.metrics import Counter, Gauge
+            from ray.util.metrics import Counter
 
             self.restart_counter = Counter("syncrl_restarts", description="actors replaced (kind: rollout, reward, learner)",
                                            tag_keys=("run", "kind"))  # fmt: skip
+            for key in GAUGES:
+                self._gauge(f"syncrl_{key}", DESCRIPTIONS[key])
+            for key in EVAL_GAUGES:
+                self._gauge(f"syncrl_eval_{key}", f"eval {key}")
 
-            self.gauges = {k: Gauge(f"syncrl_{k}", description=k, tag_keys=("run",)) for k in GAUGES}
-            self.eval_gauges = {k: Gauge(f"syncrl_eval_{k}", description=f"eval {k}", tag_keys=("run",))
-                                for k in ("accuracy", "boxed_rate")}  # fmt: skip
+    def _gauge(self, name: str, description: str):
+        if name not in self.gauges:
+            from ray.util.metrics import Gauge
+
+            self.gauges[name] = Gauge(name, description=description, tag_keys=("run",))
+        return self.gauges[name]
+
+    def _set_gauges(self, prefix: str, record: dict[str, Any]) -> None:
+        """Set ``syncrl_<prefix><field>`` to each numeric field of ``record`` (``metric_values``)."""
+        if not self.export_metrics:
+            return
+        for key, value in metric_values(record).items():
+            description = DESCRIPTIONS.get(key, key) if not prefix else f"{prefix.rstrip('_').replace('_', ' ')} {key}"
+            self._gauge(f"syncrl_{prefix}{key}", description).set(value, tags={"run": self.run_name})
 
     def settings(self) -> dict[str, Any]:
         return {"sync_interval": self.sync_interval, "paused": self.paused}
@@ -63,17 +123,16 @@ class Controller:
         self._event("resumed")
 
     def report(self, metrics: dict[str, Any]) -> None:
+        """A step's record: the status, and every numeric field as a gauge (set again each step)."""
         self.status = dict(metrics)
-        for key, gauge in self.gauges.items():
-            value = metrics.get(key)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                gauge.set(float(value), tags={"run": self.run_name})
+        self._set_gauges("", metrics)
+        for prefix, result in self.evals.items():  # a gauge not set for ~60 s drops out of a scrape
+            self._set_gauges(prefix, result)
 
     def report_eval(self, result: dict[str, Any]) -> None:
-        self.last_eval = dict(result)
-        for key in ("accuracy", "boxed_rate"):
-            if key in self.eval_gauges:
-                self.eval_gauges[key].set(float(result[key]), tags={"run": self.run_name})
+        """An evaluation's record (with its ``step``): every numeric key as ``syncrl_eval_<key>``."""
+        self.last_eval = self.evals[eval_prefix(result)] = dict(result)
+        self._set_gauges(eval_prefix(result), result)
 
     def report_restart(self, event: dict[str, Any]) -> None:
         """An actor was replaced (``actors.faults.Supervisor`` reports it)."""

@@ -61,6 +61,11 @@ class Supervisor:
     def timeout(self, kind: str) -> float | None:
         return None if self.cfg is None else getattr(self.cfg, self.TIMEOUTS[kind])
 
+    @property
+    def start_timeout(self) -> float | None:
+        """How long actor groups may take to be placed and to start."""
+        return None if self.cfg is None else self.cfg.start_timeout_s
+
     def charge(self, failure: ActorFailure) -> None:
         """Count a restart of ``failure``'s actor, or raise ``RestartBudgetSpent`` (``ActorFailure``
         itself without a budget configured)."""

@@ -6,8 +6,9 @@ from typing import Any
 
 import ray
 
-from actors.common import ActorGroup, ActorMixin, WORKER_RUNTIME_ENV, free_port
-from actors.faults import ActorFailure
+from actors.common import ActorGroup, ActorMixin, WORKER_RUNTIME_ENV
+from actors.faults import ActorFailure, Supervisor
+from actors.placement import Ask, Placement, bundle_address, cluster_has_gpus, learner_bundle
 from learner.objective import Totals, split_batch
 from learner.trainer import LearnerRank, rank_micro_batches
 from rollout.records import LossSpec, TrainBatch
@@ -30,15 +31,29 @@ class LearnerGroup(ActorGroup):
     kind = "learner"
 
     def __init__(self, model_path: str, cfg: Any, temperature: float = 1.0, needs_reference: bool = False,
-                 needs_value: bool = False, supervisor: Any = None, wait: bool = True):  # fmt: skip
-        self.cfg = cfg
-        self.gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        self.rank_args = (model_path, cfg, cfg.num_ranks, "127.0.0.1", free_port(), temperature, needs_reference, needs_value)
+                 needs_value: bool = False, supervisor: Any = None, wait: bool = True,
+                 model: Any = None):  # fmt: skip
+        self.cfg, self.gpu = cfg, cluster_has_gpus()
+        # The ranks' bundles first: the rendezvous (MASTER_ADDR, MASTER_PORT) is rank 0's node
+        # and a port free there, which only a placed bundle 0 can tell.
+        supervisor = supervisor or Supervisor()
+        self.placement = Placement("learner group", self.ask(cfg.num_ranks))
+        try:
+            self.placement.wait(supervisor.start_timeout)
+            self.address = bundle_address(self.placement, 0, supervisor.start_timeout)
+        except BaseException:
+            self.placement.remove()
+            raise
+        self.rank_args = (model_path, cfg, cfg.num_ranks, *self.address, temperature, needs_reference, needs_value,
+                          model)  # model: the model settings (ModelConfig), LearnerRank's last argument
         self.start_workers(cfg.num_ranks, supervisor, wait)
+
+    def ask(self, count: int) -> Ask:
+        return Ask("learner ranks", count, learner_bundle(self.cfg, self.gpu), self.cfg.placement_strategy)
 
     def _start(self, rank: int):
         model_path, cfg, world, host, port, *rest = self.rank_args
-        options = dict(num_cpus=1, num_gpus=self.gpus, runtime_env=WORKER_RUNTIME_ENV)
+        options = dict(**self.placement.options(rank), runtime_env=WORKER_RUNTIME_ENV)
         return LearnerWorker.options(**options).remote(model_path, cfg, rank, world, host, port, *rest)
 
     def replace(self, i: int, cause: str, version: int | None = None) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import ray
 
 from actors.common import ActorGroup, ActorMixin, WORKER_RUNTIME_ENV, join, split_evenly
+from actors.placement import Ask, cluster_has_gpus, engine_bundle
 from rollout.engine import RolloutEngine
 from rollout.records import Prompt, Sample
 
@@ -30,15 +31,18 @@ class RolloutGroup(ActorGroup):
 
     def __init__(self, model_path: str, cfg: Any, supervisor: Any = None, wait: bool = True):
         self.model_path, self.cfg = model_path, cfg
-        self.gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        self.gpu = cluster_has_gpus()
         self.held: Callable[[], int] = lambda: 0  # set by the driver, like weights_of
         self.weights_of: Callable[[int], ray.ObjectRef | None] = lambda version: None
         self.on_replace: list[Callable[[int], None]] = []  # e.g. a collective transport regroups
         self.start_workers(cfg.num_workers, supervisor, wait)
 
+    def ask(self, count: int) -> Ask:
+        return Ask("engines", count, engine_bundle(self.cfg, self.gpu))
+
     def _start(self, i: int):
-        return RolloutWorker.options(num_cpus=self.cfg.num_cpus_per_worker, num_gpus=self.gpus,
-                                     runtime_env=WORKER_RUNTIME_ENV).remote(self.model_path, self.cfg, i, self.cfg.num_workers)  # fmt: skip
+        options = dict(**self.placement.options(i), runtime_env=WORKER_RUNTIME_ENV)
+        return RolloutWorker.options(**options).remote(self.model_path, self.cfg, i, self.cfg.num_workers)
 
     def _restore(self, i: int, version: int | None) -> None:
         version = self.held() if version is None else version

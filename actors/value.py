@@ -21,15 +21,16 @@ class ValueGroup(ActorGroup):
 
     kind = "rollout"  # its budget and timeout are the engines'
 
-    def __init__(self, folder: str, supervisor=None):
+    def __init__(self, folder: str, supervisor=None, model=None):
         self.folder, self.gpus = folder, 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        self.model = model  # the model settings (ModelConfig): dtype, trust_remote_code
         self.start_workers(1, supervisor)
 
     def name(self, i: int) -> str:
         return f"value-{i}"
 
     def _start(self, i: int):
-        return ValueWorker.options(num_cpus=1, num_gpus=self.gpus).remote(self.folder)
+        return ValueWorker.options(num_cpus=1, num_gpus=self.gpus).remote(self.folder, model=self.model)
 
     def score(self, states: list[tuple[list[int], list[int]]]) -> list[float]:
         return self.call(lambda w, i: w.score.remote(states))[0]

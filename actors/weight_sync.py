@@ -17,7 +17,6 @@ from typing import Protocol
 import ray
 import torch
 
-from actors.common import free_port
 from actors.faults import DEATHS
 from actors.learner import LearnerGroup
 from actors.rollout import RolloutGroup
@@ -98,8 +97,7 @@ class CollectiveTransport:
         rollouts.on_replace.append(lambda i: self._join(learners, rollouts))
 
     def _join(self, learners: LearnerGroup, rollouts: RolloutGroup) -> None:
-        host = ray.get(learners.workers[0].node_ip.remote())
-        port = free_port()
+        host, port = ray.get([learners.workers[0].node_ip.remote(), learners.workers[0].free_port.remote()])  # rank 0's node
         world = 1 + len(rollouts.workers)
         members = [learners.workers[0], *rollouts.workers]
         ray.get([m.call.remote(_join_group, host, port, rank, world, self.backend) for rank, m in enumerate(members)])

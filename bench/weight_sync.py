@@ -184,7 +184,7 @@ def main() -> None:
     from actors.learner import LearnerGroup
     from actors.rollout import RolloutGroup
     from actors.weight_sync import make_transport
-    from launch.config import SyncRLConfig
+    from launch.config import SyncRLConfig, engine_settings
     from launch.models import resolve_model
 
     path = resolve_model(args.model)
@@ -202,11 +202,11 @@ def main() -> None:
              _temp_dir=tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp"))  # fmt: skip
     learners = rollouts = None
     try:
-        learners = LearnerGroup(path, cfg.learner, cfg.rollout.temperature)
+        learners = LearnerGroup(path, cfg.learner, cfg.rollout.temperature, model=cfg.model)
         version = 0
         for engines in args.engines:
             cfg.rollout.num_workers = engines
-            rollouts = RolloutGroup(path, cfg.rollout)
+            rollouts = RolloutGroup(path, engine_settings(cfg))
             for kind in args.transports:
                 transport = make_transport(kind, learners, rollouts)
 

@@ -104,7 +104,7 @@ def save_final(run_dir: str, cfg: SyncRLConfig, state: RunState, learners, model
     learners.on_all("save_hf", str(out))
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer.save_pretrained(out)
     if (out / "value").is_dir():  # the value model (OREO): a folder of its own, loadable alone
         tokenizer.save_pretrained(out / "value")

