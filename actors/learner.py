@@ -40,7 +40,8 @@ class LearnerGroup(ActorGroup):
         self.placement = Placement("learner group", self.ask(cfg.num_ranks))
         try:
             self.placement.wait(supervisor.start_timeout)
-            self.address = bundle_address(self.placement, 0, supervisor.start_timeout)
+            host, port, self.address_node = bundle_address(self.placement, 0, supervisor.start_timeout)
+            self.address = (host, port)
         except BaseException:
             self.placement.remove()
             raise

@@ -139,15 +139,15 @@ class Placement:
 
 
 @ray.remote(num_cpus=0)
-def _address_in_bundle() -> tuple[str, int]:
+def _address_in_bundle() -> tuple[str, int, str]:
     from actors.common import free_port
 
-    return ray.util.get_node_ip_address(), free_port()
+    return ray.util.get_node_ip_address(), free_port(), ray.get_runtime_context().get_node_id()
 
 
-def bundle_address(placement: Placement, i: int, timeout: float | None) -> tuple[str, int]:
-    """The IP address of bundle i's node and a TCP port free there now: the learner group's
-    rendezvous, chosen on rank 0's own node (not the driver's)."""
+def bundle_address(placement: Placement, i: int, timeout: float | None) -> tuple[str, int, str]:
+    """The IP address of bundle i's node, a TCP port free there now, and the node's id: the
+    learner group's rendezvous, chosen on rank 0's own node (not the driver's)."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     strategy = PlacementGroupSchedulingStrategy(placement.group, placement_group_bundle_index=i)

@@ -86,7 +86,8 @@ class Driver:
         """placement.json in the run directory: each worker's node, and the learner's rendezvous."""
         nodes = where(self.groups, self.supervisor.start_timeout)
         host, port = self.learners.address
-        Path(self.run_dir, "placement.json").write_text(json.dumps({"workers": nodes, "learner_rendezvous": f"{host}:{port}"}, indent=1))
+        Path(self.run_dir, "placement.json").write_text(json.dumps({"workers": nodes, "learner_rendezvous": f"{host}:{port}",
+                                                                   "learner_rendezvous_node": self.learners.address_node}, indent=1))  # fmt: skip
         if len({n["node_id"] for n in nodes.values()}) > 1:
             print("placement: " + ", ".join(f"{name} on {n['node_ip']} ({n['node_id'][:8]})" for name, n in nodes.items()), flush=True)
 
