@@ -99,8 +99,12 @@ def cluster_nodes() -> list[dict[str, float]]:
 
 
 def check_cluster(cfg: Any, learner: bool = True) -> None:
-    """``check_fits`` for a run on the connected cluster."""
-    check_fits(run_asks(cfg, cluster_has_gpus(), learner), cluster_nodes())
+    """``check_fits`` for a run on the connected cluster (and no tensor parallelism without GPUs)."""
+    gpu = cluster_has_gpus()
+    if not gpu and cfg.rollout.tensor_parallel_size > 1:
+        raise PlacementError(f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size}: tensor parallelism needs "
+                             "GPUs and the cluster has none; set it to 1 (rollout.num_workers adds engines)")  # fmt: skip
+    check_fits(run_asks(cfg, gpu, learner), cluster_nodes())
 
 
 class Placement:

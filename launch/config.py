@@ -125,7 +125,7 @@ class RolloutConfig(Section):
     cpu_threads_bind: str = "auto"
     num_cpus_per_worker: float = Field(1.0, gt=0)
     # GPU engines: GPUs per engine (vLLM tensor parallelism inside the engine's placement bundle,
-    # all on one node); ignored on CPU.
+    # all on one node); 1 on CPU (a run on a cluster without GPUs fails at start otherwise).
     tensor_parallel_size: int = Field(1, ge=1)
     # Custom Ray resources each engine's bundle asks for, e.g. {"rollout_node": 1}: engines go only
     # to nodes started with them (`ray start --resources='{"rollout_node": 4}'`).

@@ -61,6 +61,36 @@ def engine_dtype(setting: str, gpu: bool) -> str:
     return setting if setting != "auto" else ("bfloat16" if gpu else "float32")
 
 
+def engine_kwargs(model_path: str, cfg: Any, worker_index: int, gpu: bool) -> dict[str, Any]:
+    """The arguments of ``vllm.LLM`` for one engine (``cfg``: the rollout settings). On GPUs the
+    engine holds ``rollout.tensor_parallel_size`` GPUs of one node (its placement bundle) and
+    fills ``rollout.gpu_memory_utilization`` of each; tensor parallelism runs in processes vLLM
+    starts on that node (``mp``), inside the bundle. On CPU the KV cache is sized in GiB."""
+    tp = cfg.tensor_parallel_size
+    if gpu:
+        memory = dict(gpu_memory_utilization=cfg.gpu_memory_utilization, tensor_parallel_size=tp,
+                      **({"distributed_executor_backend": "mp"} if tp > 1 else {}))  # fmt: skip
+    elif tp > 1:
+        raise ValueError(f"rollout.tensor_parallel_size={tp}: tensor parallelism needs GPUs (this engine runs on CPU); "
+                         "set it to 1 and use rollout.num_workers for more engines")  # fmt: skip
+    else:
+        # No chunked prefill on CPU: a seeded request whose prompt is split across two engine
+        # steps makes vLLM rewind its generator, which CPU generators cannot do (the engine
+        # dies with "CPU Generator does not use offset" once a batch passes 4096 tokens).
+        memory = dict(kv_cache_memory_bytes=int(cfg.cpu_kv_cache_gib * 2**30), enable_chunked_prefill=False)
+    return dict(
+        model=model_path,
+        dtype=engine_dtype(cfg.dtype, gpu),
+        max_model_len=cfg.max_model_len,
+        enforce_eager=cfg.enforce_eager,
+        seed=cfg.seed + worker_index,
+        worker_extension_cls=EXTENSION,
+        logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
+        trust_remote_code=bool(getattr(cfg, "trust_remote_code", False)),  # model.trust_remote_code
+        **memory,
+    )
+
+
 class RolloutEngine:
     """One vLLM engine. ``generate`` returns ``Sample`` records tagged with the policy version."""
 
@@ -72,27 +102,8 @@ class RolloutEngine:
             use_cores(cpu_threads_bind(cfg.cpu_threads_bind, worker_index, num_workers))
         from vllm import LLM
 
-        dtype = engine_dtype(cfg.dtype, gpu)
-        memory = (
-            dict(gpu_memory_utilization=cfg.gpu_memory_utilization)
-            if gpu
-            # No chunked prefill on CPU: a seeded request whose prompt is split across two engine
-            # steps makes vLLM rewind its generator, which CPU generators cannot do (the engine
-            # dies with "CPU Generator does not use offset" once a batch passes 4096 tokens).
-            else dict(kv_cache_memory_bytes=int(cfg.cpu_kv_cache_gib * 2**30), enable_chunked_prefill=False)
-        )
         self.cfg = cfg
-        self.llm = LLM(
-            model=model_path,
-            dtype=dtype,
-            max_model_len=cfg.max_model_len,
-            enforce_eager=cfg.enforce_eager,
-            seed=cfg.seed + worker_index,
-            worker_extension_cls=EXTENSION,
-            logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
-            trust_remote_code=bool(getattr(cfg, "trust_remote_code", False)),  # model.trust_remote_code
-            **memory,
-        )
+        self.llm = LLM(**engine_kwargs(model_path, cfg, worker_index, gpu))
         self.tokenizer = self.llm.get_tokenizer()
         self.policy_version = 0
 

@@ -1,0 +1,63 @@
+"""Unit tests of the placement plan (what a run asks of the cluster, whether the cluster can hold
+it) and of the settings a GPU engine passes to vLLM. No Ray cluster: nodes are resource dicts."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.placement import Ask, PlacementError, check_fits, run_asks
+from launch.config import engine_settings, load_config
+from rollout.engine import engine_kwargs
+
+
+def config(*overrides: str):
+    return load_config("tiny-grpo", ["model.path=/m", *overrides])
+
+
+def test_run_asks_on_gpus_count_tensor_parallel_gpus_and_custom_resources():
+    cfg = config("rollout.num_workers=2", "rollout.tensor_parallel_size=2", "learner.num_ranks=4",
+                 "learner.placement_strategy=SPREAD", "learner.resources={learner_node: 1}")  # fmt: skip
+    engines, rewards, learners = run_asks(cfg, gpu=True)
+    assert engines == Ask("engines", 2, {"CPU": 1.0, "GPU": 2.0})
+    assert rewards.count == 1 and not rewards.placed and "GPU" not in rewards.bundle
+    assert learners == Ask("learner ranks", 4, {"CPU": 1.0, "GPU": 1.0, "learner_node": 1.0}, "SPREAD")
+    assert "GPU" not in run_asks(cfg, gpu=False)[0].bundle
+    assert len(run_asks(cfg, gpu=True, learner=False)) == 2  # `syncrl eval` starts no learner
+
+
+def test_a_short_cluster_is_named_by_resource_and_group():
+    cfg = config("rollout.num_workers=2", "learner.num_ranks=2")
+    nodes = [{"CPU": 8.0, "GPU": 2.0}]
+    with pytest.raises(PlacementError) as err:
+        check_fits(run_asks(cfg, gpu=True), nodes)
+    assert "needs 4 GPU for 2 engines (1 each) + 2 learner ranks (1 each); the cluster has 2" in str(err.value)
+    check_fits(run_asks(cfg, gpu=True), [{"CPU": 8.0, "GPU": 4.0}])  # fits: no error
+
+
+def test_a_bundle_no_node_can_hold_and_strict_strategies():
+    with pytest.raises(PlacementError, match="each of the engines needs 2 CPU, 4 GPU on one node; no node has that"):
+        check_fits([Ask("engines", 1, {"CPU": 2.0, "GPU": 4.0})], [{"CPU": 8.0, "GPU": 2.0}] * 2)
+    two = [{"CPU": 4.0, "learner_node": 1.0}, {"CPU": 4.0}]
+    with pytest.raises(PlacementError, match="STRICT_SPREAD"):
+        check_fits([Ask("learner ranks", 2, {"CPU": 1.0}, "STRICT_SPREAD")], [{"CPU": 4.0}])
+    with pytest.raises(PlacementError, match="STRICT_PACK"):
+        check_fits([Ask("learner ranks", 3, {"CPU": 2.0}, "STRICT_PACK")], two)
+    with pytest.raises(PlacementError, match="needs 2 learner_node"):
+        check_fits([Ask("learner ranks", 2, {"CPU": 1.0, "learner_node": 1.0})], two)
+    check_fits([Ask("learner ranks", 2, {"CPU": 1.0}, "STRICT_SPREAD")], two)
+    check_fits([Ask("learner ranks", 2, {"CPU": 2.0}, "STRICT_PACK")], two)
+
+
+def test_gpu_engine_settings_reach_vllm():
+    cfg = engine_settings(config("rollout.tensor_parallel_size=2", "rollout.gpu_memory_utilization=0.8",
+                                 "rollout.seed=3"))  # fmt: skip
+    gpu = engine_kwargs("/m", cfg, worker_index=1, gpu=True)
+    assert gpu["tensor_parallel_size"] == 2 and gpu["distributed_executor_backend"] == "mp"
+    assert gpu["gpu_memory_utilization"] == 0.8 and gpu["dtype"] == "bfloat16" and gpu["seed"] == 4
+    assert "kv_cache_memory_bytes" not in gpu
+    one = engine_kwargs("/m", engine_settings(config()), 0, gpu=True)
+    assert one["tensor_parallel_size"] == 1 and "distributed_executor_backend" not in one
+    cpu = engine_kwargs("/m", engine_settings(config("rollout.cpu_kv_cache_gib=0.5")), 0, gpu=False)
+    assert cpu["kv_cache_memory_bytes"] == 2**29 and cpu["dtype"] == "float32" and "gpu_memory_utilization" not in cpu
+    with pytest.raises(ValueError, match="rollout.tensor_parallel_size=2"):
+        engine_kwargs("/m", cfg, 0, gpu=False)
