@@ -6,8 +6,13 @@ import argparse
 import codecs
 import json
 import sys
+from pathlib import Path
 
 from launch.config import ConfigError, dump_config, load_config
+
+# The exit status of bad input (a ConfigError: a recipe, a field, a file or a line of it); 1 is a
+# run that failed (an actor died past its restart budget), as with any uncaught error.
+USER_ERROR = 2
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
@@ -30,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(train)
     train.add_argument("--output", help="run directory (default: logging.output_dir)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    train.add_argument("--no-dashboard", action="store_true",
+                       help="start a local Ray cluster without its dashboard (as logging.dashboard=false)")  # fmt: skip
 
     ctl = commands.add_parser("ctl", help="talk to a running job's Controller")
     ctl.add_argument("--address", default="auto", help="Ray cluster address (default: the running cluster)")
@@ -85,13 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(dump_config(load_config(args.recipe, args.overrides)), end="")
         elif args.command == "train":
+            cfg = None if (args.resume and args.recipe is None and not args.overrides) else load_config(args.recipe, args.overrides)
+            check_inputs(cfg if cfg is not None else resumed_config(args.resume))  # before Ray starts
             from launch.train import run
 
-            cfg = None if (args.resume and args.recipe is None and not args.overrides) else load_config(args.recipe, args.overrides)
-            print(f"run directory: {run(cfg, args.output, args.resume)}")
+            print(f"run directory: {run(cfg, args.output, args.resume, dashboard=not args.no_dashboard)}")
         elif args.command == "eval":
-            from launch.evaluate import main as evaluate
-
             overrides = [f"eval.num_questions={args.num_questions}", f"eval.samples_per_prompt={args.samples}",
                          f"eval.temperature={args.temperature}", f"data.one_shot={args.one_shot}"]  # fmt: skip
             if args.max_new_tokens:
@@ -103,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.recipe, [*overrides, *args.overrides])
             if any(b < 1 for b in args.beam):
                 raise ConfigError(f"--beam: beam sizes must be >= 1 (got {args.beam})")
-            ks = tuple(int(k) for k in args.pass_at.split(","))
+            check_eval_inputs(args)  # before Ray starts
+            ks = pass_at(args.pass_at)
+            from launch.evaluate import main as evaluate
+
             return evaluate(args.models, cfg, args.task, ks, args.output, tuple(args.beam), args.value)
         elif args.command == "experiment":
             from launch.experiment import main as experiment
@@ -113,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             return ctl(args)
         elif args.command == "prepare-model":
             return prepare_model(args)
-    except ConfigError as err:
+    except ConfigError as err:  # bad input (a recipe, a field, a file, a line of it): one line, no traceback
         print(f"syncrl: {err}", file=sys.stderr)
-        return 2
+        return USER_ERROR
     except RuntimeError as err:
         from actors.faults import ActorFailure, RestartBudgetSpent
 
@@ -124,6 +133,55 @@ def main(argv: list[str] | None = None) -> int:
         print(f"syncrl: {err}", file=sys.stderr)  # the actor, the cause, the budget, how to resume
         return 1
     return 0
+
+
+def resumed_config(run_dir: str):
+    """The configuration of the run in ``run_dir`` (``--resume``)."""
+    saved = Path(run_dir, "config.yaml")
+    if not saved.is_file():
+        what = "does not exist" if not Path(run_dir).exists() else "is not a run directory (no config.yaml in it)"
+        raise ConfigError(f"--resume {run_dir}: {what}")
+    return load_config(saved)
+
+
+def check_inputs(cfg) -> None:
+    """What a run reads (the model, the task or the data file, every record of it) checked before
+    Ray or any actor starts: a ConfigError names the field, and the file and line."""
+    from launch.models import check_model_path
+    from rollout.offline import file_kind
+    from rollout.tasks import check_task
+
+    check_model_path(cfg.model.path)
+    d = cfg.data
+    if d.path is None:
+        check_task(d.task)
+    elif not Path(d.path).is_file():
+        raise ConfigError(f"data.path: no file {d.path!r}" + (" (a folder)" if Path(d.path).is_dir() else ""))
+    else:
+        file_kind(d.path)
+
+
+def pass_at(text: str) -> tuple[int, ...]:
+    """--pass-at: comma-separated positive integers."""
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        raise ConfigError(f"--pass-at: comma-separated positive integers, e.g. 1,4 (got {text!r})")
+    return ks
+
+
+def check_eval_inputs(args: argparse.Namespace) -> None:
+    """``syncrl eval``'s model folders and task, checked before Ray starts."""
+    from launch.models import check_model_path
+    from rollout.tasks import check_task
+
+    for model in args.models:
+        check_model_path(model, "eval: model")
+    if args.value:
+        check_model_path(args.value, "--value")
+    check_task(args.task, "--task")
 
 
 def prepare_model(args: argparse.Namespace) -> int:

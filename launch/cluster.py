@@ -54,7 +54,8 @@ def connect_ray(cfg) -> bool:
     context = ray.init(address="local", namespace=NAMESPACE, num_cpus=max(os.cpu_count() or 1, required_cpus(cfg)),
                        include_dashboard=dashboard, **({"dashboard_host": "127.0.0.1"} if dashboard else {}))  # fmt: skip
     if dashboard and context.dashboard_url:
-        print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+        sign_in = "" if os.environ.get("RAY_AUTH_MODE") == "disabled" else " (it asks for the token `ray get-auth-token` prints)"
+        print(f"Ray dashboard: http://{context.dashboard_url}{sign_in}", flush=True)
     return True
 
 

@@ -24,13 +24,11 @@ from pydantic import (
     model_validator,
 )
 
+from rollout.errors import ConfigError  # noqa: F401  (launch.config.ConfigError: the config's error)
 from rollout.records import interval_text, parse_interval
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
-
-class ConfigError(ValueError):
-    """A recipe or override that does not validate; the message names each field."""
 
 
 # A sync interval: a positive int, or math.inf (written "inf" in YAML and on the command line).

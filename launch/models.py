@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from launch.config import ConfigError
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -127,11 +129,21 @@ def resolve_model(path: str) -> str:
             return str(target)
         gguf = require_smollm2()  # a missing wheel is reported before any work
         return str(_build_once(target, lambda tmp: convert_gguf(gguf, tmp)))
+    return str(check_model_path(path))
+
+
+def check_model_path(path: str, field: str = "model.path") -> Path | None:
+    """The folder of a model given by path, None for a built-in name (built when resolved), or a
+    ConfigError naming ``field`` and what is wrong: no such folder, or a folder without config.json."""
+    if path in TINY_MODELS or path in REAL_MODELS:
+        return None
     folder = Path(path).expanduser()
+    names = ", ".join([*TINY_MODELS, *REAL_MODELS])
+    if not folder.exists():
+        raise ConfigError(f"{field}: {path!r} does not exist; give a Hugging Face model folder or one of {names}")
     if not (folder / "config.json").is_file():
-        names = ", ".join([*TINY_MODELS, *REAL_MODELS])
-        raise FileNotFoundError(f"model.path: {path!r} is not a Hugging Face folder (no config.json) nor one of {names}")
-    return str(folder)
+        raise ConfigError(f"{field}: {path!r} is not a Hugging Face model folder (no config.json in it) nor one of {names}")
+    return folder
 
 
 def _build_once(target: Path, build) -> Path:

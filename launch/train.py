@@ -328,8 +328,9 @@ def make_source(cfg: SyncRLConfig, data: list, rollouts: RolloutGroup, position:
     return FileSource(stream)
 
 
-def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None = None) -> Path:
-    """``syncrl train``: make (or reopen) the run directory, connect to Ray, train."""
+def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None = None, dashboard: bool = True) -> Path:
+    """``syncrl train``: make (or reopen) the run directory, connect to Ray, train (``dashboard``
+    False: a local cluster starts without its dashboard, whatever logging.dashboard says)."""
     if resume:
         run_dir = Path(resume)
         saved = load_config(run_dir / "config.yaml")
@@ -343,6 +344,8 @@ def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None 
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_config(cfg))
         state = None
+    if not dashboard:
+        cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"dashboard": False})})
     with ray_session(cfg):
         train(cfg, str(run_dir), state)
     return run_dir

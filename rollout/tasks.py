@@ -8,12 +8,12 @@ package, generated offline) is split by template, so test problems are of kinds 
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from typing import Generic, TypeVar
-from pathlib import Path
 
+from rollout.errors import ConfigError
+from rollout.offline import kinds_needed, read_records
 from rollout.records import Prompt
 
 T = TypeVar("T")
@@ -123,15 +123,21 @@ def make_prompt(pid: str, question: str, answer: str, one_shot: bool, system_pro
     return Prompt(id=pid, messages=messages, answer=answer, source="math")
 
 
+def check_task(name: str, field: str = "data.task") -> None:
+    """A ConfigError unless ``name`` is a task; ``field`` names where the name was given."""
+    if name not in TASKS and name not in REAL_TASKS:
+        hint = " (a JSONL file goes in data.path)" if name.endswith((".jsonl", ".json")) else ""
+        raise ConfigError(f"{field}: unknown task {name!r}{hint}; known: {', '.join([*TASKS, *REAL_TASKS])}")
+
+
 def make_task(name: str, num_train: int, num_test: int, seed: int = 0, one_shot: bool = False,
               system_prompt: str | None = None) -> tuple[list[Prompt], list[Prompt]]:  # fmt: skip
     """Distinct questions of task ``name``, split into (train, test)."""
+    check_task(name)
     if name in REAL_TASKS:
         train, test = REAL_TASKS[name](num_train, num_test, seed)
-    elif name in TASKS:
-        train, test = _generated(name, num_train, num_test, seed)
     else:
-        raise ValueError(f"data.task: unknown task {name!r}; known: {', '.join([*TASKS, *REAL_TASKS])}")
+        train, test = _generated(name, num_train, num_test, seed)
     shot = SHOTS.get(name, ONE_SHOT)
     prompt = lambda i, q, a, split: make_prompt(f"{name}/{split}/{i}", q, str(a), one_shot, system_prompt, shot)  # noqa: E731
     return [prompt(i, q, a, "train") for i, (q, a) in enumerate(train)], [prompt(i, q, a, "test") for i, (q, a) in enumerate(test)]
@@ -153,22 +159,15 @@ def _generated(name: str, num_train: int, num_test: int, seed: int) -> tuple[lis
 
 
 def load_prompts(path: str) -> list[Prompt]:
-    """A JSONL file of prompts: {"id"?, "prompt" | "messages", "answer"?, "source"?} per line."""
-    prompts = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            messages = rec.get("messages") or [{"role": "user", "content": rec["prompt"]}]
-            prompts.append(Prompt(id=str(rec.get("id", n)), messages=messages,
-                                  answer=None if rec.get("answer") is None else str(rec["answer"]),
-                                  source=rec.get("source", "default")))  # fmt: skip
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}:{n}: not a prompt record ({err!r}); expected 'prompt' or 'messages'") from None
-    if not prompts:
-        raise ValueError(f"{path}: no prompts")
-    return prompts
+    """A JSONL file of prompts: {"id"?, "prompt" | "messages", "answer"?, "source"?} per line. Every
+    record is checked (``rollout.offline.read_records``): errors name the line and the field."""
+    kind, records = read_records(path)
+    if kind != "prompts":
+        raise ConfigError(f"{path}: holds {'preference pairs' if kind == 'pairs' else 'scored responses'}, "
+                          f"not prompts; {kinds_needed()}")  # fmt: skip
+    return [Prompt(id=str(rec.get("id", n)), messages=rec.get("messages") or [{"role": "user", "content": rec["prompt"]}],
+                   answer=None if rec.get("answer") is None else str(rec["answer"]), source=rec.get("source", "default"))
+            for n, rec in records]  # fmt: skip
 
 
 class ShuffledStream(Generic[T]):
