@@ -341,11 +341,13 @@ def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None 
         run_dir = Path(output or cfg.logging.output_dir.format(name=cfg.name, time=time.strftime("%Y%m%d-%H%M%S")))
         if (run_dir / "metrics.jsonl").exists():
             raise ConfigError(f"run directory {run_dir} already holds a run: use --resume {run_dir} or another --output")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
         state = None
+    written = cfg
     if not dashboard:
         cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"dashboard": False})})
-    with ray_session(cfg):
+    with ray_session(cfg):  # connected (or failed to) before anything is written
+        if state is None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(dump_config(written))
         train(cfg, str(run_dir), state)
     return run_dir

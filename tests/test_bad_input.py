@@ -176,3 +176,29 @@ def test_each_loader_takes_its_own_kind(tmp_path):
         load_prompts(write(tmp_path / "d.jsonl", PAIR))
     with pytest.raises(ConfigError, match="holds prompts, not responses"):
         load_offline_groups(write(tmp_path / "p2.jsonl", PROMPT), tokenizer=None)
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_named_cluster_that_does_not_answer_is_one_line_at_once(tmp_path):
+    import os
+    import time
+
+    from launch.cluster import CURRENT_CLUSTER, check_answers
+
+    address = f"127.0.0.1:{closed_port()}"
+    with pytest.raises(ConfigError, match=f"remove {CURRENT_CLUSTER}"):
+        check_answers(address, str(CURRENT_CLUSTER))
+    env = {**os.environ, "RAY_ADDRESS": address}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "launch", "train", "tiny-grpo", "--output", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert_one_line(done, f"the Ray cluster at {address} (named by RAY_ADDRESS) does not answer", "check the address")
+    assert time.monotonic() - start < 30  # not Ray's minutes of GCS retries
+    assert not (tmp_path / "run").exists()  # nothing written
