@@ -286,4 +286,6 @@ def test_a_push_logs_no_failed_to_load_weights(tiny_llama):
         syncrl_log.setLevel(level)
     assert not [r.getMessage() for r in seen.records if "Failed to load weights" in r.getMessage()]
     (line,) = [r for r in trace.records if r.msg.startswith("loaded %d tensors")]
-    assert line.args[0] == len(weights) and set(line.args[1]) == {"RotaryEmbedding", "ParallelLMHead"}
+    # What was dropped: those two layers' warnings, or nothing where this process's vLLM already
+    # gave them (an engine of an earlier test); the filter itself is the unit test above.
+    assert line.args[0] == len(weights) and set(line.args[1]) <= {"RotaryEmbedding", "ParallelLMHead"}
