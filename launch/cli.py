@@ -148,16 +148,15 @@ def check_inputs(cfg) -> None:
     """What a run reads (the model, the task or the data file, every record of it) checked before
     Ray or any actor starts: a ConfigError names the field, and the file and line."""
     from launch.models import check_model_path
-    from rollout.offline import file_kind
+    from rollout.offline import check_data_file, file_kind
     from rollout.tasks import check_task
 
     check_model_path(cfg.model.path)
     d = cfg.data
     if d.path is None:
         check_task(d.task)
-    elif not Path(d.path).is_file():
-        raise ConfigError(f"data.path: no file {d.path!r}" + (" (a folder)" if Path(d.path).is_dir() else ""))
     else:
+        check_data_file(d.path)
         file_kind(d.path)
 
 

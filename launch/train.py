@@ -32,7 +32,7 @@ from launch.models import resolve_model
 from launch.plots import plot_run
 from launch.sources import FileSource, RolloutSource
 from rollout.algorithms import make_algorithm
-from rollout.offline import file_kind, load_offline_groups
+from rollout.offline import check_data_file, file_kind, load_offline_groups
 from rollout.records import Prompt
 from rollout.tasks import ShuffledStream, load_prompts, make_task
 
@@ -306,8 +306,7 @@ def load_data(cfg: SyncRLConfig, model_path: str, stages) -> list:
         prompts = make_task(d.task, d.num_train, d.num_test, d.seed, d.one_shot, d.system_prompt)[0]
         check_prompt_lengths(prompt_lengths(prompts, tokenizer()), d.max_prompt_tokens, f"data.task {d.task!r}")
         return prompts
-    if not Path(d.path).is_file():
-        raise ConfigError(f"data.path: no file {d.path!r}")
+    check_data_file(d.path)
     if file_kind(d.path) == "prompts":
         prompts = load_prompts(d.path)
         check_prompt_lengths(prompt_lengths(prompts, tokenizer()), d.max_prompt_tokens, d.path)

@@ -87,6 +87,12 @@ def record_kind(rec: Any, where: str) -> str:
     return kind
 
 
+def check_data_file(path: str) -> None:
+    """data.path names a file (a ConfigError otherwise)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"data.path: no file {path!r}" + (" (a folder)" if Path(path).is_dir() else ""))
+
+
 def read_records(path: str) -> tuple[str, list[tuple[int, dict]]]:
     """The kind of the file ('prompts', 'pairs' or 'samples') and its records with their line
     numbers, each record checked. A ConfigError names the line of the first bad record or, in a
