@@ -59,3 +59,19 @@ def test_local_train_prints_a_dashboard_that_lists_the_runs_actors(tiny_llama, t
     printed = [line for line in lines if "Ray dashboard: " in line]
     assert len(printed) == 1 and printed[0].split("Ray dashboard: ")[1].startswith("http://127.0.0.1:"), printed
     assert {"LearnerWorker", "RolloutWorker", "Controller"} <= seen, seen
+
+
+def test_logging_dashboard_false_starts_ray_without_it(tmp_path):
+    """`--no-dashboard` (logging.dashboard=false): the local cluster has no dashboard, nothing printed."""
+    script = ("from launch.cluster import connect_ray\n"
+              "from launch.config import load_config\n"
+              "import ray\n"
+              "assert connect_ray(load_config('tiny-grpo', ['logging.dashboard=false']))\n"
+              "print('url=' + repr(ray._private.worker.global_worker.node.webui_url))\n"
+              "ray.shutdown()\n")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=str(Path("/tmp", f"syncrl-nodash-{os.getpid()}")), PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Ray dashboard: " not in done.stdout
+    assert "url=''" in done.stdout, done.stdout  # with the dashboard: url='127.0.0.1:8265'
