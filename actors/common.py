@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -38,6 +39,11 @@ class ActorMixin:
     def free_port(self) -> int:
         """A TCP port free on this actor's node right now (for a rendezvous it hosts)."""
         return free_port()
+
+    def startup(self) -> dict | None:
+        """The worker's start-up phases (``rollout.phases.Phases.record``), None if it keeps none."""
+        phases = getattr(self, "phases", None)
+        return phases.record() if phases is not None else None
 
     def unseen(self, paths: dict[str, str], marker: tuple[str, str] | None = None) -> list[str]:
         """Which of ``paths`` (what -> path) this actor's node cannot see, and whether it reads
@@ -91,6 +97,7 @@ class ActorGroup:
         from actors.placement import Placement
 
         self.supervisor = supervisor or Supervisor()
+        self.submitted = time.time()  # start-up phases (startup.json) count from here
         ask = self.ask(count)
         if ask is not None and self.placement is None:
             self.placement = Placement(f"{self.kind} group", ask)
@@ -122,8 +129,6 @@ class ActorGroup:
     def replace(self, i: int, cause: str, version: int | None = None) -> None:
         """Worker i died or hung: charge the budget (which raises when it is spent), replace it
         (with the weights of ``version``, by default those the workers hold)."""
-        import time
-
         from actors.faults import ActorFailure
 
         failure = ActorFailure(self.kind, self.name(i), cause)

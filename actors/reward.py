@@ -9,6 +9,7 @@ import ray
 
 from actors.common import ActorGroup, ActorMixin, join, split_evenly
 from rewards.router import RewardRouter, Route
+from rollout.phases import Phases
 from rollout.records import Sample
 
 
@@ -17,7 +18,10 @@ class RewardWorker(ActorMixin):
     """Scores batches of samples by their ``source``: math verifier or reward model per route."""
 
     def __init__(self, routes: Mapping[str, Route | Mapping[str, Any]], default: str = "default") -> None:
+        self.phases = Phases()
         self.router = RewardRouter(routes, default)
+        self.router.start()  # grader processes and reward models start with the other actors
+        self.phases.mark("scorers")
 
     def score(self, samples: list[Sample]) -> list[Sample]:
         """The samples with ``reward`` and ``reward_info`` set."""

@@ -205,10 +205,12 @@ def run_trl(args: argparse.Namespace, model_path: str, out_dir: str) -> dict:
 
     stamps: list[float] = []
     loads: list[float] = []
+    began: list[float] = []  # wall clock at the start of training (bench/startup.py)
 
     class StepTimer(TrainerCallback):
         def on_train_begin(self, *_, **__):
             stamps.append(time.perf_counter())
+            began.append(time.time())
 
         def on_step_end(self, _args, state, *_, **__):
             stamps.append(time.perf_counter())
@@ -253,7 +255,7 @@ def run_trl(args: argparse.Namespace, model_path: str, out_dir: str) -> dict:
         raise RuntimeError(f"TRL ran {len(wall)} optimizer steps and {len(lengths)} generations, "
                            f"expected {args.steps}")
     return {"wall": wall[1:], "first": wall[0], "length": mean(lengths[1:]), "gen": mean(gen_times[1:]),
-            "load": mean(loads[1:])}
+            "load": mean(loads[1:]), "began": began[0], "first_gen": gen_times[0]}
 
 
 # -- the comparison ----------------------------------------------------------------------------

@@ -29,11 +29,15 @@ from rollout.tasks import make_task
 EVAL_SEED = 12345  # evaluations sample reproducibly (when not greedy)
 
 
-def test_prompts(cfg, task: str | None = None) -> list[Prompt]:
+def test_prompts(cfg, task: str | None = None, built: tuple[list[Prompt], list[Prompt]] | None = None) -> list[Prompt]:
     """The held-out questions of ``eval.task`` (default ``data.task``), at most eval.num_questions:
-    the test split of the same ``make_task`` call that gives training its questions."""
+    the test split of the same ``make_task`` call that gives training its questions (``built``:
+    that call's (train, test) for ``data.task``, when the caller has it already)."""
     d, e = cfg.data, cfg.eval
-    _, test = make_task(task or e.task or d.task, d.num_train, d.num_test, d.seed, d.one_shot, d.system_prompt)
+    name = task or e.task or d.task
+    if built is None or name != d.task:
+        built = make_task(name, d.num_train, d.num_test, d.seed, d.one_shot, d.system_prompt)
+    test = built[1]
     if not test:
         raise ValueError(f"eval: task {task or e.task or d.task!r} has no test questions (data.num_test)")
     return test[: e.num_questions]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import ray
@@ -33,6 +34,7 @@ from launch.plots import plot_run
 from launch.sources import FileSource, RolloutSource
 from rollout.algorithms import make_algorithm
 from rollout.offline import check_data_file, file_kind, load_offline_groups
+from rollout.phases import Phases, process_start
 from rollout.records import Prompt
 from rollout.tasks import ShuffledStream, load_prompts, make_task
 
@@ -40,18 +42,23 @@ from rollout.tasks import ShuffledStream, load_prompts, make_task
 class Driver:
     """One run: its actors, its data source, its state. ``run()`` is the loop."""
 
-    def __init__(self, cfg: SyncRLConfig, run_dir: str, state: RunState | None = None):
+    def __init__(self, cfg: SyncRLConfig, run_dir: str, state: RunState | None = None, phases: Phases | None = None):
+        began = time.time()
+        self.phases = phases or Phases()  # the start-up's parts, in startup.json after the first step
         self.cfg, self.run_dir = cfg, str(Path(run_dir).absolute())  # the same path on every node
         self.model_path, self.stages = str(Path(resolve_model(cfg.model.path)).absolute()), cfg.resolved_stages()
         texts = TokenTexts(self.model_path, cfg.model.trust_remote_code)  # the tokenizer if an algorithm asks (OREO)
         self.algorithms = [make_algorithm(s.algorithm, cfg.seed + i, texts) for i, s in enumerate(self.stages)]
-        self.data = load_data(cfg, self.model_path, self.stages)  # bad data fails here, before any actor starts
+        d = cfg.data
+        task = make_task(d.task, d.num_train, d.num_test, d.seed, d.one_shot, d.system_prompt) if d.path is None else None
+        self.data = load_data(cfg, self.model_path, self.stages, task)  # bad data fails here, before any actor starts
         self.state = state or self.initial_state()
-        self.eval_prompts = test_prompts(cfg) if cfg.eval.enabled else []
+        self.eval_prompts = test_prompts(cfg, built=task) if cfg.eval.enabled else []
         self.groups: list = []
         self.evaluated_at: int | None = None  # the step of the last every_steps evaluation
         self.mid_step = False  # the learner trained this step and its record is not written yet
         self.probed_at = time.monotonic()
+        self.phases.add("task, tokenizer and data", began, time.time() - began)  # syncrl train: while Ray starts
 
     def initial_state(self) -> RunState:
         return RunState(sync_interval=self.stages[0].sync.interval)
@@ -60,19 +67,24 @@ class Driver:
         cfg, state = self.cfg, self.state
         check_cluster(cfg)  # before any actor starts: the run fits the cluster, or says what is missing
         self.controller = start_controller(cfg.logging.controller_name, state.sync_interval, cfg.name, cfg.logging.ray_metrics)
+        self.phases.mark("cluster check and controller")
         if cfg.logging.ray_metrics and (dashboard := install_grafana_dashboard()):
             print(f"Grafana dashboard: {dashboard}", flush=True)
         self.supervisor = Supervisor(cfg.fault_tolerance, lambda event: self.controller.report_restart.remote(event))
         try:  # the three groups start at once, and are waited for together
             self.groups.append(rollouts := RolloutGroup(self.model_path, engine_settings(cfg), self.supervisor, wait=False))
             self.groups.append(rewards := RewardGroup(cfg.reward, self.supervisor, wait=False))
+            self.phases.mark("rollout and reward groups started")
             self.groups.append(self.learner_group())
+            self.phases.mark("learner placement and rendezvous")
             wait_ready(*self.groups)
+            self.phases.mark("waiting for the actors")
             check_visible(self.groups, self.shared_paths(), self.run_dir, self.supervisor.start_timeout)
             self.write_placement()
             self.rollouts, self.rewards = rollouts, rewards
             rollouts.held, rollouts.weights_of = lambda: self.state.engine_version, self.pushed_weights
             self.attach_learners()
+            self.phases.mark("file check, placement, transport")
         except BaseException:
             self.__exit__()
             raise
@@ -90,6 +102,20 @@ class Driver:
                                                                    "learner_rendezvous_node": self.learners.address_node}, indent=1))  # fmt: skip
         if len({n["node_id"] for n in nodes.values()}) > 1:
             print("placement: " + ", ".join(f"{name} on {n['node_ip']} ({n['node_id'][:8]})" for name, n in nodes.items()), flush=True)
+
+    def write_startup(self, first_step: dict) -> None:
+        """startup.json in the run directory: the driver's and every worker's start-up phases
+        (wall-clock starts, seconds each) and the first step's parts (bench/startup.py)."""
+        workers = {}
+        for group in self.groups:
+            records = ray.get([w.startup.remote() for w in group.workers], timeout=self.supervisor.start_timeout)
+            for i, rec in enumerate(records):
+                workers[group.name(i)] = {"submitted": group.submitted, **(rec or {})}
+        parts = {k: first_step[f"time_{k}_s"] for k in ("gen", "score", "train", "sync")}
+        record = {"driver": self.phases.record(), "workers": workers,
+                  "first_step": {"start": self.phases.last, "end": time.time(), "parts": parts}}  # fmt: skip
+        Path(self.run_dir, "startup.json").write_text(json.dumps(record, indent=1))
+        self.phases = None
 
     def shared_paths(self) -> dict[str, str]:
         """What every actor reads (besides the run directory): the model and reward model folders."""
@@ -177,6 +203,8 @@ class Driver:
         cfg, state = self.cfg, self.state
         if cfg.eval.at_start and state.step == 0:
             self.evaluate()
+            if self.phases is not None:  # not after a restart of the learner group
+                self.phases.mark("eval at start")
         for index in range(state.stage_index, len(self.stages)):
             stage, algorithm = self.stages[index], self.algorithms[index]
             if index != state.stage_index:  # a new stage starts from the current policy, with its own s
@@ -241,6 +269,8 @@ class Driver:
             record.update(learner_checksum=self.learners.on_all("weights_checksum")[0][:16],
                           engine_checksums=[c[:16] for c in self.rollouts.weights_checksums()])  # fmt: skip
         record["restarts"] = self.supervisor.drain()
+        if self.phases is not None:  # the first step of this process: its start-up, once
+            self.write_startup(record)
         state.step, state.step_in_stage, state.data_position = state.step + 1, state.step_in_stage + 1, self.source.position
         self.mid_step = False
         self.log.write(record, self.controller)
@@ -252,9 +282,10 @@ class Driver:
             save_checkpoint(self.run_dir, cfg, state, self.learners, self.controller)
 
 
-def train(cfg: SyncRLConfig, run_dir: str, state: RunState | None = None) -> RunState:
-    """Run every stage of ``cfg`` in ``run_dir``; ``state`` continues a checkpointed run."""
-    with Driver(cfg, run_dir, state) as driver:
+def train(cfg: SyncRLConfig, run_dir: str, state: RunState | None = None, phases: Phases | None = None) -> RunState:
+    """Run every stage of ``cfg`` in ``run_dir``; ``state`` continues a checkpointed run;
+    ``phases``: the start-up so far (``syncrl train``'s, from its process start)."""
+    with Driver(cfg, run_dir, state, phases) as driver:
         return driver.run()
 
 
@@ -296,14 +327,15 @@ def prompt_lengths(prompts: list[Prompt], tokenizer) -> dict[str, int]:
     return {p.id: len(i) for p, i in zip(prompts, ids)}
 
 
-def load_data(cfg: SyncRLConfig, model_path: str, stages) -> list:
+def load_data(cfg: SyncRLConfig, model_path: str, stages, task: tuple | None = None) -> list:
     """The training items: prompts (generated task or prompt file), or sample groups (a file of
     preference pairs or scored responses, which trains offline: every stage needs s = inf). Every
-    prompt fits data.max_prompt_tokens with the chat template (checked with the tokenizer here)."""
+    prompt fits data.max_prompt_tokens with the chat template (checked with the tokenizer here).
+    ``task``: data.task's (train, test) splits, if the caller built them already."""
     d = cfg.data
     tokenizer = lambda: load_tokenizer(model_path, cfg.model.trust_remote_code)  # noqa: E731
     if d.path is None:
-        prompts = make_task(d.task, d.num_train, d.num_test, d.seed, d.one_shot, d.system_prompt)[0]
+        prompts = (task or make_task(d.task, d.num_train, d.num_test, d.seed, d.one_shot, d.system_prompt))[0]
         check_prompt_lengths(prompt_lengths(prompts, tokenizer()), d.max_prompt_tokens, f"data.task {d.task!r}")
         return prompts
     check_data_file(d.path)
@@ -330,6 +362,8 @@ def make_source(cfg: SyncRLConfig, data: list, rollouts: RolloutGroup, position:
 def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None = None, dashboard: bool = True) -> Path:
     """``syncrl train``: make (or reopen) the run directory, connect to Ray, train (``dashboard``
     False: a local cluster starts without its dashboard, whatever logging.dashboard says)."""
+    phases = Phases(process_start())
+    phases.mark("command (Python, imports, config)")
     if resume:
         run_dir = Path(resume)
         saved = load_config(run_dir / "config.yaml")
@@ -344,9 +378,15 @@ def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None 
     written = cfg
     if not dashboard:
         cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"dashboard": False})})
-    with ray_session(cfg):  # connected (or failed to) before anything is written
-        if state is None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(dump_config(written))
-        train(cfg, str(run_dir), state)
+    with ThreadPoolExecutor(1) as pool:  # the task, the tokenizer and the data are read while Ray starts
+        prepared = pool.submit(Driver, cfg, str(run_dir), state, phases)
+        began = time.time()
+        with ray_session(cfg):  # connected (or failed to) before anything is written
+            phases.add("Ray", began, time.time() - began)
+            driver = prepared.result()  # bad data fails here, before anything is written
+            if state is None:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "config.yaml").write_text(dump_config(written))
+            with driver:
+                driver.run()
     return run_dir

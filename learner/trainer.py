@@ -22,6 +22,7 @@ from learner.logprobs import logprobs_and_entropy
 from learner.objective import CollatedBatch, Totals, collate, compute_loss, compute_value_loss, micro_batches
 from learner.packing import Packed, pack, packed_mask, unpack
 from learner.value import ValueModel, save_value_folder
+from rollout.phases import Phases
 from rollout.records import LossSpec, TrainBatch, TrainSequence, weights_checksum
 
 DUMMY = TrainBatch([TrainSequence(prompt_ids=[0], response_ids=[0], behaviour_logps=[0.0])])
@@ -112,6 +113,17 @@ def extensions_dir() -> str:
     return str(Path.home() / ".cache" / "syncrl" / "torch_extensions" / hashlib.sha256(where.encode()).hexdigest()[:12])
 
 
+def skip_shm_comm_op() -> None:
+    """Keep DeepSpeed's CPU backend from compiling its shared-memory comm op (65-130 s of C++ at
+    the first start on a machine, and again whenever the installed headers change): the op only
+    serves ``inference_all_reduce`` (tensor-parallel inference), never the collectives of ZeRO
+    training, which go through torch.distributed (gloo) either way. DeepSpeed builds it only if
+    its table of compatible ops says so, a dict it keeps (and reads) once per process."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int) -> str:
     """Join the learner's process group; returns the backend (gloo on CPU, nccl on GPU)."""
     import deepspeed
@@ -123,6 +135,8 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK="0" if not gpu else str(rank % torch.cuda.device_count()))  # fmt: skip
     os.environ.pop("LOCAL_SIZE", None)  # with it, each CPU rank leaks a /dev/shm file
+    if not gpu:
+        skip_shm_comm_op()
     backend = "nccl" if gpu else "gloo"
     deepspeed.init_distributed(dist_backend=backend)
     return backend
@@ -138,11 +152,14 @@ class LearnerRank:
     def __init__(self, model_path: str, cfg: Any, rank: int, world_size: int, master_addr: str, master_port: int,
                  temperature: float = 1.0, needs_reference: bool = False, needs_value: bool = False,
                  model: Any = None):  # fmt: skip
+        self.phases = phases = Phases()
         import deepspeed
         from transformers import AutoModelForCausalLM
 
+        phases.mark("imports")
         self.rank, self.world_size, self.cfg, self.temperature = rank, world_size, cfg, temperature
         self.backend = init_distributed(rank, world_size, master_addr, master_port)
+        phases.mark("process group")
         self.gpu = torch.cuda.is_available()
         if not self.gpu:  # Ray sets OMP_NUM_THREADS=1 in a 1-CPU actor; a CPU learner wants more
             torch.set_num_threads(cfg.cpu_threads or max(1, len(os.sched_getaffinity(0)) // world_size))
@@ -155,11 +172,14 @@ class LearnerRank:
         if cfg.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
         self.pad_token_id = policy.config.pad_token_id if policy.config.pad_token_id is not None else 0
+        phases.mark("policy load")
         self.engine, *_ = deepspeed.initialize(model=policy, model_parameters=policy.parameters(),
                                                config=ds_config(cfg, dtype))  # fmt: skip
+        phases.mark("DeepSpeed initialize")
         self.reference = None
         if needs_reference:
             self.reference = self._frozen_copy(model_path, load)
+            phases.mark("reference model")
         self.value_engine = None
         if needs_value:
             value = ValueModel.from_pretrained(model_path, **load)
@@ -167,6 +187,7 @@ class LearnerRank:
                 value.gradient_checkpointing_enable()
             self.value_engine, *_ = deepspeed.initialize(model=value, model_parameters=value.parameters(),
                                                          config=ds_config(cfg, dtype, cfg.value_lr))  # fmt: skip
+            phases.mark("value model")
         self.version = 0
 
     def _frozen_copy(self, model_path: str, load: dict) -> torch.nn.Module:

@@ -35,6 +35,9 @@ class RewardFunction(ABC):
     def score(self, samples: Sequence[Sample]) -> list[RewardResult]:
         """One ``RewardResult`` per sample, in the order of ``samples``."""
 
+    def start(self) -> None:
+        """Get ready now (start a child process, ...) rather than at the first batch; default: nothing to do."""
+
     def stats(self) -> dict[str, int]:
         """Counters since construction (e.g. graded, timed_out, errors); empty if it keeps none."""
         return {}

@@ -51,8 +51,8 @@ def _as_route(route: Route | Mapping[str, Any]) -> Route:
 
 class RewardRouter:
     """Scores a mixed batch: samples go to the route named by their ``source`` (an unknown source
-    goes to ``default``), each route's scorer is built once, on first use, and the results come
-    back in the order of the input.
+    goes to ``default``), each route's scorer is built once, on first use (or all of them at
+    ``start()``, as a reward worker does), and the results come back in the order of the input.
     """
 
     def __init__(self, routes: Mapping[str, Route | Mapping[str, Any]], default: str = "default") -> None:
@@ -66,6 +66,12 @@ class RewardRouter:
                 raise ValueError(f"route {name!r}: kind 'reward_model' needs model_path")
         self.default = default
         self._scorers: dict[str, RewardFunction] = {}
+
+    def start(self) -> None:
+        """Build every route's scorer and start it (a grader process, a reward model) now, while
+        the rest of the run starts, instead of inside the first step."""
+        for name in self.routes:
+            self.scorer(name).start()
 
     def route_name(self, sample: Sample) -> str:
         """The route that scores ``sample``: its source if that is a route, else the default."""

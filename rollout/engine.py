@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from rollout.beam_search import Step
+from rollout.phases import Phases
 from rollout.records import Prompt, Sample
 
 EXTENSION = "rollout.vllm_worker.WeightUpdateExtension"
@@ -95,6 +96,7 @@ class RolloutEngine:
     """One vLLM engine. ``generate`` returns ``Sample`` records tagged with the policy version."""
 
     def __init__(self, model_path: str, cfg: Any, worker_index: int = 0, num_workers: int = 1):
+        self.phases = Phases()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine lives in this process
         gpu = on_gpu()
@@ -102,10 +104,12 @@ class RolloutEngine:
             use_cores(cpu_threads_bind(cfg.cpu_threads_bind, worker_index, num_workers))
         from vllm import LLM
 
+        self.phases.mark("imports")
         self.cfg = cfg
         self.llm = LLM(**engine_kwargs(model_path, cfg, worker_index, gpu))
         self.tokenizer = self.llm.get_tokenizer()
         self.policy_version = 0
+        self.phases.mark("vLLM engine")
 
     # -- generation ---------------------------------------------------------------------------
     def prompt_ids(self, prompt: Prompt) -> list[int]:

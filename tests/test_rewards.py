@@ -296,6 +296,8 @@ def test_router_validates_routes_and_builds_lazily(reward_model_path):
         assert [s.reward for s in scored] == [1.0, 0.0]
         assert [s.reward_info["route"] for s in scored] == ["math", "math"]
         assert list(router.stats()) == ["math"]  # the reward model was never loaded
+        router.start()  # a reward worker's start: every route built, the grader process up
+        assert sorted(router.stats()) == ["chat", "math"] and router.scorer("math").grader_pid is not None
     finally:
         router.close()
 

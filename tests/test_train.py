@@ -81,6 +81,27 @@ def test_sync_interval_bounds_staleness_and_engine_weights(ray_cluster, tiny_lla
         assert len(set(engine)) == len({r["engine_version"] for r in rows})
     if s == 1:
         assert all(r["staleness_max"] == 0 for r in rows)
+    check_startup(tmp_path, rows[0], reference=recipe == "tiny-dpo")
+
+
+def check_startup(run_dir, first_step: dict, reference: bool) -> None:
+    """startup.json (bench/startup.py's table): every part of the start-up, in the order it ran."""
+    startup = json.loads(Path(run_dir, "startup.json").read_text())
+    names = lambda rec: [p[0] for p in rec["phases"]]  # noqa: E731
+    assert names(startup["driver"]) == ["task, tokenizer and data", "cluster check and controller",
+                                        "rollout and reward groups started", "learner placement and rendezvous",
+                                        "waiting for the actors", "file check, placement, transport"]  # fmt: skip
+    workers = startup["workers"]
+    assert names(workers["rollout-0"]) == ["imports", "vLLM engine"]
+    assert names(workers["reward-0"]) == ["scorers"]
+    assert names(workers["learner-0"]) == ["imports", "process group", "policy load", "DeepSpeed initialize",
+                                           *(["reference model"] if reference else [])]  # fmt: skip
+    for w in workers.values():
+        assert w["submitted"] <= w["start"] <= w["end"] <= startup["driver"]["end"]
+        assert sum(p[2] for p in w["phases"]) == pytest.approx(w["end"] - w["start"], abs=0.01)
+    first = startup["first_step"]
+    assert startup["driver"]["end"] <= first["start"] and sum(first["parts"].values()) <= first["end"] - first["start"]
+    assert first["parts"]["gen"] == first_step["time_gen_s"]
 
 
 def test_push_is_exact_with_each_transport(ray_cluster, tiny_llama, tmp_path):
@@ -146,6 +167,9 @@ def test_zero3_two_ranks_packing_and_token_budget_match_one_rank(ray_cluster, ti
         group = LearnerGroup(tiny_llama, cfg, needs_reference=True)
         try:
             losses[name] = [group.train_step(batch, spec)["loss"] for _ in range(3)]
+            if ranks == 2:  # ZeRO's collectives go through gloo: DeepSpeed's shm op is never compiled
+                built = lambda rank: __import__("deepspeed").comm.comm.cdb.shm_comm_op is not None  # noqa: E731
+                assert group.call(lambda w, i: w.call.remote(built)) == [False, False]
         finally:
             group.shutdown()
     one_rank = losses["one rank"]

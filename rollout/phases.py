@@ -1,0 +1,43 @@
+"""Start-up phases: how long each part of a worker's constructor (or of the driver's start) took.
+
+Workers (engine, learner rank, reward worker) and the driver keep one ``Phases`` each; the
+driver writes them all to ``RUN_DIR/startup.json`` after the first step (``bench/startup.py``
+prints them as a table). Marks are wall-clock times (``time.time()``), so the records of
+processes on one machine line up on one time axis.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+class Phases:
+    """``mark(name)`` ends the phase ``name``, begun at the previous mark (or at ``start``);
+    ``add(name, began, seconds)`` records one that ran alongside (in another thread)."""
+
+    def __init__(self, start: float | None = None):
+        self.start = time.time() if start is None else start
+        self.last = self.start
+        self.parts: list[tuple[str, float, float]] = []  # (name, began: wall clock, seconds)
+
+    def mark(self, name: str) -> None:
+        now = time.time()
+        self.parts.append((name, self.last, now - self.last))
+        self.last = now
+
+    def add(self, name: str, began: float, seconds: float) -> None:
+        """A phase timed by the caller; the next ``mark`` starts when it and the last one ended."""
+        self.parts.append((name, began, seconds))
+        self.last = max(self.last, began + seconds)
+
+    def record(self) -> dict:
+        """{start, end (the last mark), phases: [name, began, seconds] in order of start}, JSON-ready."""
+        parts = sorted(self.parts, key=lambda p: p[1])
+        return {"start": self.start, "end": self.last, "phases": [[n, b, round(s, 3)] for n, b, s in parts]}
+
+
+def process_start() -> float:
+    """When this process started (wall clock): a command's start-up includes Python's own."""
+    import psutil  # a Ray dependency
+
+    return psutil.Process().create_time()
