@@ -85,6 +85,9 @@ def test_samples_are_complete_records(engine, tiny_llama):
         assert s.finish_reason in ("stop", "length") and 0 < s.response_len <= MAX_NEW
         assert tok.decode(s.prompt_ids).startswith("<|im_start|>user\n") and s.prompt_text in tok.decode(s.prompt_ids)
     assert_matches_hf(samples, hf_model(tiny_llama))
+    from torch._dynamo.utils import counters
+
+    assert counters["stats"]["unique_graphs"] == 0, "a CPU engine compiles nothing (~4 s at its first generation)"
 
 
 def test_seeded_batch_larger_than_one_engine_step(engine):
