@@ -13,7 +13,9 @@ Both sides run as a user runs them, each in its own process, one after the other
   for one optimizer step, in a child process of this script: Python and imports, then model,
   dataset and trainer, then step 1.
 
-The table lists every phase with the second (from its command's start) it began at; the
+``--systems syncrl`` run from another checkout's folder (``cd OLD && python NEW/bench/startup.py``)
+times that checkout's ``syncrl train``; one from before ``startup.json`` gives its total only (from
+the command's launch to the first step's ``time`` in metrics.jsonl). The table lists every phase with the second (from its command's start) it began at; the
 summary gives each side's time to its first step's start and to its end, and their ratio. Run
 it on a quiet machine (the 1-min load average is printed): another job slows both sides.
 
@@ -65,8 +67,12 @@ def run_syncrl(args: argparse.Namespace) -> tuple[list[list], float, float]:
         config, run_dir = Path(tmp, "config.yaml"), Path(tmp, "run")
         config.write_text(dump_config(cfg))
         print(f"syncrl train: 1-min load average before it {os.getloadavg()[0]:.2f}", flush=True)
-        subprocess.run([sys.executable, "-m", "launch", "train", str(config), "--output", str(run_dir)], cwd=ROOT,
+        launched = time.time()
+        subprocess.run([sys.executable, "-m", "launch", "train", str(config), "--output", str(run_dir)], cwd=os.getcwd(),
                        check=True, env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})  # fmt: skip
+        if not (run_dir / "startup.json").is_file():  # a checkout from before startup.json: the total only
+            end = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["time"] - launched
+            return [], float("nan"), end
         startup = json.loads((run_dir / "startup.json").read_text())
     return syncrl_rows(startup, startup["driver"]["start"])  # the driver's start: its process start
 
