@@ -15,8 +15,9 @@ Both sides run as a user runs them, each in its own process, one after the other
 
 ``--systems syncrl`` run from another checkout's folder (``cd OLD && python NEW/bench/startup.py``)
 times that checkout's ``syncrl train``; one from before ``startup.json`` gives its total only (from
-the command's launch to the first step's ``time`` in metrics.jsonl). The table lists every phase with the second (from its command's start) it began at; the
-summary gives each side's time to its first step's start and to its end, and their ratio. Run
+the command's launch to the first step's ``time`` in metrics.jsonl). The table lists every phase
+with the second (from its command's start) it began at; the summary gives each side's time to
+its first step's start and to its end, and their ratio. Run
 it on a quiet machine (the 1-min load average is printed): another job slows both sides.
 
     python bench/startup.py --model tiny-llama
@@ -68,8 +69,8 @@ def run_syncrl(args: argparse.Namespace) -> tuple[list[list], float, float]:
         config.write_text(dump_config(cfg))
         print(f"syncrl train: 1-min load average before it {os.getloadavg()[0]:.2f}", flush=True)
         launched = time.time()
-        subprocess.run([sys.executable, "-m", "launch", "train", str(config), "--output", str(run_dir)], cwd=os.getcwd(),
-                       check=True, env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})  # fmt: skip
+        subprocess.run([sys.executable, "-m", "launch", "train", str(config), "--output", str(run_dir)], check=True,
+                       env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})  # the current folder's checkout
         if not (run_dir / "startup.json").is_file():  # a checkout from before startup.json: the total only
             end = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["time"] - launched
             return [], float("nan"), end

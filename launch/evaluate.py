@@ -29,6 +29,11 @@ from rollout.tasks import make_task
 EVAL_SEED = 12345  # evaluations sample reproducibly (when not greedy)
 
 
+def task_splits(data, name: str | None = None) -> tuple[list[Prompt], list[Prompt]]:
+    """(train, test) of a generated task (default ``data.task``) under the data settings ``data``."""
+    return make_task(name or data.task, data.num_train, data.num_test, data.seed, data.one_shot, data.system_prompt)
+
+
 def test_prompts(cfg, task: str | None = None, built: tuple[list[Prompt], list[Prompt]] | None = None) -> list[Prompt]:
     """The held-out questions of ``eval.task`` (default ``data.task``), at most eval.num_questions:
     the test split of the same ``make_task`` call that gives training its questions (``built``:
@@ -36,7 +41,7 @@ def test_prompts(cfg, task: str | None = None, built: tuple[list[Prompt], list[P
     d, e = cfg.data, cfg.eval
     name = task or e.task or d.task
     if built is None or name != d.task:
-        built = make_task(name, d.num_train, d.num_test, d.seed, d.one_shot, d.system_prompt)
+        built = task_splits(d, name)
     test = built[1]
     if not test:
         raise ValueError(f"eval: task {task or e.task or d.task!r} has no test questions (data.num_test)")

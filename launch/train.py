@@ -27,7 +27,7 @@ from actors.weight_sync import make_transport
 from launch.checkpoint import RunState, latest_checkpoint, load_state, restore, save_checkpoint, save_final
 from launch.cluster import ray_session
 from launch.config import ConfigError, SyncRLConfig, dump_config, engine_settings, load_config
-from launch.evaluate import Evaluator, test_prompts
+from launch.evaluate import Evaluator, task_splits, test_prompts
 from launch.metrics import MetricsLog, install_grafana_dashboard, live_sync_interval, step_record
 from launch.models import resolve_model
 from launch.plots import plot_run
@@ -36,7 +36,7 @@ from rollout.algorithms import make_algorithm
 from rollout.offline import check_data_file, file_kind, load_offline_groups
 from rollout.phases import Phases, process_start
 from rollout.records import Prompt
-from rollout.tasks import ShuffledStream, load_prompts, make_task
+from rollout.tasks import ShuffledStream, load_prompts
 
 
 class Driver:
@@ -49,8 +49,7 @@ class Driver:
         self.model_path, self.stages = str(Path(resolve_model(cfg.model.path)).absolute()), cfg.resolved_stages()
         texts = TokenTexts(self.model_path, cfg.model.trust_remote_code)  # the tokenizer if an algorithm asks (OREO)
         self.algorithms = [make_algorithm(s.algorithm, cfg.seed + i, texts) for i, s in enumerate(self.stages)]
-        d = cfg.data
-        task = make_task(d.task, d.num_train, d.num_test, d.seed, d.one_shot, d.system_prompt) if d.path is None else None
+        task = task_splits(cfg.data) if cfg.data.path is None else None
         self.data = load_data(cfg, self.model_path, self.stages, task)  # bad data fails here, before any actor starts
         self.state = state or self.initial_state()
         self.eval_prompts = test_prompts(cfg, built=task) if cfg.eval.enabled else []
@@ -335,7 +334,7 @@ def load_data(cfg: SyncRLConfig, model_path: str, stages, task: tuple | None = N
     d = cfg.data
     tokenizer = lambda: load_tokenizer(model_path, cfg.model.trust_remote_code)  # noqa: E731
     if d.path is None:
-        prompts = (task or make_task(d.task, d.num_train, d.num_test, d.seed, d.one_shot, d.system_prompt))[0]
+        prompts = (task or task_splits(d))[0]
         check_prompt_lengths(prompt_lengths(prompts, tokenizer()), d.max_prompt_tokens, f"data.task {d.task!r}")
         return prompts
     check_data_file(d.path)
