@@ -6,7 +6,7 @@ from typing import Any
 
 import ray
 
-from actors.common import ActorGroup, ActorMixin, WORKER_RUNTIME_ENV
+from actors.common import ActorGroup, ActorMixin, serialize_tensors_zero_copy
 from actors.faults import ActorFailure, Supervisor
 from actors.placement import Ask, Placement, bundle_address, cluster_has_gpus, learner_bundle
 from learner.objective import Totals, split_batch
@@ -16,7 +16,18 @@ from rollout.records import LossSpec, TrainBatch
 
 @ray.remote
 class LearnerWorker(ActorMixin, LearnerRank):
-    """A LearnerRank as a Ray actor."""
+    """A LearnerRank as a Ray actor. The weights it pushes live in the object store: one copy,
+    which the engines read zero-copy; rank 0 holds the ObjectRef, which keeps them there."""
+
+    def __init__(self, *args: Any) -> None:
+        serialize_tensors_zero_copy()
+        super().__init__(*args)
+
+    def store_weights(self, weights: list) -> ray.ObjectRef:
+        return ray.put(weights)
+
+    def load_stored(self, stored: ray.ObjectRef) -> list:
+        return ray.get(stored)
 
 
 class LearnerGroup(ActorGroup):
@@ -54,7 +65,7 @@ class LearnerGroup(ActorGroup):
 
     def _start(self, rank: int):
         model_path, cfg, world, host, port, *rest = self.rank_args
-        options = dict(**self.placement.options(rank), runtime_env=WORKER_RUNTIME_ENV)
+        options = self.placement.options(rank)  # no runtime env of its own: a prestarted worker process fits
         return LearnerWorker.options(**options).remote(model_path, cfg, rank, world, host, port, *rest)
 
     def replace(self, i: int, cause: str, version: int | None = None) -> None:
@@ -72,6 +83,10 @@ class LearnerGroup(ActorGroup):
     def score_states(self, states: list) -> list[float]:
         """V of (prompt ids, response ids) states with the learner's value model (beam search's scorer)."""
         return self.on_all("score_states", states)[0]
+
+    def pushed_weights(self, version: int) -> ray.ObjectRef:
+        """A ref to the weights pushed to the engines as ``version`` (rank 0 keeps them)."""
+        return ray.get(self.workers[0].pushed_weights.remote(version), timeout=self.supervisor.timeout(self.kind))
 
     def on_all(self, method: str, *args: Any) -> list:
         """Call a method on every rank (collective methods need all of them) and wait."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import ray
 
-from actors.common import ActorGroup, ActorMixin, WORKER_RUNTIME_ENV, join, split_evenly
+from actors.common import ActorGroup, ActorMixin, join, split_evenly
 from actors.placement import Ask, cluster_has_gpus, engine_bundle
 from rollout.engine import RolloutEngine
 from rollout.records import Prompt, Sample
@@ -41,8 +41,7 @@ class RolloutGroup(ActorGroup):
         return Ask("engines", count, engine_bundle(self.cfg, self.gpu))
 
     def _start(self, i: int):
-        options = dict(**self.placement.options(i), runtime_env=WORKER_RUNTIME_ENV)
-        return RolloutWorker.options(**options).remote(self.model_path, self.cfg, i, self.cfg.num_workers)
+        return RolloutWorker.options(**self.placement.options(i)).remote(self.model_path, self.cfg, i, self.cfg.num_workers)
 
     def _restore(self, i: int, version: int | None) -> None:
         version = self.held() if version is None else version

@@ -17,7 +17,6 @@ from typing import Protocol
 import ray
 import torch
 
-from actors.faults import DEATHS
 from actors.learner import LearnerGroup
 from actors.rollout import RolloutGroup
 
@@ -30,14 +29,8 @@ class WeightTransport(Protocol):
 
 class ObjectStoreTransport:
     def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int) -> None:
-        exports = learners.calls(lambda w, i: w.export_weights.remote(version))
-        weights = exports.refs[0]  # rank 0's result holds the weights: the engines read it, the driver not
-        try:
-            rollouts.call(lambda w, i: w.update_weights.remote(weights, version))
-        except DEATHS:  # the engines are alive but the weights are lost: a learner rank died
-            exports.collect(fetch=lambda i: i != 0)  # raises the rank's ActorFailure
-            raise
-        exports.collect(fetch=lambda i: i != 0)
+        weights = learners.call(lambda w, i: w.export_weights.remote(version))[0]  # rank 0's ref; the data stays put
+        rollouts.call(lambda w, i: w.update_weights.remote(weights, version))
 
 
 # -- collective broadcast: code that runs inside the actors (through ActorMixin.call) ---------
@@ -64,8 +57,8 @@ def _send(learner, with_group: bool, version: int = 0) -> list[tuple[str, tuple,
             sent.append((name, tensor))
     if learner.rank != 0:
         return None
-    if with_group:  # copied after the broadcasts, while the engines load what they received
-        learner.keep_pushed(version, [(name, tensor.to("cpu", copy=True)) for name, tensor in sent])
+    if with_group:  # stored after the broadcasts, while the engines load what they received
+        learner.keep_pushed(version, learner.store_weights([(name, tensor.cpu()) for name, tensor in sent]))
     return meta
 
 

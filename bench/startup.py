@@ -7,8 +7,9 @@ Both sides run as a user runs them, each in its own process, one after the other
   shapes) and ``steps=1``. The run writes ``DIR/startup.json`` after its first step: the driver's
   phases from its process start (Python and imports, Ray, task and tokenizer, cluster check, the
   actor groups, file check and weight transport) and each worker's (from the moment its group
-  was started: process start and imports, then the parts of its constructor: vLLM engine;
-  process group, policy load, DeepSpeed initialize; reward scorers), then the first step's parts.
+  was started: a new worker process or one Ray had prestarted, imports, then the parts of its
+  constructor: vLLM engine; process group, policy load, DeepSpeed initialize; reward scorers),
+  then the first step's parts.
 - TRL: ``GRPOTrainer`` as ``bench/grpo_vs_trl.py`` runs it (same model, task, shapes, reward),
   for one optimizer step, in a child process of this script: Python and imports, then model,
   dataset and trainer, then step 1.
@@ -49,7 +50,11 @@ def syncrl_rows(startup: dict, t0: float) -> tuple[list[list], float, float]:
     for worker, w in startup["workers"].items():
         if "start" not in w:
             continue
-        rows.append([worker, "process start and imports", w["submitted"] - t0, w["start"] - w["submitted"]])
+        if w.get("process", 0) > w["submitted"]:  # a new process (none of Ray's prestarted ones fitted)
+            rows.append([worker, "new worker process", w["submitted"] - t0, w["process"] - w["submitted"]])
+            rows.append([worker, "Python, Ray and the actor's imports", w["process"] - t0, w["start"] - w["process"]])
+        else:
+            rows.append([worker, "the actor's imports (a prestarted process)", w["submitted"] - t0, w["start"] - w["submitted"]])
         rows += [[worker, name, began - t0, seconds] for name, began, seconds in w["phases"]]
     first = startup["first_step"]
     at = first["start"]

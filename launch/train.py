@@ -143,7 +143,7 @@ class Driver:
     def pushed_weights(self, version: int):
         """The weights pushed to the engines as ``version`` (learner rank 0 keeps them): what a
         replacement engine loads, not the learner's newer weights."""
-        return self.learners.workers[0].pushed_weights.remote(version)
+        return self.learners.pushed_weights(version)
 
     def restart_learners(self, failure: ActorFailure) -> None:
         """A learner rank died or hung: restart the group from the last checkpoint (from the start

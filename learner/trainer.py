@@ -337,32 +337,42 @@ class LearnerRank:
             else:
                 yield name, param.detach()
 
-    def export_weights(self, version: int) -> list[tuple[str, torch.Tensor]] | None:
-        """The full weights as CPU copies on rank 0 (None on other ranks); rank 0 keeps them as
-        the weights pushed as ``version``."""
-        out = [(n, t.to("cpu", copy=True)) for n, t in self.named_full_weights()]
+    def export_weights(self, version: int) -> Any:
+        """The full weights, stored once (``store_weights``) on rank 0 and kept as the weights pushed
+        as ``version``; None on the other ranks (which take part in ZeRO-3's gathers)."""
+        weights = [(n, t.cpu()) for n, t in self.named_full_weights()]  # on CPU: views, not copies
         if self.rank != 0:
             return None
-        self.keep_pushed(version, out)
-        return out
+        stored = self.store_weights(weights)
+        self.keep_pushed(version, stored)
+        return stored
+
+    def store_weights(self, weights: list[tuple[str, torch.Tensor]]) -> Any:
+        """A copy of ``weights`` that later steps do not change (the actor's: one copy, into the
+        object store, where the engines read it; the stored value is its ObjectRef)."""
+        return [(n, t.clone()) for n, t in weights]
+
+    def load_stored(self, stored: Any) -> list[tuple[str, torch.Tensor]]:
+        """The tensors of what ``store_weights`` returned."""
+        return stored
 
     # The weights pushed to the engines (rank 0), by version, the newest ``pushed_kept`` of them: a
     # checkpoint taken while the engines lag the learner stores them, so a resumed run gives the
     # engines exactly what they had, and a replacement engine loads them. With sync.overlap a
     # generation started before a push may have to run again on the version before it: 2 kept.
-    pushed: dict[int, list[tuple[str, torch.Tensor]]] = {}
+    pushed: dict[int, Any] = {}
     pushed_kept: int = 1
 
-    def keep_pushed(self, version: int, weights: list[tuple[str, torch.Tensor]]) -> None:
+    def keep_pushed(self, version: int, stored: Any) -> None:
         pushed = {v: w for v, w in self.pushed.items() if v != version}
-        pushed[version] = weights  # the newest last
+        pushed[version] = stored  # the newest last
         self.pushed = dict(list(pushed.items())[-self.pushed_kept :])
 
     def set_pushed_kept(self, count: int) -> None:
         self.pushed_kept = count
 
-    def pushed_weights(self, version: int) -> list[tuple[str, torch.Tensor]]:
-        """The weights pushed as ``version`` (rank 0): what a replacement engine loads."""
+    def pushed_weights(self, version: int) -> Any:
+        """The weights pushed as ``version`` (rank 0), as stored: what a replacement engine loads."""
         if version not in self.pushed:
             raise RuntimeError(f"the weights of version {version} are not kept (kept: {sorted(self.pushed)})")
         return self.pushed[version]
@@ -370,12 +380,12 @@ class LearnerRank:
     def save_pushed_weights(self, path: str, version: int) -> None:
         from safetensors.torch import save_file
 
-        save_file({n: t.contiguous() for n, t in self.pushed_weights(version)}, path)
+        save_file({n: t.contiguous() for n, t in self.load_stored(self.pushed_weights(version))}, path)
 
     def load_pushed_weights(self, path: str, version: int) -> None:
         from safetensors.torch import load_file
 
-        self.keep_pushed(version, list(load_file(path).items()))
+        self.keep_pushed(version, self.store_weights(list(load_file(path).items())))
 
     def sync_reference(self) -> None:
         """Reference sync: the frozen reference becomes a copy of the current policy."""

@@ -131,14 +131,35 @@ def test_incomplete_update_is_refused(engine, model_b_llama):
     assert engine.policy_version != 9
 
 
+def test_tensors_are_serialized_as_their_bytes_without_a_copy():
+    from actors.common import _tensor_bytes, _tensor_from_bytes
+
+    for t in (torch.randn(3, 5), torch.randn(4, 2).to(torch.bfloat16), torch.arange(6), torch.tensor(True),
+              torch.randn(6, 4).t(), torch.tensor(2.5)):  # fmt: skip
+        data, dtype, shape = state = _tensor_bytes(t)
+        back = _tensor_from_bytes(state)
+        assert back.dtype == t.dtype and back.shape == t.shape and torch.equal(back, t)
+        assert back.data_ptr() == data.ctypes.data  # the reader's tensor is a view of the stored bytes
+        if t.is_contiguous():
+            assert data.ctypes.data == t.data_ptr()  # and the writer's bytes are the tensor's own
+
+
 def test_weight_update_through_ray_actors(ray_cluster, tiny_qwen2, model_b_qwen2):
-    """Two workers (untied Qwen2) behind RolloutGroup; the object-store transport."""
+    """Two workers (untied Qwen2) behind RolloutGroup; the object-store transport, with the
+    tensors put as the learner puts them (``serialize_tensors_zero_copy``)."""
+    import ray
+
+    from actors.common import serialize_tensors_zero_copy
     from actors.rollout import RolloutGroup
 
     group = RolloutGroup(tiny_qwen2, CFG.model_copy(update={"num_workers": 2, "num_cpus_per_worker": 1}))
     try:
         checksums_a = group.weights_checksums()
-        group.update_weights(load_state(model_b_qwen2), version=3)
+        serialize_tensors_zero_copy()
+        try:
+            group.update_weights(load_state(model_b_qwen2), version=3)
+        finally:
+            ray.util.deregister_serializer(torch.Tensor)
         samples = group.generate(PROMPTS, n=1, temperature=0)
         assert [s.prompt_id for s in samples] == [p.id for p in PROMPTS]  # spread over 2 workers, order kept
         model_b = hf_model(model_b_qwen2)
