@@ -92,6 +92,7 @@ def add_run_args(ap: argparse.ArgumentParser, steps: int, steps_help: str) -> No
     """The settings ``syncrl_config`` reads (shared with bench/overlap.py), and ``--set``."""
     ap.add_argument("--model", default="tiny-llama", help="tiny-llama, smollm2 or a Hugging Face folder")
     ap.add_argument("--task", default="add-1digit", help="a task of rollout.tasks")
+    ap.add_argument("--one-shot", action="store_true", help="prompts with a worked example (data.one_shot), as the demo's")
     ap.add_argument("--prompts", type=int, default=4, help="prompts per step")
     ap.add_argument("--samples", type=int, default=4, help="samples per prompt (GRPO group size)")
     ap.add_argument("--max-new-tokens", type=int, default=32, help="maximum response length")
@@ -110,7 +111,8 @@ def syncrl_config(args: argparse.Namespace, *overrides: str):
     _RUNS += 1
     return load_config("tiny-grpo", [
         "name=bench", f"model.path={args.model}", "model.dtype=float32", "rollout.dtype=float32",
-        f"steps={args.steps}", f"data.task={args.task}", f"data.prompts_per_step={args.prompts}",
+        f"steps={args.steps}", f"data.task={args.task}", f"data.one_shot={args.one_shot}",
+        f"data.prompts_per_step={args.prompts}",
         f"rollout.samples_per_prompt={args.samples}", f"rollout.max_new_tokens={args.max_new_tokens}",
         "rollout.temperature=1.0", "rollout.top_p=1.0", "rollout.top_k=-1",
         f"learner.micro_batch_size={args.micro}", f"learner.lr={args.lr}", "algorithm.kl_coef=0",
@@ -192,7 +194,7 @@ def run_trl(args: argparse.Namespace, model_path: str, out_dir: str) -> dict:
     if rows % args.micro:
         raise SystemExit(f"--micro {args.micro} must divide prompts x samples = {rows}")
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    train_prompts, _ = make_task(args.task, 2000, 100, 0)
+    train_prompts, _ = make_task(args.task, 2000, 100, 0, one_shot=args.one_shot)
     dataset = Dataset.from_list([{"prompt": p.messages, "answer": p.answer} for p in train_prompts])
 
     verifier, lengths = MathVerifier(), []
@@ -316,7 +318,7 @@ def main() -> None:
     title = (f"GRPO step, {args.model}: {args.prompts} prompts x {args.samples} samples, "
              f"<= {args.max_new_tokens} new tokens (steps 2..{args.steps})")  # fmt: skip
     print_table(title, ["system", "s/step (mean)", "median", "min", "max", "ratio TRL/syncrl (means)",
-                        "ratio (medians)", "mean response tokens", "start-up + step 1 (s)",
+                        "ratio (medians)", "mean response tokens", "step 1 (s; syncrl's with its actors' start)",
                         "1-min load at step ends (mean)"], rows)  # fmt: skip
     parts = []
     if "syncrl" in results:

@@ -50,7 +50,9 @@ def syncrl_rows(startup: dict, t0: float) -> tuple[list[list], float, float]:
     for worker, w in startup["workers"].items():
         if "start" not in w:
             continue
-        if w.get("process", 0) > w["submitted"]:  # a new process (none of Ray's prestarted ones fitted)
+        if "process" not in w:  # a checkout from before the process start was recorded
+            rows.append([worker, "process start and imports", w["submitted"] - t0, w["start"] - w["submitted"]])
+        elif w["process"] > w["submitted"]:  # a new process (none of Ray's prestarted ones fitted)
             rows.append([worker, "new worker process", w["submitted"] - t0, w["process"] - w["submitted"]])
             rows.append([worker, "Python, Ray and the actor's imports", w["process"] - t0, w["start"] - w["process"]])
         else:
@@ -106,7 +108,8 @@ def trl_child(args: argparse.Namespace) -> None:
 def run_trl(args: argparse.Namespace) -> tuple[list[list], float, float]:
     print(f"TRL: 1-min load average before it {os.getloadavg()[0]:.2f}", flush=True)
     argv = ["--model", args.model, "--task", args.task, "--prompts", str(args.prompts), "--samples", str(args.samples),
-            "--max-new-tokens", str(args.max_new_tokens), "--micro", str(args.micro), "--lr", str(args.lr)]  # fmt: skip
+            "--max-new-tokens", str(args.max_new_tokens), "--micro", str(args.micro), "--lr", str(args.lr),
+            *(["--one-shot"] if args.one_shot else [])]  # fmt: skip
     out = subprocess.run([sys.executable, __file__, "--trl-child", *argv], cwd=ROOT, check=True,
                          stdout=subprocess.PIPE, text=True).stdout  # fmt: skip
     m = json.loads(out.strip().splitlines()[-1])
