@@ -365,8 +365,11 @@ def test_a_crashed_worker_is_reported_and_nothing_is_left(ray_cluster, tiny_llam
             handles = [*driver.rollouts.workers, *driver.rewards.workers, *driver.learners.workers, driver.controller]
             ray.kill(driver.rollouts.workers[0])
             driver.run()
-    for handle in handles:
+    for handle in handles:  # ray.kill is asynchronous: a call sent just after it may still be answered
+        deadline = time.monotonic() + 30
         with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(handle.__ray_ready__.remote(), timeout=30)
+            while time.monotonic() < deadline:
+                ray.get(handle.__ray_ready__.remote(), timeout=30)
+                time.sleep(0.2)
     with pytest.raises(ValueError):
         ray.get_actor("crash-test", namespace=NAMESPACE)
