@@ -58,7 +58,7 @@ def _send(learner, with_group: bool, version: int = 0) -> list[tuple[str, tuple,
     if learner.rank != 0:
         return None
     if with_group:  # stored after the broadcasts, while the engines load what they received
-        learner.keep_pushed(version, learner.store_weights([(name, tensor.cpu()) for name, tensor in sent]))
+        learner.keep_weights(version, sent)
     return meta
 
 

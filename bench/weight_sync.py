@@ -110,7 +110,7 @@ def _send_timed(learner) -> dict[str, float]:
         times["iterate named_full_weights"] += t1 - t
         times["broadcast (send)"] += time.perf_counter() - t1
         t = time.perf_counter()
-    learner.keep_pushed(-1, learner.store_weights([(name, tensor.cpu()) for name, tensor in sent]))
+    learner.keep_weights(-1, sent)
     times["keep the pushed weights (into the object store)"] = time.perf_counter() - t
     return times
 

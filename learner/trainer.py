@@ -343,7 +343,12 @@ class LearnerRank:
         weights = [(n, t.cpu()) for n, t in self.named_full_weights()]  # on CPU: views, not copies
         if self.rank != 0:
             return None
-        stored = self.store_weights(weights)
+        return self.keep_weights(version, weights)
+
+    def keep_weights(self, version: int, weights: list[tuple[str, torch.Tensor]]) -> Any:
+        """Store ``weights`` once, on CPU, and keep them as the weights pushed as ``version``;
+        returns what was stored."""
+        stored = self.store_weights([(n, t.cpu()) for n, t in weights])
         self.keep_pushed(version, stored)
         return stored
 
@@ -385,7 +390,7 @@ class LearnerRank:
     def load_pushed_weights(self, path: str, version: int) -> None:
         from safetensors.torch import load_file
 
-        self.keep_pushed(version, self.store_weights(list(load_file(path).items())))
+        self.keep_weights(version, list(load_file(path).items()))
 
     def sync_reference(self) -> None:
         """Reference sync: the frozen reference becomes a copy of the current policy."""
