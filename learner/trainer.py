@@ -20,7 +20,7 @@ import torch
 from learner.losses import kl_full_vocab
 from learner.logprobs import logprobs_and_entropy
 from learner.objective import CollatedBatch, Totals, collate, compute_loss, compute_value_loss, micro_batches
-from learner.packing import Packed, pack, packed_mask, unpack
+from learner.packing import Packed, pack, packed_mask, unpack, use_block_attention
 from learner.value import ValueModel, save_value_folder
 from rollout.phases import Phases
 from rollout.records import LossSpec, TrainBatch, TrainSequence, weights_checksum
@@ -169,6 +169,7 @@ class LearnerRank:
         self.model_load = load = load_kwargs(model, self.gpu)  # every from_pretrained of this rank
         self.dtype = dtype = load["dtype"]
         policy = AutoModelForCausalLM.from_pretrained(model_path, **load)
+        self.block_attention = cfg.packing and use_block_attention(policy)  # packed rows: attention block by block
         if cfg.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
         self.pad_token_id = policy.config.pad_token_id if policy.config.pad_token_id is not None else 0
@@ -183,6 +184,8 @@ class LearnerRank:
         self.value_engine = None
         if needs_value:
             value = ValueModel.from_pretrained(model_path, **load)
+            if self.block_attention:
+                use_block_attention(value.backbone)
             if cfg.gradient_checkpointing:
                 value.gradient_checkpointing_enable()
             self.value_engine, *_ = deepspeed.initialize(model=value, model_parameters=value.parameters(),
@@ -195,6 +198,8 @@ class LearnerRank:
 
         ref = AutoModelForCausalLM.from_pretrained(model_path, **load).to(self.device).eval()
         ref.requires_grad_(False)
+        if self.block_attention:
+            use_block_attention(ref)
         return ref
 
     # -- forward ------------------------------------------------------------------------------
@@ -215,6 +220,8 @@ class LearnerRank:
         kwargs = dict(input_ids=packed.input_ids, position_ids=packed.position_ids)
         if self.engine.module.config._attn_implementation != "flash_attention_2":  # flash reads segments from positions
             kwargs["attention_mask"] = packed_mask(packed, self.dtype)
+        if self.block_attention:
+            kwargs["packed_spans"] = packed.spans
         return kwargs
 
     def _place(self, values: torch.Tensor, cb: CollatedBatch, packed: Packed | None) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from learner.packing import Packed, pack, packed_mask
+from learner.packing import Packed, pack, packed_mask, use_block_attention
 
 HEAD_FILE = "value_head.safetensors"
 
@@ -47,10 +47,11 @@ class ValueModel(torch.nn.Module):
     def gradient_checkpointing_enable(self) -> None:
         self.backbone.gradient_checkpointing_enable()
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
-        """The value at every position: [B, L], V of the state that ends at that token."""
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs) -> torch.Tensor:
+        """The value at every position: [B, L], V of the state that ends at that token
+        (``kwargs``: the backbone's, e.g. ``packed_spans`` with block attention)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               use_cache=False).last_hidden_state  # fmt: skip
+                               use_cache=False, **kwargs).last_hidden_state  # fmt: skip
         return self.value_head(hidden).squeeze(-1)
 
 
@@ -116,6 +117,7 @@ class ValueScorer:
         load = dict(dtype=model_dtype(getattr(model, "dtype", "auto"), gpu),
                     trust_remote_code=bool(getattr(model, "trust_remote_code", False)))  # fmt: skip
         self.model = ValueModel.from_pretrained(folder, **load).to(self.device).eval()
+        self.block_attention = use_block_attention(self.model.backbone)  # a chunk's prompts attend block by block
         self.max_tokens = max_tokens
         self.dtype = next(self.model.parameters()).dtype
 
@@ -126,8 +128,9 @@ class ValueScorer:
         out = [0.0] * len(states)
         for chunk in token_chunks(states, self.max_tokens):
             packed, last = pack_states([states[i] for i in chunk])
+            spans = dict(packed_spans=packed.spans) if self.block_attention else {}
             values = self.model(packed.input_ids.to(self.device), position_ids=packed.position_ids.to(self.device),
-                                attention_mask=packed_mask(packed, self.dtype).to(self.device))[0]  # fmt: skip
+                                attention_mask=packed_mask(packed, self.dtype).to(self.device), **spans)[0]  # fmt: skip
             for i, v in zip(chunk, values[last.to(self.device)].float().tolist()):
                 out[i] = v
         return out

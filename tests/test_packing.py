@@ -1,5 +1,5 @@
 """Packed rows (each alone, or sharing their prompts) give the same per-token log-probs,
-entropies and gradients as padded rows."""
+entropies and gradients as padded rows, with the whole row's mask or attention block by block."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from learner.logprobs import logprobs_and_entropy, token_logprobs_and_entropy
 from learner.objective import collate
-from learner.packing import pack, packed_mask, unpack
+from learner.packing import BLOCK_SDPA, pack, packed_mask, unpack, use_block_attention
 from rollout.records import TrainBatch, TrainSequence
 
 ROWS = [
@@ -26,6 +26,7 @@ def test_shared_prompt_layout_and_mask():
     assert alone.input_ids.shape[1] == int(cb.attention_mask.sum()) == 26
     assert shared.input_ids.shape[1] == 26 - 2 * 3  # the prompt [1, 5, 9] packed once instead of three times
     assert shared.input_ids[0].tolist() == [1, 5, 9, 20, 21, 22, 23, 24, 25, 26, 1, 7, 30, 1, 2, 3, 4, 5, 40, 41]
+    assert shared.spans == ((0, 10), (10, 13), (13, 20)) and len(alone.spans) == len(ROWS)  # the attention blocks
     assert shared.position_ids[0, :10].tolist() == [0, 1, 2, 3, 4, 5, 6, 3, 4, 3]  # responses continue the prompt
     # row 2's first response token (24, packed at 7) is predicted from the prompt's last token (9, at 2)
     k = ((shared.rows == 2) & (shared.cols == 3)).nonzero().item()
@@ -37,12 +38,14 @@ def test_shared_prompt_layout_and_mask():
     assert torch.equal(unpack(shared.target.float(), shared, cb.input_ids.shape), cb.input_ids * cb.loss_mask)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "blocks"])
 @pytest.mark.parametrize("share", [False, True])
 def test_packed_equals_padded(tiny_qwen2, attn, share):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32, attn_implementation=attn)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32, attn_implementation="sdpa" if attn == "blocks" else attn)
+    if attn == "blocks":  # what the learner runs packed rows with
+        assert use_block_attention(model) and model.config._attn_implementation == BLOCK_SDPA
     cb = collate(TrainBatch(ROWS), pad_token_id=3)
     mask = cb.loss_mask.bool()
 
@@ -54,8 +57,9 @@ def test_packed_equals_padded(tiny_qwen2, attn, share):
     padded = token_logprobs_and_entropy(model(input_ids=cb.input_ids, attention_mask=cb.attention_mask).logits, cb.input_ids)
     padded_grads = grads_of(padded[0] + 0.1 * padded[1])
     p = pack(cb.input_ids, cb.attention_mask, cb.loss_mask, share_prompts=share)
+    spans = dict(packed_spans=p.spans) if attn == "blocks" else {}
     logits = model(input_ids=p.input_ids, position_ids=p.position_ids, attention_mask=packed_mask(p, torch.float32),
-                   logits_to_keep=p.pred).logits[0]  # fmt: skip
+                   logits_to_keep=p.pred, **spans).logits[0]  # fmt: skip
     assert logits.shape[0] == int(mask.sum())  # logits on response tokens only
     packed = [unpack(t, p, cb.input_ids.shape) for t in logprobs_and_entropy(logits, p.target)]
     packed_grads = grads_of(packed[0] + 0.1 * packed[1])

@@ -167,6 +167,9 @@ def test_zero3_two_ranks_packing_and_token_budget_match_one_rank(ray_cluster, ti
         group = LearnerGroup(tiny_llama, cfg, needs_reference=True)
         try:
             losses[name] = [group.train_step(batch, spec)["loss"] for _ in range(3)]
+            if packing:  # packed rows attend block by block, in the policy and the reference alike
+                attn = lambda rank: [m.config._attn_implementation for m in (rank.engine.module, rank.reference)]  # noqa: E731
+                assert group.call(lambda w, i: w.call.remote(attn)) == [["syncrl_block_sdpa"] * 2] * 2
             if ranks == 2:  # ZeRO's collectives go through gloo: DeepSpeed's shm op is never compiled
                 built = lambda rank: __import__("deepspeed").comm.comm.cdb.shm_comm_op is not None  # noqa: E731
                 assert group.call(lambda w, i: w.call.remote(built)) == [False, False]
