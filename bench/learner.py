@@ -5,7 +5,9 @@ process: the raw loop is forward, log-softmax at the response tokens times the a
 backward, gradient clipping and torch AdamW, with nothing else. syncrl's ``LearnerRank`` adds
 DeepSpeed, the full loss (clipped ratio, entropy metric, totals) and its metrics. The ratio
 (syncrl / raw, goal >= 0.9) is printed for padded batches, packed batches, and packed batches
-whose groups (``--group`` samples of one prompt, as GRPO makes) share one copy of their prompt.
+whose groups (``--group`` samples of one prompt, as GRPO makes) share one copy of their prompt,
+the last with attention over the whole packed row under its mask (as before) and block by block
+(the learner's default).
 
     python bench/learner.py --model smollm2 --rows 32 --steps 3
 """
@@ -80,6 +82,7 @@ def main() -> None:
     from actors.common import free_port
     from launch.config import LearnerConfig
     from launch.models import resolve_model
+    from learner.packing import use_block_attention
     from learner.trainer import LearnerRank
     from rollout.records import LossSpec
 
@@ -99,12 +102,14 @@ def main() -> None:
     from learner.objective import Totals
 
     rank = None
-    variants = {"padded": (False, False), "packed": (True, False), "packed, shared prompts": (True, True)}
-    for name, (packing, share) in variants.items():
+    variants = {"padded": (False, False, False), "packed": (True, False, True),
+                "packed, shared prompts, whole-row mask": (True, True, False), "packed, shared prompts": (True, True, True)}
+    for name, (packing, share, blocks) in variants.items():
         cfg = LearnerConfig(micro_batch_size=args.micro, packing=packing, share_prompts=share, cpu_threads=threads, lr=1e-6)
         if rank is None:
             rank = LearnerRank(path, cfg, 0, 1, "127.0.0.1", free_port())
-        rank.cfg = cfg
+            assert use_block_attention(rank.engine.module)
+        rank.cfg, rank.block_attention = cfg, blocks
         num_micro = rank.num_micro_batches(batch)
         t, _ = timed(lambda: rank.train_step(batch, spec, Totals.of(batch), num_micro), args.steps)
         rows.append([f"syncrl LearnerRank ({name})", t, tokens / t, t_raw / t])
