@@ -347,10 +347,12 @@ class LearnerRank:
     def export_weights(self, version: int) -> Any:
         """The full weights, stored once (``store_weights``) on rank 0 and kept as the weights pushed
         as ``version``; None on the other ranks (which take part in ZeRO-3's gathers)."""
-        weights = [(n, t.cpu()) for n, t in self.named_full_weights()]  # on CPU: views, not copies
+        named = self.named_full_weights()
         if self.rank != 0:
+            for _ in named:  # only to take part in the gathers: nothing is copied here
+                pass
             return None
-        return self.keep_weights(version, weights)
+        return self.keep_weights(version, [(n, t.cpu()) for n, t in named])  # each to CPU as it comes (views on CPU)
 
     def keep_weights(self, version: int, weights: list[tuple[str, torch.Tensor]]) -> Any:
         """Store ``weights`` once, on CPU, and keep them as the weights pushed as ``version``;
