@@ -23,6 +23,26 @@ def serialize_tensors_zero_copy() -> None:
     ray.util.register_serializer(torch.Tensor, serializer=_tensor_bytes, deserializer=_tensor_from_bytes)
 
 
+def keep_freed_memory() -> None:
+    """Make glibc's malloc keep what this process frees for its next allocations: no mmap of its
+    own for big blocks, no trimming of the heap. By default glibc maps every block over 32 MB (a
+    micro-batch's logits, the embedding's gradient, a received weight) fresh from the kernel and
+    unmaps it when it is freed, so each step page-faults its big tensors in again: ~0.5 M minor
+    faults (2 GB) in a SmolLM2 GRPO train step here, which took 7.1 s with them and 5.0 s
+    without; an engine's weight reload took 0.68 s against 0.31 s. The process's resident memory
+    stays at its peak instead, as under a caching allocator (CUDA's, jemalloc, tcmalloc). Does
+    nothing where the C library is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # mallopt's parameter numbers (malloc.h)
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, -1)  # -1: never trim
+
+
 def _tensor_bytes(tensor):
     import torch
 
@@ -41,8 +61,16 @@ class ActorMixin:
     """Run a function inside the actor's process on the actor's object: ``actor.call.remote(fn, ...)``.
 
     Lets a piece of the system that spans actors (a weight transport, a test probe) keep its
-    code in one module instead of in the classes it visits.
+    code in one module instead of in the classes it visits. An actor that computes on the CPU (it
+    holds no GPU) keeps the memory it frees (``keep_freed_memory``).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        import ray
+
+        if not ray.get_gpu_ids():
+            keep_freed_memory()
+        super().__init__(*args, **kwargs)
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return fn(self, *args, **kwargs)

@@ -18,6 +18,7 @@ class RewardWorker(ActorMixin):
     """Scores batches of samples by their ``source``: math verifier or reward model per route."""
 
     def __init__(self, routes: Mapping[str, Route | Mapping[str, Any]], default: str = "default") -> None:
+        super().__init__()
         self.phases = Phases()
         self.router = RewardRouter(routes, default)
         self.router.start()  # grader processes and reward models start with the other actors

@@ -43,7 +43,10 @@ def ds_config(cfg: Any, dtype: torch.dtype, lr: float | None = None) -> dict:
         "fp16": {"enabled": dtype == torch.float16},
         "optimizer": {
             "type": "AdamW",
-            "params": {"lr": lr, "betas": list(cfg.betas), "weight_decay": cfg.weight_decay, "torch_adam": True},
+            # torch's fused AdamW: one pass over each tensor. On CPU torch's default is a loop of
+            # ~10 passes per tensor (0.25-0.7 s a SmolLM2 step here, against 0.08 s fused).
+            "params": {"lr": lr, "betas": list(cfg.betas), "weight_decay": cfg.weight_decay, "torch_adam": True,
+                       "fused": True},
         },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
