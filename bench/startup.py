@@ -8,8 +8,8 @@ Both sides run as a user runs them, each in its own process, one after the other
   phases from its process start (Python and imports, Ray, task and tokenizer, cluster check, the
   actor groups, file check and weight transport) and each worker's (from the moment its group
   was started: a new worker process or one Ray had prestarted, imports, then the parts of its
-  constructor: vLLM engine; process group, policy load, DeepSpeed initialize; reward scorers),
-  then the first step's parts.
+  constructor: vLLM engine; process group, policy load, DeepSpeed initialize, the first step's
+  memory; reward scorers), then the first step's parts.
 - TRL: ``GRPOTrainer`` as ``bench/grpo_vs_trl.py`` runs it (same model, task, shapes, reward),
   for one optimizer step, in a child process of this script: Python and imports, then model,
   dataset and trainer, then step 1.

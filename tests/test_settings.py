@@ -289,3 +289,34 @@ def test_a_push_logs_no_failed_to_load_weights(tiny_llama):
     # What was dropped: those two layers' warnings, or nothing where this process's vLLM already
     # gave them (an engine of an earlier test); the filter itself is the unit test above.
     assert line.args[0] == len(weights) and set(line.args[1]) <= {"RotaryEmbedding", "ParallelLMHead"}
+
+
+def _file_backed(tensor: torch.Tensor) -> bool:
+    """Whether a tensor's memory lies in a mapping of a file (/proc/self/maps names one)."""
+    address = tensor.data_ptr()
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        if lo <= address < hi:
+            return len(fields) > 5 and fields[5].startswith("/")
+    return False
+
+
+def test_cpu_policy_owns_its_parameters_and_stays_tied(tiny_llama):
+    """from_pretrained leaves fp32 parameters as views of the mapped safetensors file; the
+    learner's copy owns its memory, the tied embedding is still one parameter, the values equal."""
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    expected = {n: p.detach().clone() for n, p in loaded.named_parameters()}
+    assert any(_file_backed(p) for p in loaded.parameters())  # what own_memory is for
+    owned = trainer.own_memory(loaded, gpu=False)
+    assert not any(_file_backed(p) for p in owned.parameters())
+    assert owned.lm_head.weight is owned.model.embed_tokens.weight
+    assert all(torch.equal(p, expected[n]) for n, p in owned.named_parameters())
+
+
+def test_step_memory_counts_gradients_and_adam_moments_per_zero_stage():
+    model = torch.nn.Linear(10, 10, bias=False)  # 400 bytes of fp32
+    assert [trainer.step_memory(model, stage, 2) for stage in (0, 1, 2, 3)] == [1200, 800, 600, 600]
+    assert trainer.step_memory(model, 3, 1) == 1200

@@ -95,7 +95,7 @@ def check_startup(run_dir, first_step: dict, reference: bool) -> None:
     assert names(workers["rollout-0"]) == ["imports", "vLLM engine"]
     assert names(workers["reward-0"]) == ["scorers"]
     assert names(workers["learner-0"]) == ["imports", "process group", "policy load", "DeepSpeed initialize",
-                                           *(["reference model"] if reference else [])]  # fmt: skip
+                                           *(["reference model"] if reference else []), "step memory"]  # fmt: skip
     for w in workers.values():
         assert w["submitted"] <= w["start"] <= w["end"] <= startup["driver"]["end"] and w["process"] <= w["start"]
         assert sum(p[2] for p in w["phases"]) == pytest.approx(w["end"] - w["start"], abs=0.01)
