@@ -2,8 +2,9 @@
 
 Both train the same model on the same GRPO batches (same rows, same micro-batches) in this
 process: the raw loop is forward, log-softmax at the response tokens times the advantage,
-backward, gradient clipping and torch AdamW, with nothing else. syncrl's ``LearnerRank`` adds
-DeepSpeed, the full loss (clipped ratio, entropy metric, totals) and its metrics. The ratio
+backward, gradient clipping and torch's fused AdamW, with nothing else; the process keeps the
+memory it frees, as the learner's actor does (``actors.common.keep_freed_memory``). syncrl's
+``LearnerRank`` adds DeepSpeed, the full loss (clipped ratio, entropy metric, totals) and its metrics. The ratio
 (syncrl / raw, goal >= 0.9) is printed for padded batches, packed batches, and packed batches
 whose groups (``--group`` samples of one prompt, as GRPO makes) share one copy of their prompt,
 the last with attention over the whole packed row under its mask (as before) and block by block
@@ -45,7 +46,7 @@ class RawLoop:
 
     def __init__(self, model, lr: float, micro: int, threads: int):
         self.model, self.micro = model.train(), micro
-        self.opt = torch.optim.AdamW(model.parameters(), lr=lr)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=True)  # as the learner's (and TRL's default)
         torch.set_num_threads(threads)
 
     def step(self, batch) -> None:
@@ -86,6 +87,9 @@ def main() -> None:
     from learner.trainer import LearnerRank
     from rollout.records import LossSpec
 
+    from actors.common import keep_freed_memory
+
+    keep_freed_memory()  # as in the learner's actor, for both loops (both run in this process)
     threads = args.threads or len(os.sched_getaffinity(0))
     path = resolve_model(args.model)
     batch = make_batch(AutoConfig.from_pretrained(path).vocab_size, args.rows, args.prompt_len, args.response_len, 0, args.group)

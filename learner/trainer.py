@@ -1,8 +1,8 @@
 """One learner rank: a DeepSpeed engine over a Hugging Face causal LM.
 
 The rank trains on its share of a step's ``TrainBatch`` with the step's ``LossSpec``; it knows
-no algorithm. On CPU it runs DeepSpeed's cpu accelerator with gloo, fp32 and torch AdamW (no op
-compile); on GPU bf16 with NCCL (``model.dtype`` "auto"; an explicit dtype is used as given).
+no algorithm. On CPU it runs DeepSpeed's cpu accelerator with gloo, fp32 and torch's fused AdamW
+(no op compile); on GPU bf16 with NCCL (``model.dtype`` "auto"; an explicit dtype is used as given).
 Gradient accumulation is unmanaged: every micro-batch's loss is already normalized by the whole
 step's totals, the ranks' parts are summed (DeepSpeed averages over ranks, so each rank scales by
 the world size), and ``step()`` is the boundary.
