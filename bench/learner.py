@@ -4,11 +4,11 @@ Both train the same model on the same GRPO batches (same rows, same micro-batche
 process: the raw loop is forward, log-softmax at the response tokens times the advantage,
 backward, gradient clipping and torch's fused AdamW, with nothing else; the process keeps the
 memory it frees, as the learner's actor does (``actors.common.keep_freed_memory``). syncrl's
-``LearnerRank`` adds DeepSpeed, the full loss (clipped ratio, entropy metric, totals) and its metrics. The ratio
-(syncrl / raw, goal >= 0.9) is printed for padded batches, packed batches, and packed batches
-whose groups (``--group`` samples of one prompt, as GRPO makes) share one copy of their prompt,
-the last with attention over the whole packed row under its mask (as before) and block by block
-(the learner's default).
+``LearnerRank`` adds DeepSpeed, the full loss (clipped ratio, entropy metric, totals) and its
+metrics. The ratio (syncrl / raw, goal >= 0.9) is printed for padded batches, packed batches,
+and packed batches whose groups (``--group`` samples of one prompt, as GRPO makes) share one
+copy of their prompt, the last with attention over the whole packed row under its mask (as
+before) and block by block (the learner's default).
 
     python bench/learner.py --model smollm2 --rows 32 --steps 3
 """
@@ -80,14 +80,12 @@ def main() -> None:
 
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from actors.common import free_port
+    from actors.common import free_port, keep_freed_memory
     from launch.config import LearnerConfig
     from launch.models import resolve_model
     from learner.packing import use_block_attention
     from learner.trainer import LearnerRank
     from rollout.records import LossSpec
-
-    from actors.common import keep_freed_memory
 
     keep_freed_memory()  # as in the learner's actor, for both loops (both run in this process)
     threads = args.threads or len(os.sched_getaffinity(0))

@@ -391,4 +391,3 @@ def test_a_crashed_worker_is_reported_and_nothing_is_left(ray_cluster, tiny_llam
                 time.sleep(0.2)
     with pytest.raises(ValueError):
         ray.get_actor("crash-test", namespace=NAMESPACE)
-
