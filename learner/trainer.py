@@ -44,7 +44,7 @@ def ds_config(cfg: Any, dtype: torch.dtype, lr: float | None = None) -> dict:
         "optimizer": {
             "type": "AdamW",
             # torch's fused AdamW: one pass over each tensor. On CPU torch's default is a loop of
-            # ~10 passes per tensor (0.25-0.7 s a SmolLM2 step here, against 0.08 s fused).
+            # ~10 passes per tensor (0.58 s a SmolLM2 step here, against 0.08 s fused: bench/memory.py).
             "params": {"lr": lr, "betas": list(cfg.betas), "weight_decay": cfg.weight_decay, "torch_adam": True,
                        "fused": True},
         },
