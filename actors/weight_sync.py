@@ -18,6 +18,7 @@ import ray
 import torch
 
 from actors.learner import LearnerGroup
+from actors.placement import cluster_has_gpus
 from actors.rollout import RolloutGroup
 
 BUCKET_BYTES = 256 * 2**20  # the engines stage what arrives in buckets of about this size
@@ -103,14 +104,19 @@ class CollectiveTransport:
         sends.collect()
 
 
-def make_transport(kind: str, learners: LearnerGroup, rollouts: RolloutGroup) -> WeightTransport:
-    """``auto``: NCCL broadcast on GPUs, the object store on CPU (zero-copy tensors: SmolLM2-135M
-    0.8-1.0 s per push here against 1.5-1.9 s for a gloo broadcast, docs/PERFORMANCE.md)."""
-    gpu = ray.cluster_resources().get("GPU", 0) > 0
+def transport_kind(kind: str) -> str:
+    """``sync.transport`` on this cluster. ``auto``: NCCL broadcast on GPUs, the object store on CPU
+    (zero-copy tensors: SmolLM2-135M 0.8-1.0 s per push here against 1.5-1.9 s for a gloo
+    broadcast, docs/PERFORMANCE.md)."""
     if kind == "auto":
-        kind = "nccl" if gpu else "object_store"
+        return "nccl" if cluster_has_gpus() else "object_store"
+    return kind
+
+
+def make_transport(kind: str, learners: LearnerGroup, rollouts: RolloutGroup) -> WeightTransport:
+    kind = transport_kind(kind)
     if kind == "object_store":
         return ObjectStoreTransport()
-    if kind == "nccl" and not gpu:
+    if kind == "nccl" and not cluster_has_gpus():
         raise ValueError("sync.transport: 'nccl' needs GPUs; use 'gloo' or 'object_store' on CPU")
     return CollectiveTransport(learners, rollouts, kind)

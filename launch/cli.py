@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             cfg = None if (args.resume and args.recipe is None and not args.overrides) else load_config(args.recipe, args.overrides)
             check_inputs(cfg if cfg is not None else resumed_config(args.resume))  # before Ray starts
-            from launch.train import run
+            from launch.run import run
 
             print(f"run directory: {run(cfg, args.output, args.resume, dashboard=not args.no_dashboard)}")
         elif args.command == "eval":

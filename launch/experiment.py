@@ -91,7 +91,7 @@ FINISHED = "finished.json"  # written when a run ends: a run without it is start
 
 
 def run_arms(configs: dict[tuple[str, int], SyncRLConfig], out: Path) -> None:
-    from launch.train import run
+    from launch.run import run
 
     for (arm, seed), cfg in configs.items():
         path = arm_run_dir(out, arm, cfg)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import ray
@@ -23,10 +22,9 @@ from actors.learner import LearnerGroup
 from actors.placement import check_cluster, check_visible, where
 from actors.reward import RewardGroup
 from actors.rollout import RolloutGroup
-from actors.weight_sync import make_transport
+from actors.weight_sync import make_transport, transport_kind
 from launch.checkpoint import RunState, latest_checkpoint, load_state, restore, save_checkpoint, save_final
-from launch.cluster import ray_session
-from launch.config import ConfigError, SyncRLConfig, dump_config, engine_settings, load_config
+from launch.config import ConfigError, SyncRLConfig, engine_settings
 from launch.evaluate import Evaluator, task_splits, test_prompts
 from launch.metrics import MetricsLog, install_grafana_dashboard, live_sync_interval, step_record
 from launch.models import resolve_model
@@ -34,7 +32,7 @@ from launch.plots import plot_run
 from launch.sources import FileSource, RolloutSource
 from rollout.algorithms import make_algorithm
 from rollout.offline import check_data_file, file_kind, load_offline_groups
-from rollout.phases import Phases, process_start
+from rollout.phases import Phases
 from rollout.records import Prompt
 from rollout.tasks import ShuffledStream, load_prompts
 
@@ -125,9 +123,17 @@ class Driver:
         """The learner group, starting (not waited for)."""
         needs = dict(needs_reference=any(a.loss.needs_reference for a in self.algorithms),
                      needs_value=any(a.loss.needs_value for a in self.algorithms))  # fmt: skip
+        # Pushes through the object store hold the kept weights and the newest push at once.
+        stored = 1 + self.pushed_kept() if transport_kind(self.cfg.sync.transport) == "object_store" else 0
         self.learners = LearnerGroup(self.model_path, self.cfg.learner, self.cfg.rollout.temperature, **needs,
-                                     supervisor=self.supervisor, wait=False, model=self.cfg.model)  # fmt: skip
+                                     supervisor=self.supervisor, wait=False, model=self.cfg.model,
+                                     stored_copies=stored)  # fmt: skip
         return self.learners
+
+    def pushed_kept(self) -> int:
+        """How many pushed weights learner rank 0 keeps: 2 where a prefetch (sync.overlap) may need
+        the version before a push."""
+        return 2 if any(stage.sync.overlap for stage in self.stages) else 1
 
     def attach_learners(self) -> None:
         """The weight transport, and the actors brought to the run state (the last checkpoint's,
@@ -135,8 +141,8 @@ class Driver:
         learners = self.learners
         self.rollouts.on_replace.clear()  # a collective transport of the previous group regrouped there
         self.transport = make_transport(self.cfg.sync.transport, learners, self.rollouts)
-        if any(stage.sync.overlap for stage in self.stages):  # a prefetch may need the version before a push
-            ray.get(learners.workers[0].set_pushed_kept.remote(2))
+        if self.pushed_kept() > 1:
+            ray.get(learners.workers[0].set_pushed_kept.remote(self.pushed_kept()))
         restore(self.run_dir, self.state, learners, self.rollouts, self.transport)
         self.source = make_source(self.cfg, self.data, self.rollouts, self.state.data_position)
 
@@ -356,36 +362,3 @@ def make_source(cfg: SyncRLConfig, data: list, rollouts: RolloutGroup, position:
     if isinstance(data[0], Prompt):
         return RolloutSource(rollouts, stream, cfg.rollout.seed)
     return FileSource(stream)
-
-
-def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None = None, dashboard: bool = True) -> Path:
-    """``syncrl train``: make (or reopen) the run directory, connect to Ray, train (``dashboard``
-    False: a local cluster starts without its dashboard, whatever logging.dashboard says)."""
-    phases = Phases(process_start())
-    phases.mark("command (Python, imports, config)")
-    if resume:
-        run_dir = Path(resume)
-        saved = load_config(run_dir / "config.yaml")
-        if cfg is not None and cfg.model_dump() != saved.model_dump():
-            raise ConfigError(f"--resume {resume}: the run's config.yaml differs from the recipe given; resume without a recipe")
-        cfg, state = saved, load_state(str(run_dir))
-    else:
-        run_dir = Path(output or cfg.logging.output_dir.format(name=cfg.name, time=time.strftime("%Y%m%d-%H%M%S")))
-        if (run_dir / "metrics.jsonl").exists():
-            raise ConfigError(f"run directory {run_dir} already holds a run: use --resume {run_dir} or another --output")
-        state = None
-    written = cfg
-    if not dashboard:
-        cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"dashboard": False})})
-    with ThreadPoolExecutor(1) as pool:  # the task, the tokenizer and the data are read while Ray starts
-        prepared = pool.submit(Driver, cfg, str(run_dir), state, phases)
-        began = time.time()
-        with ray_session(cfg):  # connected (or failed to) before anything is written
-            phases.add("Ray", began, time.time() - began)
-            driver = prepared.result()  # bad data fails here, before anything is written
-            if state is None:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "config.yaml").write_text(dump_config(written))
-            with driver:
-                driver.run()
-    return run_dir

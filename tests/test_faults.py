@@ -101,7 +101,8 @@ def test_a_dead_learner_rank_restarts_the_group_and_a_spent_budget_stops_resumab
     step boundary finds it, and the run stops with an error naming the actor, its cause and the
     budget, after a checkpoint of step 5; ``--resume`` ends it like the run left alone."""
     from actors.faults import RestartBudgetSpent
-    from launch.train import run, train
+    from launch.run import run
+    from launch.train import train
 
     overrides = ["steps=6", "sync.interval=2", "learner.num_ranks=2", "checkpoint.every_steps=2",
                  "fault_tolerance.rollout_restarts=0", "fault_tolerance.health_check_s=0", "logging.weight_checksums=true"]  # fmt: skip

@@ -81,7 +81,8 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
 def test_oreo_stage_after_grpo_killed_and_resumed_ends_with_the_same_weights(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
     from transformers import AutoModel
 
-    from launch.train import run, train
+    from launch.run import run
+    from launch.train import train
     from learner.value import ValueModel
 
     stages = ["stages=[{name: grpo-warmup, steps: 2, algorithm: {name: grpo}, sync: {interval: 1}}, "
