@@ -42,19 +42,6 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, -1)  # -1: never trim
 
 
-def warm_object_store(nbytes: int, copies: int) -> None:
-    """Write ``copies`` objects of ``nbytes`` into this node's object store and drop them. The
-    store keeps the shared memory they took and its next objects of that size go there: the
-    first weight pushes then write into memory already faulted in, instead of the kernel
-    handing the store each page of a fresh ``/dev/shm`` region as it is first written (SmolLM2's
-    first two pushes took 1.1-1.2 s here to put, the ones after them 0.09 s; PERFORMANCE.md 7)."""
-    import ray
-    import torch
-
-    refs = [ray.put(torch.zeros(nbytes + 2**20, dtype=torch.uint8)) for _ in range(copies)]  # 1 MiB: the object's own header
-    del refs
-
-
 def _tensor_bytes(tensor):
     import torch
 

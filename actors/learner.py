@@ -6,7 +6,7 @@ from typing import Any
 
 import ray
 
-from actors.common import ActorGroup, ActorMixin, serialize_tensors_zero_copy, warm_object_store
+from actors.common import ActorGroup, ActorMixin, serialize_tensors_zero_copy
 from actors.faults import ActorFailure, Supervisor
 from actors.placement import Ask, Placement, bundle_address, cluster_has_gpus, learner_bundle
 from learner.objective import Totals, split_batch
@@ -19,12 +19,9 @@ class LearnerWorker(ActorMixin, LearnerRank):
     """A LearnerRank as a Ray actor. The weights it pushes live in the object store: one copy,
     which the engines read zero-copy; rank 0 holds the ObjectRef, which keeps them there."""
 
-    def __init__(self, *args: Any, stored_copies: int = 0) -> None:
+    def __init__(self, *args: Any) -> None:
         serialize_tensors_zero_copy()
         super().__init__(*args)
-        if self.rank == 0 and stored_copies:  # while the engines start, not in the first pushes
-            warm_object_store(self.export_bytes(), stored_copies)
-            self.phases.mark("object store memory")
 
     def store_weights(self, weights: list) -> ray.ObjectRef:
         return ray.put(weights)
@@ -46,8 +43,8 @@ class LearnerGroup(ActorGroup):
 
     def __init__(self, model_path: str, cfg: Any, temperature: float = 1.0, needs_reference: bool = False,
                  needs_value: bool = False, supervisor: Any = None, wait: bool = True,
-                 model: Any = None, stored_copies: int = 0):  # fmt: skip
-        self.cfg, self.gpu, self.stored_copies = cfg, cluster_has_gpus(), stored_copies
+                 model: Any = None):  # fmt: skip
+        self.cfg, self.gpu = cfg, cluster_has_gpus()
         # The ranks' bundles first: the rendezvous (MASTER_ADDR, MASTER_PORT) is rank 0's node
         # and a port free there, which only a placed bundle 0 can tell.
         supervisor = supervisor or Supervisor()
@@ -69,8 +66,7 @@ class LearnerGroup(ActorGroup):
     def _start(self, rank: int):
         model_path, cfg, world, host, port, *rest = self.rank_args
         options = self.placement.options(rank)  # no runtime env of its own: a prestarted worker process fits
-        return LearnerWorker.options(**options).remote(model_path, cfg, rank, world, host, port, *rest,
-                                                       stored_copies=self.stored_copies)  # fmt: skip
+        return LearnerWorker.options(**options).remote(model_path, cfg, rank, world, host, port, *rest)
 
     def replace(self, i: int, cause: str, version: int | None = None) -> None:
         raise ActorFailure(self.kind, self.name(i), cause)

@@ -18,7 +18,6 @@ import ray
 import torch
 
 from actors.learner import LearnerGroup
-from actors.placement import cluster_has_gpus
 from actors.rollout import RolloutGroup
 
 BUCKET_BYTES = 256 * 2**20  # the engines stage what arrives in buckets of about this size
@@ -104,19 +103,14 @@ class CollectiveTransport:
         sends.collect()
 
 
-def transport_kind(kind: str) -> str:
-    """``sync.transport`` on this cluster. ``auto``: NCCL broadcast on GPUs, the object store on CPU
-    (zero-copy tensors: SmolLM2-135M 0.8-1.0 s per push here against 1.5-1.9 s for a gloo
-    broadcast, docs/PERFORMANCE.md)."""
-    if kind == "auto":
-        return "nccl" if cluster_has_gpus() else "object_store"
-    return kind
-
-
 def make_transport(kind: str, learners: LearnerGroup, rollouts: RolloutGroup) -> WeightTransport:
-    kind = transport_kind(kind)
+    """``auto``: NCCL broadcast on GPUs, the object store on CPU (zero-copy tensors: SmolLM2-135M
+    0.8-1.0 s per push here against 1.5-1.9 s for a gloo broadcast, docs/PERFORMANCE.md)."""
+    gpu = ray.cluster_resources().get("GPU", 0) > 0
+    if kind == "auto":
+        kind = "nccl" if gpu else "object_store"
     if kind == "object_store":
         return ObjectStoreTransport()
-    if kind == "nccl" and not cluster_has_gpus():
+    if kind == "nccl" and not gpu:
         raise ValueError("sync.transport: 'nccl' needs GPUs; use 'gloo' or 'object_store' on CPU")
     return CollectiveTransport(learners, rollouts, kind)

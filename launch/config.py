@@ -117,9 +117,10 @@ class RolloutConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: model.dtype
     enforce_eager: bool = True
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
-    # CPU engines: KV-cache size in GiB and the cores each engine's threads bind to ("auto":
-    # spread the machine's cores over the workers).
-    cpu_kv_cache_gib: float = Field(1.0, gt=0)
+    # CPU engines: KV-cache size in GiB (None: room for one step's sequences on each engine, see
+    # EngineSettings.kv_cache_tokens; an evaluation with more queues the rest) and the cores each
+    # engine's threads bind to ("auto": spread the machine's cores over the workers).
+    cpu_kv_cache_gib: float | None = Field(None, gt=0)
     cpu_threads_bind: str = "auto"
     num_cpus_per_worker: float = Field(1.0, gt=0)
     # GPU engines: GPUs per engine (vLLM tensor parallelism inside the engine's placement bundle,
@@ -132,16 +133,25 @@ class RolloutConfig(Section):
 
 class EngineSettings(RolloutConfig):
     """What a rollout engine starts with (``engine_settings``): the rollout section, its dtype
-    "auto" resolved to model.dtype, and the model's trust_remote_code."""
+    "auto" resolved to model.dtype, the model's trust_remote_code, and the tokens a CPU engine's
+    KV cache holds when ``cpu_kv_cache_gib`` is None."""
 
     trust_remote_code: bool = False
+    kv_cache_tokens: int = Field(512, ge=16)
 
 
 def engine_settings(cfg: SyncRLConfig) -> EngineSettings:
-    rollout = cfg.rollout.model_dump()
+    """``kv_cache_tokens``: one step's sequences on each engine (its share of the step's prompts
+    times samples_per_prompt), each as long as the longest prompt plus max_new_tokens can make it,
+    and at least one of max_model_len tokens (what vLLM asks for)."""
+    r = cfg.rollout
+    rollout = r.model_dump()
     if rollout["dtype"] == "auto":
         rollout["dtype"] = cfg.model.dtype
-    return EngineSettings.model_validate({**rollout, "trust_remote_code": cfg.model.trust_remote_code})
+    sequences = -(-cfg.data.prompts_per_step // r.num_workers) * r.samples_per_prompt
+    longest = min(r.max_model_len, cfg.data.max_prompt_tokens + r.max_new_tokens)
+    return EngineSettings.model_validate({**rollout, "trust_remote_code": cfg.model.trust_remote_code,
+                                          "kv_cache_tokens": max(r.max_model_len, sequences * longest)})  # fmt: skip
 
 
 class RewardRoute(Section):

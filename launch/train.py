@@ -22,7 +22,7 @@ from actors.learner import LearnerGroup
 from actors.placement import check_cluster, check_visible, where
 from actors.reward import RewardGroup
 from actors.rollout import RolloutGroup
-from actors.weight_sync import make_transport, transport_kind
+from actors.weight_sync import make_transport
 from launch.checkpoint import RunState, latest_checkpoint, load_state, restore, save_checkpoint, save_final
 from launch.config import ConfigError, SyncRLConfig, engine_settings
 from launch.evaluate import Evaluator, task_splits, test_prompts
@@ -123,17 +123,9 @@ class Driver:
         """The learner group, starting (not waited for)."""
         needs = dict(needs_reference=any(a.loss.needs_reference for a in self.algorithms),
                      needs_value=any(a.loss.needs_value for a in self.algorithms))  # fmt: skip
-        # Pushes through the object store hold the kept weights and the newest push at once.
-        stored = 1 + self.pushed_kept() if transport_kind(self.cfg.sync.transport) == "object_store" else 0
         self.learners = LearnerGroup(self.model_path, self.cfg.learner, self.cfg.rollout.temperature, **needs,
-                                     supervisor=self.supervisor, wait=False, model=self.cfg.model,
-                                     stored_copies=stored)  # fmt: skip
+                                     supervisor=self.supervisor, wait=False, model=self.cfg.model)  # fmt: skip
         return self.learners
-
-    def pushed_kept(self) -> int:
-        """How many pushed weights learner rank 0 keeps: 2 where a prefetch (sync.overlap) may need
-        the version before a push."""
-        return 2 if any(stage.sync.overlap for stage in self.stages) else 1
 
     def attach_learners(self) -> None:
         """The weight transport, and the actors brought to the run state (the last checkpoint's,
@@ -141,8 +133,8 @@ class Driver:
         learners = self.learners
         self.rollouts.on_replace.clear()  # a collective transport of the previous group regrouped there
         self.transport = make_transport(self.cfg.sync.transport, learners, self.rollouts)
-        if self.pushed_kept() > 1:
-            ray.get(learners.workers[0].set_pushed_kept.remote(self.pushed_kept()))
+        if any(stage.sync.overlap for stage in self.stages):  # a prefetch may need the version before a push
+            ray.get(learners.workers[0].set_pushed_kept.remote(2))
         restore(self.run_dir, self.state, learners, self.rollouts, self.transport)
         self.source = make_source(self.cfg, self.data, self.rollouts, self.state.data_position)
 

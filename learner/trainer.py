@@ -385,10 +385,6 @@ class LearnerRank:
             else:
                 yield name, param.detach()
 
-    def export_bytes(self) -> int:
-        """The size of ``export_weights``'s tensors (full ones, under ZeRO-3 too)."""
-        return sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in self.engine.module.parameters())
-
     def export_weights(self, version: int) -> Any:
         """The full weights, stored once (``store_weights``) on rank 0 and kept as the weights pushed
         as ``version``; None on the other ranks (which take part in ZeRO-3's gathers)."""

@@ -90,7 +90,7 @@ def engine_kwargs(model_path: str, cfg: Any, worker_index: int, gpu: bool) -> di
         # No chunked prefill on CPU: a seeded request whose prompt is split across two engine
         # steps makes vLLM rewind its generator, which CPU generators cannot do (the engine
         # dies with "CPU Generator does not use offset" once a batch passes 4096 tokens).
-        memory = dict(kv_cache_memory_bytes=int(cfg.cpu_kv_cache_gib * 2**30), enable_chunked_prefill=False)
+        memory = dict(kv_cache_memory_bytes=cpu_kv_cache_bytes(model_path, cfg), enable_chunked_prefill=False)
     return dict(
         model=model_path,
         dtype=engine_dtype(cfg.dtype, gpu),
@@ -102,6 +102,34 @@ def engine_kwargs(model_path: str, cfg: Any, worker_index: int, gpu: bool) -> di
         trust_remote_code=bool(getattr(cfg, "trust_remote_code", False)),  # model.trust_remote_code
         **memory,
     )
+
+
+KV_SPARE_TOKENS = 512  # vLLM keeps one block back and rounds the cache down to whole blocks (128 tokens on CPU)
+
+
+def cpu_kv_cache_bytes(model_path: str, cfg: Any) -> int:
+    """A CPU engine's KV cache: ``rollout.cpu_kv_cache_gib``, or where that is None room for
+    ``cfg.kv_cache_tokens`` (``launch.config.engine_settings``; one sequence of max_model_len for
+    settings without it). Every fresh page of it costs the engine's start (a 1 GiB cache took
+    1.7 s to zero inside a run here, PERFORMANCE.md 7), so it is sized to the run."""
+    if cfg.cpu_kv_cache_gib is not None:
+        return int(cfg.cpu_kv_cache_gib * 2**30)
+    tokens = getattr(cfg, "kv_cache_tokens", cfg.max_model_len) + KV_SPARE_TOKENS
+    return tokens * kv_bytes_per_token(model_path, engine_dtype(cfg.dtype, False), bool(getattr(cfg, "trust_remote_code", False)))
+
+
+def kv_bytes_per_token(model_path: str, dtype: str, trust_remote_code: bool = False) -> int:
+    """Bytes of keys and values one token takes in every attention layer, from the model's
+    config: layers x 2 x KV heads x head size x the dtype's size (what vLLM's CPU backend
+    allocates; a model with fewer or smaller KV layers, such as sliding-window or latent
+    attention, gets at least the room asked for)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code).get_text_config()
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return config.num_hidden_layers * 2 * kv_heads * head_dim * getattr(torch, dtype).itemsize
 
 
 class RolloutEngine:

@@ -155,6 +155,21 @@ def test_rollout_dtype_auto_follows_model_dtype_and_explicit_wins():
     assert engine_dtype(default.dtype, gpu=False) == "float32" and engine_dtype(default.dtype, gpu=True) == "bfloat16"
 
 
+def test_cpu_kv_cache_holds_one_step_of_sequences_per_engine():
+    """rollout.cpu_kv_cache_gib None: each engine's share of a step's prompts, times the samples,
+    each as long as the longest prompt plus max_new_tokens allows; at least one max_model_len."""
+    def tokens(**sections):
+        return engine_settings(SyncRLConfig.model_validate(sections)).kv_cache_tokens
+
+    # 8 prompts on 3 engines: 3 on the busiest, x 4 samples = 12 sequences of 256 + 64 tokens
+    assert tokens(data={"prompts_per_step": 8}, rollout={"num_workers": 3, "samples_per_prompt": 4}) == 12 * 320
+    # a sequence is never longer than max_model_len
+    assert tokens(data={"prompts_per_step": 2}, rollout={"samples_per_prompt": 2, "max_model_len": 300}) == 4 * 300
+    # one short sequence: still room for max_model_len (vLLM asks for it)
+    assert tokens(data={"prompts_per_step": 1, "max_prompt_tokens": 8},
+                  rollout={"samples_per_prompt": 1, "max_new_tokens": 8, "max_model_len": 64}) == 64  # fmt: skip
+
+
 def test_engine_passes_dtype_and_trust_remote_code_to_vllm(tiny_llama, monkeypatch):
     import vllm
 
@@ -262,13 +277,16 @@ def test_a_push_logs_no_failed_to_load_weights(tiny_llama):
     tied-embedding model; the push filters exactly those (and says so at debug level)."""
     from transformers import AutoModelForCausalLM
 
-    from rollout.engine import RolloutEngine
+    from rollout.engine import KV_SPARE_TOKENS, RolloutEngine
     from rollout.records import Prompt
     from rollout.vllm_worker import RELOAD_LOGGER
 
-    rollout = {"max_model_len": 128, "cpu_kv_cache_gib": 0.25, "max_new_tokens": 4}
+    rollout = {"max_model_len": 128, "max_new_tokens": 4}  # the KV cache sized by the run (cpu_kv_cache_gib None)
     cfg = SyncRLConfig.model_validate({"model": {"trust_remote_code": True}, "rollout": rollout})  # plain folder: as before
-    engine = RolloutEngine(tiny_llama, engine_settings(cfg))
+    settings = engine_settings(cfg)
+    engine = RolloutEngine(tiny_llama, settings)
+    cache = engine.llm.llm_engine.vllm_config.cache_config  # what vLLM allocated from the bytes it was given
+    assert settings.kv_cache_tokens <= cache.num_gpu_blocks * cache.block_size <= settings.kv_cache_tokens + KV_SPARE_TOKENS
     reload_log, syncrl_log = logging.getLogger(RELOAD_LOGGER), logging.getLogger("syncrl.rollout")
     seen, trace = Records(), Records()
     reload_log.addHandler(seen)

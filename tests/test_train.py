@@ -95,8 +95,7 @@ def check_startup(run_dir, first_step: dict, reference: bool) -> None:
     assert names(workers["rollout-0"]) == ["imports", "vLLM engine"]
     assert names(workers["reward-0"]) == ["scorers"]
     assert names(workers["learner-0"]) == ["imports", "process group", "policy load", "DeepSpeed initialize",
-                                           *(["reference model"] if reference else []), "step memory",
-                                           "object store memory"]  # its pushes go through the object store  # fmt: skip
+                                           *(["reference model"] if reference else []), "step memory"]  # fmt: skip
     for w in workers.values():
         assert w["submitted"] <= w["start"] <= w["end"] <= startup["driver"]["end"] and w["process"] <= w["start"]
         assert sum(p[2] for p in w["phases"]) == pytest.approx(w["end"] - w["start"], abs=0.01)
@@ -261,8 +260,7 @@ def kill_after_checkpoint(ray_cluster, cfg, run_dir: Path, step: int) -> None:
 def test_killed_run_resumes_with_the_same_data_and_versions(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
     """A run killed (SIGKILL) after its step-4 checkpoint and resumed gives the same data order,
     policy versions and samples as the uninterrupted run."""
-    from launch.run import run
-    from launch.train import train
+    from launch.train import run, train
 
     overrides = ["steps=7", "sync.interval=3", "checkpoint.every_steps=2", "logging.controller_name=resume-test"]
     cfg = tiny_config("tiny-dpo", tiny_llama, *overrides, *rm_reward(tiny_reward_model))
