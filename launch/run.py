@@ -15,7 +15,7 @@ from pathlib import Path
 from launch.checkpoint import RunState, load_state
 from launch.cluster import ray_session
 from launch.config import ConfigError, SyncRLConfig, dump_config, load_config
-from rollout.phases import Phases, process_start
+from rollout.phases import Phases, imports_without_gc, process_start
 
 
 def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None = None, dashboard: bool = True) -> Path:
@@ -54,7 +54,8 @@ def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None 
 def prepare_driver(cfg: SyncRLConfig, run_dir: str, state: RunState | None, phases: Phases):
     """The driver's modules, then the driver with its task, tokenizer and data (in the thread)."""
     began = time.time()
-    from launch.train import Driver
+    with imports_without_gc():
+        from launch.train import Driver
 
     phases.add("driver's imports (torch, transformers, the actors')", began, time.time() - began)
     return Driver(cfg, run_dir, state, phases)

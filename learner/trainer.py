@@ -22,7 +22,7 @@ from learner.logprobs import logprobs_and_entropy
 from learner.objective import CollatedBatch, Totals, collate, compute_loss, compute_value_loss, micro_batches
 from learner.packing import Packed, pack, packed_mask, unpack, use_block_attention
 from learner.value import ValueModel, save_value_folder
-from rollout.phases import Phases
+from rollout.phases import Phases, imports_without_gc
 from rollout.records import LossSpec, TrainBatch, TrainSequence, weights_checksum
 
 DUMMY = TrainBatch([TrainSequence(prompt_ids=[0], response_ids=[0], behaviour_logps=[0.0])])
@@ -186,9 +186,9 @@ class LearnerRank:
                  temperature: float = 1.0, needs_reference: bool = False, needs_value: bool = False,
                  model: Any = None):  # fmt: skip
         self.phases = phases = Phases()
-        import deepspeed
-        from transformers import AutoModelForCausalLM
-
+        with imports_without_gc():
+            import deepspeed
+            from transformers import AutoModelForCausalLM
         phases.mark("imports")
         self.rank, self.world_size, self.cfg, self.temperature = rank, world_size, cfg, temperature
         self.backend = init_distributed(rank, world_size, master_addr, master_port)

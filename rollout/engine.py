@@ -8,7 +8,6 @@ the driver passes its ``EngineSettings``, which add the model's ``trust_remote_c
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 
 from rollout.beam_search import Step
-from rollout.phases import Phases
+from rollout.phases import Phases, imports_without_gc
 from rollout.records import Prompt, Sample
 
 EXTENSION = "rollout.vllm_worker.WeightUpdateExtension"
@@ -144,9 +143,8 @@ class RolloutEngine:
             use_cores(cpu_threads_bind(cfg.cpu_threads_bind, worker_index, num_workers))
             if cfg.enforce_eager:
                 skip_torch_compile()
-        from vllm import LLM
-
-        gc.freeze()  # the imports' objects: the engine's start runs gc.collect() 5 times (1.3 s over them)
+        with imports_without_gc():
+            from vllm import LLM
         self.phases.mark("imports")
         self.cfg = cfg
         self.llm = LLM(**engine_kwargs(model_path, cfg, worker_index, gpu))
