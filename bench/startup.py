@@ -5,8 +5,9 @@ Both sides run as a user runs them, each in its own process, one after the other
 - syncrl: ``python -m launch train CONFIG --output DIR`` (``syncrl train``) on the config of
   ``bench/grpo_vs_trl.py`` (its ``syncrl_config``: the ``tiny-grpo`` recipe with this bench's
   shapes) and ``steps=1``. The run writes ``DIR/startup.json`` after its first step: the driver's
-  phases from its process start (Python and imports, Ray, task and tokenizer, cluster check, the
-  actor groups, file check and weight transport) and each worker's (from the moment its group
+  phases from its process start (Python and the command's imports, Ray, with the driver's
+  modules and then the task and tokenizer loading alongside it, cluster check, the actor groups,
+  file check and weight transport) and each worker's (from the moment its group
   was started: a new worker process or one Ray had prestarted, imports, then the parts of its
   constructor: vLLM engine; process group, policy load, DeepSpeed initialize, the first step's
   memory; reward scorers), then the first step's parts.
