@@ -260,7 +260,8 @@ def kill_after_checkpoint(ray_cluster, cfg, run_dir: Path, step: int) -> None:
 def test_killed_run_resumes_with_the_same_data_and_versions(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
     """A run killed (SIGKILL) after its step-4 checkpoint and resumed gives the same data order,
     policy versions and samples as the uninterrupted run."""
-    from launch.train import run, train
+    from launch.run import run
+    from launch.train import train
 
     overrides = ["steps=7", "sync.interval=3", "checkpoint.every_steps=2", "logging.controller_name=resume-test"]
     cfg = tiny_config("tiny-dpo", tiny_llama, *overrides, *rm_reward(tiny_reward_model))
