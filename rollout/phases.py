@@ -9,6 +9,7 @@ processes on one machine line up on one time axis.
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,14 +52,17 @@ def imports_without_gc() -> Iterator[None]:
     """Python's cyclic garbage collector off while a large package imports, then what the imports
     made frozen out of its generations (``gc.freeze``). Imports allocate hundreds of thousands of
     objects and free almost none of them, so each collection they trigger walks all of them in
-    vain: ``import vllm`` took 5.4-5.5 s here without it against 6.8-7.0 s with it (torch and
-    vLLM in a fresh process), and later collections (vLLM's engine start runs ``gc.collect()``
-    five times, 1.3 s over the imported objects) no longer walk them either."""
-    enabled = gc.isenabled()
+    vain: torch + ``import vllm`` took 5.5 s without it against 7.1 s with it in a fresh process
+    (``bench/imports.py``), and later collections (vLLM's engine start runs ``gc.collect()`` five
+    times, 1.3 s over the imported objects) no longer walk them either. Only a block that imported
+    something freezes: a second engine or learner rank in one process (a test, a bench) leaves the
+    objects made since, the first one's among them, to the collector."""
+    enabled, modules = gc.isenabled(), len(sys.modules)
     gc.disable()
     try:
         yield
     finally:
-        gc.freeze()
+        if len(sys.modules) > modules:
+            gc.freeze()
         if enabled:
             gc.enable()

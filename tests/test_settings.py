@@ -338,3 +338,30 @@ def test_step_memory_counts_gradients_and_adam_moments_per_zero_stage():
     model = torch.nn.Linear(10, 10, bias=False)  # 400 bytes of fp32
     assert [trainer.step_memory(model, stage, 2) for stage in (0, 1, 2, 3)] == [1200, 800, 600, 600]
     assert trainer.step_memory(model, 3, 1) == 1200
+
+
+# -- imports without the cyclic GC -----------------------------------------------------------------
+def test_imports_without_gc_freeze_only_what_a_block_imported(tmp_path, monkeypatch):
+    """The collector is off inside and back on after; a block that imports a module freezes the
+    objects there are, one that imports nothing freezes nothing (an earlier model stays collectable)."""
+    import gc
+    import sys
+
+    from rollout.phases import imports_without_gc
+
+    (tmp_path / "syncrl_probe_module.py").write_text("TABLE = [{'n': i} for i in range(1000)]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert gc.isenabled()
+    frozen = gc.get_freeze_count()
+    try:
+        with imports_without_gc():
+            assert not gc.isenabled()
+            import syncrl_probe_module  # noqa: F401
+        assert gc.isenabled() and gc.get_freeze_count() > frozen + 1000
+        frozen = gc.get_freeze_count()
+        with imports_without_gc():
+            import syncrl_probe_module  # noqa: F401,F811  (already imported: nothing new)
+        assert gc.isenabled() and gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+        sys.modules.pop("syncrl_probe_module", None)
