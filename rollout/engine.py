@@ -77,8 +77,9 @@ def engine_kwargs(model_path: str, cfg: Any, worker_index: int, gpu: bool) -> di
     """The arguments of ``vllm.LLM`` for one engine (``cfg``: the rollout settings). On GPUs the
     engine holds ``rollout.tensor_parallel_size`` GPUs of one node (its placement bundle) and
     fills ``rollout.gpu_memory_utilization`` of each; tensor parallelism runs in processes vLLM
-    starts on that node (``mp``), inside the bundle. On CPU the KV cache is sized in GiB."""
-    tp = cfg.tensor_parallel_size
+    starts on that node (``mp``), inside the bundle. On CPU the KV cache is ``cpu_kv_cache_bytes``."""
+    tp, dtype = cfg.tensor_parallel_size, engine_dtype(cfg.dtype, gpu)
+    trust_remote_code = bool(getattr(cfg, "trust_remote_code", False))  # model.trust_remote_code
     if gpu:
         memory = dict(gpu_memory_utilization=cfg.gpu_memory_utilization, tensor_parallel_size=tp,
                       **({"distributed_executor_backend": "mp"} if tp > 1 else {}))  # fmt: skip
@@ -89,16 +90,17 @@ def engine_kwargs(model_path: str, cfg: Any, worker_index: int, gpu: bool) -> di
         # No chunked prefill on CPU: a seeded request whose prompt is split across two engine
         # steps makes vLLM rewind its generator, which CPU generators cannot do (the engine
         # dies with "CPU Generator does not use offset" once a batch passes 4096 tokens).
-        memory = dict(kv_cache_memory_bytes=cpu_kv_cache_bytes(model_path, cfg), enable_chunked_prefill=False)
+        memory = dict(kv_cache_memory_bytes=cpu_kv_cache_bytes(model_path, cfg, dtype, trust_remote_code),
+                      enable_chunked_prefill=False)  # fmt: skip
     return dict(
         model=model_path,
-        dtype=engine_dtype(cfg.dtype, gpu),
+        dtype=dtype,
         max_model_len=cfg.max_model_len,
         enforce_eager=cfg.enforce_eager,
         seed=cfg.seed + worker_index,
         worker_extension_cls=EXTENSION,
         logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
-        trust_remote_code=bool(getattr(cfg, "trust_remote_code", False)),  # model.trust_remote_code
+        trust_remote_code=trust_remote_code,
         **memory,
     )
 
@@ -106,7 +108,7 @@ def engine_kwargs(model_path: str, cfg: Any, worker_index: int, gpu: bool) -> di
 KV_SPARE_TOKENS = 512  # vLLM keeps one block back and rounds the cache down to whole blocks (128 tokens on CPU)
 
 
-def cpu_kv_cache_bytes(model_path: str, cfg: Any) -> int:
+def cpu_kv_cache_bytes(model_path: str, cfg: Any, dtype: str, trust_remote_code: bool) -> int:
     """A CPU engine's KV cache: ``rollout.cpu_kv_cache_gib``, or where that is None room for
     ``cfg.kv_cache_tokens`` (``launch.config.engine_settings``; one sequence of max_model_len for
     settings without it). Every fresh page of it costs the engine's start (a 1 GiB cache took
@@ -114,7 +116,7 @@ def cpu_kv_cache_bytes(model_path: str, cfg: Any) -> int:
     if cfg.cpu_kv_cache_gib is not None:
         return int(cfg.cpu_kv_cache_gib * 2**30)
     tokens = getattr(cfg, "kv_cache_tokens", cfg.max_model_len) + KV_SPARE_TOKENS
-    return tokens * kv_bytes_per_token(model_path, engine_dtype(cfg.dtype, False), bool(getattr(cfg, "trust_remote_code", False)))
+    return tokens * kv_bytes_per_token(model_path, dtype, trust_remote_code)
 
 
 def kv_bytes_per_token(model_path: str, dtype: str, trust_remote_code: bool = False) -> int:
