@@ -22,7 +22,9 @@ DEFAULT_NAME = "syncrl-controller"
 # Every numeric field of a step record (launch.metrics.step_record) is the gauge ``syncrl_<field>``
 # (Prometheus: ``ray_syncrl_<field>``), and of an evaluation ``syncrl_eval_<key>`` (value-guided beam
 # search: ``syncrl_eval_beam_<key>``), tagged ``run``. These have a description; the others (the
-# algorithm's loss terms, the batch counts) are made when a step first reports them.
+# algorithm's loss terms, the batch counts, the per-source fields) are made when a step first
+# reports them. A per-source field ``<field>/<source>`` (``reward_mean/gsm8k``) is the gauge
+# ``syncrl_<field>_<source>``, its source's characters but [a-zA-Z0-9_] written ``_`` (``metric_name``).
 DESCRIPTIONS = {
     "step": "steps done", "policy_version": "learner (policy) version", "engine_version": "version the engines hold",
     "sync_interval": "learner steps between weight pushes (0: inf, offline)",
@@ -42,23 +44,50 @@ EVAL_GAUGES = ("accuracy", "accuracy_stderr", "boxed_rate", "correct_any_format"
                "response_len_mean", "questions", "policy_version", "time_s")  # fmt: skip
 
 
+# The per-source fields of a step record (launch.metrics.step_record: ``<field>/<source>``).
+SOURCE_DESCRIPTIONS = {"reward_mean": "mean reward of the step's samples from source",
+                       "response_len_mean": "mean response length (tokens) of the step's samples from source",
+                       "samples": "samples of the step from source"}  # fmt: skip
+
+
 def metric_name(field: str) -> str:
-    """A record field as a Prometheus metric name part: ``pass@1`` -> ``pass_at_1``."""
+    """A record field as a Prometheus metric name part: ``pass@1`` -> ``pass_at_1``, per-source
+    ``reward_mean/my-task`` -> ``reward_mean_my_task`` (every character but [a-zA-Z0-9_] as ``_``)."""
     return re.sub(r"[^a-zA-Z0-9_]", "_", field.replace("@", "_at_"))
 
 
-def metric_values(record: dict[str, Any]) -> dict[str, float]:
-    """Every numeric field of a step or eval record, by metric name (``metric_name``), as a float:
-    bools as 0/1, ``sync_interval`` "inf" as 0 (Ray drops a non-finite gauge value). Text, lists,
-    None and NaN (e.g. the loss of a step that did not train) are left out: the gauge keeps its
-    last value."""
+def scalar_tag(field: str) -> str:
+    """A record field as a TensorBoard / wandb tag (after ``train/`` or ``eval/``): ``metric_name``
+    of each ``/``-separated part, so ``pass@1`` -> ``pass_at_1``, ``reward_mean/my-task`` ->
+    ``reward_mean/my_task``."""
+    return "/".join(metric_name(part) for part in field.split("/"))
+
+
+def numeric_fields(record: dict[str, Any]) -> dict[str, float]:
+    """Every numeric field of a step or eval record, by its key, as a float: bools as 0/1,
+    ``sync_interval`` "inf" as 0 (Ray drops a non-finite gauge value). Text, lists, None and NaN
+    (e.g. the loss of a step that did not train) are left out: the gauge keeps its last value."""
     values = {}
     for key, value in record.items():
         if key == "sync_interval" and value == "inf":
             value = 0
         if isinstance(value, (int, float)) and math.isfinite(value):
-            values[metric_name(key)] = float(value)
+            values[key] = float(value)
     return values
+
+
+def metric_values(record: dict[str, Any], name=metric_name) -> dict[str, float]:
+    """``numeric_fields`` by metric name (``name``: ``metric_name``, or ``scalar_tag`` for the
+    TensorBoard and wandb tags)."""
+    return {name(key): value for key, value in numeric_fields(record).items()}
+
+
+def describe(field: str) -> str:
+    """A step record field's gauge description (a per-source field names its source)."""
+    base, _, source = field.partition("/")
+    if source and base in SOURCE_DESCRIPTIONS:
+        return f"{SOURCE_DESCRIPTIONS[base]} {source}"
+    return DESCRIPTIONS.get(metric_name(field), metric_name(field))
 
 
 def eval_prefix(result: dict[str, Any]) -> str:
@@ -98,11 +127,13 @@ class Controller:
         return self.gauges[name]
 
     def _set_gauges(self, prefix: str, record: dict[str, Any]) -> None:
-        """Set ``syncrl_<prefix><field>`` to each numeric field of ``record`` (``metric_values``)."""
+        """Set ``syncrl_<prefix><field>`` to each numeric field of ``record`` (``metric_values``;
+        a per-source ``<field>/<source>``: ``syncrl_<prefix><field>_<source>``)."""
         if not self.export_metrics:
             return
-        for key, value in metric_values(record).items():
-            description = DESCRIPTIONS.get(key, key) if not prefix else f"{prefix.rstrip('_').replace('_', ' ')} {key}"
+        for field, value in numeric_fields(record).items():
+            key = metric_name(field)
+            description = describe(field) if not prefix else f"{prefix.rstrip('_').replace('_', ' ')} {field}"
             self._gauge(f"syncrl_{prefix}{key}", description).set(value, tags={"run": self.run_name})
 
     def settings(self) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class LearnerGroup(ActorGroup):
 
     def __init__(self, model_path: str, cfg: Any, temperature: float = 1.0, needs_reference: bool = False,
                  needs_value: bool = False, supervisor: Any = None, wait: bool = True,
-                 model: Any = None):  # fmt: skip
+                 model: Any = None, reward_model: bool = False):  # fmt: skip
         self.cfg, self.gpu = cfg, cluster_has_gpus()
         # The ranks' bundles first: the rendezvous (MASTER_ADDR, MASTER_PORT) is rank 0's node
         # and a port free there, which only a placed bundle 0 can tell.
@@ -57,7 +57,7 @@ class LearnerGroup(ActorGroup):
             self.placement.remove()
             raise
         self.rank_args = (model_path, cfg, cfg.num_ranks, *self.address, temperature, needs_reference, needs_value,
-                          model)  # model: the model settings (ModelConfig), LearnerRank's last argument
+                          model, reward_model)  # model: the model settings (ModelConfig); reward_model: a scalar head
         self.start_workers(cfg.num_ranks, supervisor, wait)
 
     def ask(self, count: int) -> Ask:

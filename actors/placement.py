@@ -4,18 +4,20 @@ and the placement groups that hold them.
 Each group of workers asks for ``count`` bundles of the same resources (``Ask``): a rollout
 engine ``rollout.num_cpus_per_worker`` CPUs (on GPUs also ``rollout.tensor_parallel_size`` GPUs,
 all on one node: vLLM's tensor parallelism stays inside the engine's bundle), a learner rank one
-CPU (and one GPU), a reward worker one CPU; plus the custom Ray resources of ``rollout.resources``
-/ ``learner.resources`` (e.g. ``{"rollout_node": 1}`` to keep engines on the nodes that offer it).
-``check_fits`` compares that with the cluster's nodes before any actor starts and names what is
-missing. The learner ranks and the engines then each hold a placement group (``Placement``), a
-bundle per worker: the learner's placed with ``learner.placement_strategy`` (PACK by default:
-ranks on as few nodes as possible; SPREAD across nodes), the engines' packed. A replaced worker
-takes its predecessor's bundle, so it lands where the group was placed.
+CPU (and one GPU), a reward worker ``reward.num_cpus_per_worker`` CPUs (and
+``reward.num_gpus_per_worker`` GPUs, if any); plus the custom Ray resources of
+``rollout.resources`` / ``learner.resources`` / ``reward.resources`` (e.g. ``{"rollout_node": 1}``
+to keep engines on the nodes that offer it). ``check_fits`` compares that with the cluster's
+nodes before any actor starts and names what is missing. The learner ranks, the engines and the
+reward workers then each hold a placement group (``Placement``), a bundle per worker: the
+learner's placed with ``learner.placement_strategy`` (PACK by default: ranks on as few nodes as
+possible; SPREAD across nodes), the others packed. A replaced worker takes its predecessor's
+bundle, so it lands where the group was placed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -33,7 +35,6 @@ class Ask:
     count: int
     bundle: dict[str, float]
     strategy: str = "PACK"  # a Ray placement strategy: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
-    placed: bool = field(default=True)  # held by a placement group (reward workers are not)
 
 
 def cluster_has_gpus() -> bool:
@@ -50,10 +51,17 @@ def learner_bundle(cfg: Any, gpu: bool) -> dict[str, float]:
     return {"CPU": 1.0, **({"GPU": 1.0} if gpu else {}), **cfg.resources}
 
 
+def reward_bundle(cfg: Any) -> dict[str, float]:
+    """The resources of one reward worker (a ``RewardConfig``, duck-typed): GPUs only when it
+    asks for some, whether the cluster has GPUs or not (a reward model's GPU is the user's call)."""
+    gpus = float(cfg.num_gpus_per_worker)
+    return {"CPU": float(cfg.num_cpus_per_worker), **({"GPU": gpus} if gpus > 0 else {}), **cfg.resources}
+
+
 def run_asks(cfg: Any, gpu: bool, learner: bool = True) -> list[Ask]:
     """What a run (a ``SyncRLConfig``, duck-typed) asks for: engines, reward workers, learner ranks."""
     asks = [Ask("engines", cfg.rollout.num_workers, engine_bundle(cfg.rollout, gpu)),
-            Ask("reward workers", cfg.reward.num_workers, {"CPU": 1.0}, placed=False)]  # fmt: skip
+            Ask("reward workers", cfg.reward.num_workers, reward_bundle(cfg.reward))]  # fmt: skip
     if learner:
         asks.append(Ask("learner ranks", cfg.learner.num_ranks, learner_bundle(cfg.learner, gpu), cfg.learner.placement_strategy))
     return asks

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import ray
 
 from actors.common import ActorGroup, ActorMixin, join, split_evenly
+from actors.placement import Ask, reward_bundle
+from rewards.reward_model import check_reward_model
 from rewards.router import RewardRouter, Route
 from rollout.phases import Phases
 from rollout.records import Sample
@@ -15,12 +18,20 @@ from rollout.records import Sample
 
 @ray.remote(num_cpus=1)
 class RewardWorker(ActorMixin):
-    """Scores batches of samples by their ``source``: math verifier or reward model per route."""
+    """Scores batches of samples by their ``source``: math verifier or reward model per route.
+
+    A worker given GPUs (``reward.num_gpus_per_worker``) runs its reward models on them; one
+    given none hides the node's GPUs from itself, so that it never takes one it did not ask for."""
 
     def __init__(self, routes: Mapping[str, Route | Mapping[str, Any]], default: str = "default") -> None:
+        if not ray.get_gpu_ids():  # before torch first looks for a GPU
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
         super().__init__()
         self.phases = Phases()
         self.router = RewardRouter(routes, default)
+        for name, route in self.router.routes.items():  # a folder this node cannot read: one line naming the route
+            if route.kind == "reward_model":
+                check_reward_model(route.model_path, route.label_index, f"reward.routes.{name}.model_path")
         self.router.start()  # grader processes and reward models start with the other actors
         self.phases.mark("scorers")
 
@@ -34,8 +45,9 @@ class RewardWorker(ActorMixin):
 
 
 class RewardGroup(ActorGroup):
-    """N reward workers; a batch of samples is spread across them and comes back in order. A
-    worker that dies or hangs is replaced and its chunk scored again."""
+    """N reward workers in a placement group (a bundle each: ``reward_bundle``); a batch of
+    samples is spread across them and comes back in order. A worker that dies or hangs is
+    replaced in its predecessor's bundle and its chunk scored again."""
 
     kind = "reward"
 
@@ -43,8 +55,11 @@ class RewardGroup(ActorGroup):
         self.cfg = cfg
         self.start_workers(cfg.num_workers, supervisor, wait)
 
+    def ask(self, count: int) -> Ask:
+        return Ask("reward workers", count, reward_bundle(self.cfg))
+
     def _start(self, i: int):
-        return RewardWorker.remote(self.cfg.routes, self.cfg.default)
+        return RewardWorker.options(**self.placement.options(i)).remote(self.cfg.routes, self.cfg.default)
 
     def score(self, samples: list[Sample]) -> list[Sample]:
         chunks = dict(enumerate(split_evenly(samples, len(self.workers))))

@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             print(dump_config(load_config(args.recipe, args.overrides)), end="")
         elif args.command == "train":
             cfg = None if (args.resume and args.recipe is None and not args.overrides) else load_config(args.recipe, args.overrides)
-            check_inputs(cfg if cfg is not None else resumed_config(args.resume))  # before Ray starts
+            data = check_inputs(cfg if cfg is not None else resumed_config(args.resume))  # before Ray starts
             from launch.run import run
 
-            print(f"run directory: {run(cfg, args.output, args.resume, dashboard=not args.no_dashboard)}")
+            print(f"run directory: {run(cfg, args.output, args.resume, dashboard=not args.no_dashboard, data=data)}")
         elif args.command == "eval":
             overrides = [f"eval.num_questions={args.num_questions}", f"eval.samples_per_prompt={args.samples}",
                          f"eval.temperature={args.temperature}", f"data.one_shot={args.one_shot}"]  # fmt: skip
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             if any(b < 1 for b in args.beam):
                 raise ConfigError(f"--beam: beam sizes must be >= 1 (got {args.beam})")
             check_eval_inputs(args)  # before Ray starts
+            check_reward_routes(cfg.reward)
             ks = pass_at(args.pass_at)
             from launch.evaluate import main as evaluate
 
@@ -127,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         return USER_ERROR
     except RuntimeError as err:
         from actors.faults import ActorFailure, RestartBudgetSpent
+        from rewards.python_function import RewardFunctionError
 
+        if isinstance(err, RewardFunctionError):  # raised in a reward worker: its message, not Ray's traceback
+            print(f"syncrl: {getattr(err, 'cause', None) or err}", file=sys.stderr)
+            return 1
         if not isinstance(err, (ActorFailure, RestartBudgetSpent)):
             raise
         print(f"syncrl: {err}", file=sys.stderr)  # the actor, the cause, the budget, how to resume
@@ -144,20 +149,38 @@ def resumed_config(run_dir: str):
     return load_config(saved)
 
 
-def check_inputs(cfg) -> None:
-    """What a run reads (the model, the task or the data file, every record of it) checked before
-    Ray or any actor starts: a ConfigError names the field, and the file and line."""
+def check_inputs(cfg):
+    """What a run reads (the model, the task or the data set and every record of it, each reward
+    route's model or functions) checked before Ray or any actor starts: a ConfigError names the
+    field, and the file and row. Returns the data as read (``rollout.data.RunData``): the run
+    reads it once."""
     from launch.models import check_model_path
-    from rollout.offline import check_data_file, file_kind
+    from rollout.data import read_run_data
     from rollout.tasks import check_task
 
     check_model_path(cfg.model.path)
-    d = cfg.data
-    if d.path is None:
-        check_task(d.task)
-    else:
-        check_data_file(d.path)
-        file_kind(d.path)
+    if cfg.data.path is None:
+        check_task(cfg.data.task)
+    check_reward_routes(cfg.reward)
+    return read_run_data(cfg)
+
+
+def check_reward_routes(reward) -> None:
+    """Every reward route's model folder or Python functions, before Ray starts."""
+    for name, route in reward.routes.items():
+        field = f"reward.routes.{name}"
+        if route.kind == "reward_model":
+            from rewards.reward_model import check_reward_model
+
+            check_reward_model(route.model_path, route.label_index, f"{field}.model_path")
+        elif route.kind == "python":
+            from rewards.python_function import check_function
+
+            for spec in route.functions:
+                try:
+                    check_function(spec)
+                except ValueError as err:
+                    raise ConfigError(f"{field}.function: {spec!r}: {err}") from None
 
 
 def pass_at(text: str) -> tuple[int, ...]:

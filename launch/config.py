@@ -9,6 +9,7 @@ overrides any field. ``load_config`` returns a validated ``SyncRLConfig`` or rai
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -60,10 +61,25 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    # A generated task name (e.g. "add-1digit") or a JSONL file of prompts, preference pairs or
-    # scored samples (see README).
+    # A generated task name (e.g. "add-1digit"), or data.path: a JSONL, JSON, parquet or CSV file,
+    # or a datasets save_to_disk folder, of prompts, preference pairs or scored responses (README,
+    # "Your data").
     task: str = "add-1digit"
     path: str | None = None
+    split: str = "train"  # the split of a save_to_disk folder that holds several
+    # Columns of data.path (a dotted key reaches a nested field, e.g. reward_model.ground_truth).
+    # prompt: a string or a chat list of {role, content} (with the default, a "messages" column
+    # serves when there is no "prompt"); answer: the reference a verifier checks; source: picks the
+    # reward route; id: groups scored responses of one prompt. Every other column reaches the
+    # reward functions.
+    prompt_key: str = Field("prompt", min_length=1)
+    answer_key: str = Field("answer", min_length=1)
+    source_key: str = Field("source", min_length=1)
+    id_key: str = Field("id", min_length=1)
+    chosen_key: str = Field("chosen", min_length=1)  # preference pairs: a string or a chat list ending with the answer
+    rejected_key: str = Field("rejected", min_length=1)
+    response_key: str = Field("response", min_length=1)  # scored responses: the response and its reward
+    reward_key: str = Field("reward", min_length=1)
     prompts_per_step: int = Field(8, ge=1)
     # Longest prompt, in tokens after the chat template: a longer one stops the run at start with
     # its id (no silent truncation or dropping).
@@ -80,8 +96,9 @@ OREO_KL_REG = {"token": 0.01, "step": 0.1, "response": 0.3}  # the OREO paper's 
 
 class AlgorithmConfig(Section):
     # grpo | dpo | group_dpo | group_dpo_grpo (GroupDPO + grpo_weight * GRPO) | oreo (policy and
-    # value model, soft Bellman losses) | rejection_sampling (NLL on the responses with reward 1)
-    name: Literal["grpo", "dpo", "group_dpo", "group_dpo_grpo", "oreo", "rejection_sampling"] = "grpo"
+    # value model, soft Bellman losses) | rejection_sampling (NLL on the responses with reward 1) |
+    # reward_model (a Bradley-Terry reward model on preference pairs, saved as a sequence classifier)
+    name: Literal["grpo", "dpo", "group_dpo", "group_dpo_grpo", "oreo", "rejection_sampling", "reward_model"] = "grpo"
     beta: float = Field(0.1, gt=0)  # DPO temperature; OREO's KL coefficient (the paper: 0.03)
     ld_alpha: float = Field(1.0, ge=0, le=1)  # LD-DPO weight of tokens past the shorter response; 1 = DPO
     nll_coef: float = Field(0.0, ge=0)  # NLL on the chosen response (length-normalized)
@@ -99,6 +116,10 @@ class AlgorithmConfig(Section):
     # 0.1 (step), 0.3 (response). kl_estimator: over the full vocabulary, or the sampled token's k3.
     kl_reg: float | None = Field(None, ge=0)
     kl_estimator: Literal["full", "k3"] = "full"
+    # reward_model: the margin m of -log sigmoid(r_chosen - r_rejected - m), and the share of prompts
+    # (a fixed draw by prompt id) whose pairs are held out: measured every step, never trained on.
+    reward_margin: float = 0.0
+    heldout_share: float = Field(0.0, ge=0, lt=1)
 
     @property
     def oreo_kl_reg(self) -> float:
@@ -155,21 +176,58 @@ def engine_settings(cfg: SyncRLConfig) -> EngineSettings:
 
 
 class RewardRoute(Section):
-    kind: Literal["math_verify", "reward_model"] = "math_verify"
+    # math_verify: the final answer against the record's answer | reward_model: a Hugging Face
+    # sequence-classification model folder | python: reward functions written in Python
+    kind: Literal["math_verify", "reward_model", "python"] = "math_verify"
     model_path: str | None = None  # reward_model: a sequence-classification model folder
-    timeout_s: float = Field(5.0, gt=0)  # math_verify: per-answer grading time limit
+    # python: "pkg.module:name" or "path/to/file.py:name", or a list of them summed with `weights`
+    # (TRL's reward_funcs / reward_weights). Each is called on a batch as
+    # name(prompts, completions, **columns) -> list[float | None] (README, "Reward functions").
+    function: str | list[str] | None = None
+    weights: list[float] | None = None  # python: one weight per function (None: all 1)
+    # python: an exception, a timeout, a wrong length or a non-finite value stops the run with an
+    # error naming the function and the sample ("fail"), or scores the batch's samples 0 and is
+    # counted in reward_errors ("zero").
+    on_error: Literal["fail", "zero"] = "fail"
+    timeout_s: float = Field(5.0, gt=0)  # math_verify: per answer; python: per call of a function on a batch
     require_boxed: bool = False  # math_verify: only an answer inside \boxed{} counts (format-strict)
     batch_size: int = Field(16, ge=1)
+    # reward_model: also close a batch before it holds this many tokens, padding included (0: rows
+    # only). Samples are then sorted by length, so a batch pads little; results keep input order.
+    batch_tokens: int = Field(0, ge=0)
+    # reward_model: auto is bfloat16 on a GPU (reward.num_gpus_per_worker > 0), float32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # reward_model: the logit read as the reward when the classifier has several labels (None:
+    # a one-label model; one with more labels is refused)
+    label_index: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
-    def _needs_model(self) -> RewardRoute:
+    def _kind_fields(self) -> RewardRoute:
         if self.kind == "reward_model" and not self.model_path:
             raise ValueError("kind 'reward_model' needs model_path")
+        if self.kind == "python" and not self.function:
+            raise ValueError("kind 'python' needs function: 'pkg.module:name' or 'path/to/file.py:name' (or a list)")
+        if self.kind != "python" and (self.function or self.weights):
+            raise ValueError(f"function and weights belong to kind 'python', not {self.kind!r}")
+        if self.kind != "reward_model" and self.model_path:
+            raise ValueError(f"model_path belongs to kind 'reward_model', not {self.kind!r}")
+        if self.weights is not None and len(self.weights) != len(self.functions):
+            raise ValueError(f"weights: {len(self.weights)} weights for {len(self.functions)} functions")
         return self
+
+    @property
+    def functions(self) -> list[str]:
+        """The python route's functions, as a list."""
+        return [self.function] if isinstance(self.function, str) else list(self.function or [])
 
 
 class RewardConfig(Section):
     num_workers: int = Field(1, ge=1)
+    # Each worker's bundle in the run's placement plan, as rollout's: GPUs (a fraction shares one;
+    # > 0 runs reward models on the GPU) and CPUs per worker, and custom Ray resources.
+    num_gpus_per_worker: float = Field(0.0, ge=0)
+    num_cpus_per_worker: float = Field(1.0, gt=0)
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources per worker, as rollout.resources
     # Each prompt's `source` picks its route; sources without a route use `default`.
     routes: dict[str, RewardRoute] = Field(default_factory=lambda: {"default": RewardRoute()})
     default: str = "default"
@@ -224,6 +282,19 @@ class StageConfig(Section):
     sync: SyncConfig | None = None  # None: the top-level sync
 
 
+class WandbConfig(Section):
+    """Weights & Biases: every TensorBoard scalar of the run (train/..., eval/...), the config too."""
+
+    project: str  # the wandb project (required)
+    entity: str | None = None  # team or user (None: the logged-in user's default entity)
+    # None: <name>-<the run directory's name>, or just the directory's name when it starts with
+    # the run's name, as the default output_dir's does (e.g. tiny-grpo-20260101-120000)
+    name: str | None = None
+    mode: Literal["online", "offline"] = "online"  # offline: written under <dir>/wandb/, `wandb sync` uploads it later
+    tags: list[str] = Field(default_factory=list)
+    dir: str | None = None  # the folder that holds wandb/ (None: the run directory)
+
+
 class LoggingConfig(Section):
     output_dir: str = "runs/{name}-{time}"  # {name}: the run's name, {time}: its start, YYYYmmdd-HHMMSS
     controller_name: str = "syncrl-controller"  # the named actor `syncrl ctl --name` reaches
@@ -234,6 +305,7 @@ class LoggingConfig(Section):
     # (its address is printed); `--no-dashboard` or false here starts Ray without it.
     dashboard: bool = True
     weight_checksums: bool = False  # log the learner's and each engine's weight checksum every step (slow)
+    wandb: WandbConfig | None = None  # also log to Weights & Biases (None: not at all, wandb not imported)
 
 
     @field_validator("output_dir")
@@ -327,6 +399,23 @@ class SyncRLConfig(Section):
     def _beam_needs_a_value_model(self) -> SyncRLConfig:
         if self.eval.beam_size and not any(s.algorithm.name == "oreo" for s in self.resolved_stages()):
             raise ValueError("eval.beam_size: value-guided beam search needs the run's value model (an oreo algorithm)")
+        return self
+
+    @model_validator(mode="after")
+    def _reward_model_runs_alone(self) -> SyncRLConfig:
+        stages = self.resolved_stages()
+        rm = [s.name for s in stages if s.algorithm.name == "reward_model"]
+        if not rm:
+            return self
+        if len(rm) != len(stages):
+            raise ValueError(f"stages {rm} train a reward model and the others a policy: a run trains one model")
+        online = [s.name for s in stages if not math.isinf(s.sync.interval)]
+        if online:
+            raise ValueError(f"algorithm reward_model: sync.interval must be inf (the engines keep the base policy that "
+                             f"generates; a reward model is never pushed to them); finite in stages {online}")  # fmt: skip
+        if self.eval.enabled:
+            raise ValueError("eval: a reward_model run has no policy to evaluate; its pair accuracy (and "
+                             "heldout_accuracy, with algorithm.heldout_share) is logged every step")  # fmt: skip
         return self
 
     def resolved_stages(self) -> list[StageConfig]:

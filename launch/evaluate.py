@@ -22,30 +22,11 @@ from actors.placement import check_cluster
 from actors.value import ValueGroup
 from launch.config import ConfigError, engine_settings
 from rollout.beam_search import beam_search
+from rollout.data import test_prompts
 from rollout.evaluation import format_table, summarize
 from rollout.records import Prompt, Sample
-from rollout.tasks import make_task
 
 EVAL_SEED = 12345  # evaluations sample reproducibly (when not greedy)
-
-
-def task_splits(data, name: str | None = None) -> tuple[list[Prompt], list[Prompt]]:
-    """(train, test) of a generated task (default ``data.task``) under the data settings ``data``."""
-    return make_task(name or data.task, data.num_train, data.num_test, data.seed, data.one_shot, data.system_prompt)
-
-
-def test_prompts(cfg, task: str | None = None, built: tuple[list[Prompt], list[Prompt]] | None = None) -> list[Prompt]:
-    """The held-out questions of ``eval.task`` (default ``data.task``), at most eval.num_questions:
-    the test split of the same ``make_task`` call that gives training its questions (``built``:
-    that call's (train, test) for ``data.task``, when the caller has it already)."""
-    d, e = cfg.data, cfg.eval
-    name = task or e.task or d.task
-    if built is None or name != d.task:
-        built = task_splits(d, name)
-    test = built[1]
-    if not test:
-        raise ValueError(f"eval: task {task or e.task or d.task!r} has no test questions (data.num_test)")
-    return test[: e.num_questions]
 
 
 class Evaluator:

@@ -1,24 +1,40 @@
 """Per-step metrics: ``metrics.jsonl`` in the run directory, TensorBoard scalars beside it, the
-Controller's Ray metrics, and a console progress bar."""
+Controller's Ray metrics, an optional Weights & Biases run, and a console progress bar."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from actors.controller import eval_prefix, metric_values
+from actors.controller import eval_prefix, metric_values, scalar_tag
 from launch.config import interval_text
 from rollout.records import Sample, TrainBatch
 
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
+
+
+def per_source(samples: list[Sample]) -> dict[str, float]:
+    """``reward_mean/<source>``, ``response_len_mean/<source>`` and ``samples/<source>`` (a count)
+    for each reward-route source (``Sample.source``) among ``samples``, sources in sorted order."""
+    by_source: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_source[s.source].append(s)
+    groups = sorted(by_source.items())
+    return {
+        **{f"reward_mean/{source}": _mean([s.reward for s in group]) for source, group in groups},
+        **{f"response_len_mean/{source}": _mean([s.response_len for s in group]) for source, group in groups},
+        **{f"samples/{source}": len(group) for source, group in groups},
+    }
 
 
 def step_record(state, stage: str, sync_interval: float, samples: list[Sample], batch: TrainBatch,
@@ -56,6 +72,7 @@ def step_record(state, stage: str, sync_interval: float, samples: list[Sample], 
         "time_train_s": train,
         "time_sync_s": sync,
         "tokens_per_s": tokens / max(gen + score + train + sync, 1e-9),
+        **per_source(samples),
     }
 
 
@@ -65,19 +82,30 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
+def wandb_run_name(run_dir: str | Path, name: str | None) -> str:
+    """The default wandb run name: the run directory's name, after the config's ``name`` unless
+    it already starts with it (the default output_dir ``runs/{name}-{time}`` does)."""
+    base = Path(run_dir).absolute().name
+    return base if not name or base.startswith(name) else f"{name}-{base}"
+
+
 class MetricsLog:
     """``tensorboard``: also every numeric field of each step record (tag ``train/<field>``) and
     evaluation (``eval/<key>``; beam search ``eval_beam/<key>``) as TensorBoard scalars at its step,
-    in ``<run_dir>/tensorboard/``; the values are the Ray gauges' (``actors.controller.metric_values``)."""
+    in ``<run_dir>/tensorboard/``; the values are the Ray gauges' (``actors.controller.metric_values``;
+    tags by ``scalar_tag``: a per-source ``reward_mean/<source>`` keeps its ``/``). ``wandb`` (a
+    ``launch.config.WandbConfig``): the same scalars logged to a Weights & Biases run, each row with
+    its ``step``, and ``config`` (the run's SyncRLConfig) as the wandb run's config."""
 
     def __init__(self, run_dir: str, progress_bar: bool, total_steps: int, resume_step: int = 0,
-                 tensorboard: bool = False):  # fmt: skip
+                 tensorboard: bool = False, wandb=None, config=None):  # fmt: skip
         self.path = Path(run_dir, "metrics.jsonl")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._truncate(resume_step)
         self.file = open(self.path, "a")
         self.tensorboard, self.writer = tensorboard, None
         self._open_writer(resume_step)
+        self.wandb_run = self._open_wandb(wandb, config, resume_step) if wandb is not None else None
         self.last_write = time.time()
         self.bar = None
         if progress_bar and sys.stderr.isatty():
@@ -102,17 +130,42 @@ class MetricsLog:
 
         self.writer = SummaryWriter(str(self.path.with_name("tensorboard")), purge_step=step + 1 if step > 0 else 0)
 
+    def _open_wandb(self, settings, config, step: int):
+        """A wandb run (wandb is imported only here). A resumed run (``step`` > 0) continues the
+        wandb run whose id ``<run_dir>/wandb_run_id`` keeps (``resume="allow"``); from step 0 a new
+        one starts. Rows are plotted against their ``step`` field: wandb's own step only grows, so
+        the steps a resumed run writes again are logged again, after the first copies."""
+        import wandb
+
+        run_dir = self.path.parent
+        id_file = run_dir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if step > 0 and id_file.is_file() else secrets.token_hex(4)
+        id_file.write_text(run_id + "\n")
+        folder = Path(settings.dir or run_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        name = settings.name or wandb_run_name(run_dir, getattr(config, "name", None))
+        run = wandb.init(project=settings.project, entity=settings.entity, name=name, tags=settings.tags, mode=settings.mode,
+                         dir=str(folder), id=run_id, resume="allow",
+                         config=config.model_dump(mode="json") if config is not None else None)  # fmt: skip
+        run.define_metric("step")
+        for prefix in ("train", "eval", "eval_beam"):
+            run.define_metric(f"{prefix}/*", step_metric="step")
+        return run
+
     def _scalars(self, prefix: str, record: dict[str, Any], step: int) -> None:
-        """Each numeric field but ``step`` and ``time`` (the event's own step and wall time)."""
+        """Each numeric field but ``step`` and ``time`` (the event's own step and wall time), as
+        ``<prefix>/<scalar_tag(field)>``, to TensorBoard and wandb."""
+        values = {f"{prefix}/{tag}": v for tag, v in metric_values(record, scalar_tag).items() if tag not in ("step", "time")}
         if self.writer is not None:
-            for key, value in metric_values(record).items():
-                if key in ("step", "time"):
-                    continue
-                self.writer.add_scalar(f"{prefix}/{key}", value, global_step=step, walltime=record.get("time"))
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, global_step=step, walltime=record.get("time"))
             self.writer.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({"step": step, **values})
 
     def rewind(self, step: int) -> None:
-        """The run continues from the checkpoint of ``step`` (the learner group restarted)."""
+        """The run continues from the checkpoint of ``step`` (the learner group restarted); the
+        wandb run goes on, and gets the steps after ``step`` again."""
         self.file.close()
         self._truncate(step)
         self.file = open(self.path, "a")
@@ -160,6 +213,9 @@ class MetricsLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
         if self.bar is not None:
             self.bar.close()
 

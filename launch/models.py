@@ -8,6 +8,7 @@ spot, and saved as ordinary Hugging Face folders that transformers and vLLM both
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -146,9 +147,29 @@ def check_model_path(path: str, field: str = "model.path") -> Path | None:
     return folder
 
 
+@contextlib.contextmanager
+def no_progress_bars():
+    """Neither transformers nor huggingface_hub draws progress bars inside the block (building a
+    built-in model writes and reads shards: its bars would reach a user's terminal, and the one
+    line of a ``syncrl:`` error); they are restored after it."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hub_was_off, hf_was_on = are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not hub_was_off:
+            enable_progress_bars()
+        if hf_was_on:
+            hf_logging.enable_progress_bar()
+
+
 def _build_once(target: Path, build) -> Path:
     """Build into a temporary folder and rename it into place, under a file lock: concurrent
-    callers wait, and a crash never leaves a half-written model behind."""
+    callers wait, and a crash never leaves a half-written model behind. Quietly: no progress bars."""
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +178,8 @@ def _build_once(target: Path, build) -> Path:
         if not (target / "config.json").is_file():
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
             try:
-                build(tmp)
+                with no_progress_bars():
+                    build(tmp)
                 (tmp / "syncrl.json").write_text(json.dumps({"built_from": target.name}))
                 os.replace(tmp, target)
             finally:

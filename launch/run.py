@@ -18,9 +18,11 @@ from launch.config import ConfigError, SyncRLConfig, dump_config, load_config
 from rollout.phases import Phases, imports_without_gc, process_start
 
 
-def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None = None, dashboard: bool = True) -> Path:
+def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None = None, dashboard: bool = True,
+        data=None) -> Path:  # fmt: skip
     """Make (or reopen) the run directory, connect to Ray, train (``dashboard`` False: a local
-    cluster starts without its dashboard, whatever logging.dashboard says)."""
+    cluster starts without its dashboard, whatever logging.dashboard says; ``data``: the run's
+    data as ``rollout.data.read_run_data`` read it, None: read here)."""
     phases = Phases(process_start())
     phases.mark("command (Python, imports, config)")
     if resume:
@@ -38,7 +40,7 @@ def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None 
     if not dashboard:
         cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"dashboard": False})})
     with ThreadPoolExecutor(1) as pool:
-        prepared = pool.submit(prepare_driver, cfg, str(run_dir), state, phases)
+        prepared = pool.submit(prepare_driver, cfg, str(run_dir), state, phases, data)
         began = time.time()
         with ray_session(cfg):  # connected (or failed to) before anything is written
             phases.add("Ray", began, time.time() - began)
@@ -51,11 +53,11 @@ def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None 
     return run_dir
 
 
-def prepare_driver(cfg: SyncRLConfig, run_dir: str, state: RunState | None, phases: Phases):
+def prepare_driver(cfg: SyncRLConfig, run_dir: str, state: RunState | None, phases: Phases, data=None):
     """The driver's modules, then the driver with its task, tokenizer and data (in the thread)."""
     began = time.time()
     with imports_without_gc():
         from launch.train import Driver
 
     phases.add("driver's imports (torch, transformers, the actors')", began, time.time() - began)
-    return Driver(cfg, run_dir, state, phases)
+    return Driver(cfg, run_dir, state, phases, data)

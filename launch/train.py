@@ -25,32 +25,38 @@ from actors.rollout import RolloutGroup
 from actors.weight_sync import make_transport
 from launch.checkpoint import RunState, latest_checkpoint, load_state, restore, save_checkpoint, save_final
 from launch.config import ConfigError, SyncRLConfig, engine_settings
-from launch.evaluate import Evaluator, task_splits, test_prompts
+from launch.evaluate import Evaluator
 from launch.metrics import MetricsLog, install_grafana_dashboard, live_sync_interval, step_record
 from launch.models import resolve_model
 from launch.plots import plot_run
 from launch.sources import FileSource, RolloutSource
+from rewards.reward_model import reward_token_ids
 from rollout.algorithms import make_algorithm
-from rollout.offline import check_data_file, file_kind, load_offline_groups
+from rollout.data import RunData, read_run_data, test_prompts, training_items
 from rollout.phases import Phases
 from rollout.records import Prompt
-from rollout.tasks import ShuffledStream, load_prompts
+from rollout.tasks import ShuffledStream
 
 
 class Driver:
     """One run: its actors, its data source, its state. ``run()`` is the loop."""
 
-    def __init__(self, cfg: SyncRLConfig, run_dir: str, state: RunState | None = None, phases: Phases | None = None):
+    def __init__(self, cfg: SyncRLConfig, run_dir: str, state: RunState | None = None, phases: Phases | None = None,
+                 data: RunData | None = None):  # fmt: skip
+        """``data``: the run's data as ``read_run_data`` read it (``syncrl train`` reads it before
+        Ray starts); None: read here."""
         began = time.time()
         self.phases = phases or Phases()  # the start-up's parts, in startup.json after the first step
         self.cfg, self.run_dir = cfg, str(Path(run_dir).absolute())  # the same path on every node
         self.model_path, self.stages = str(Path(resolve_model(cfg.model.path)).absolute()), cfg.resolved_stages()
-        texts = TokenTexts(self.model_path, cfg.model.trust_remote_code)  # the tokenizer if an algorithm asks (OREO)
-        self.algorithms = [make_algorithm(s.algorithm, cfg.seed + i, texts) for i, s in enumerate(self.stages)]
-        task = task_splits(cfg.data) if cfg.data.path is None else None
-        self.data = load_data(cfg, self.model_path, self.stages, task)  # bad data fails here, before any actor starts
+        tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code)
+        texts = TokenTexts(self.model_path, tokenizer=tokenizer)  # OREO's step level finds steps with it
+        reward_ids = lambda s: reward_token_ids(tokenizer, s.messages, s.response_text)  # noqa: E731  (reward_model)
+        self.algorithms = [make_algorithm(s.algorithm, cfg.seed + i, texts, reward_ids) for i, s in enumerate(self.stages)]
+        data = data or read_run_data(cfg)  # bad data fails here, before any actor starts
+        self.data = training_items(cfg, data, tokenizer)
         self.state = state or self.initial_state()
-        self.eval_prompts = test_prompts(cfg, built=task) if cfg.eval.enabled else []
+        self.eval_prompts = test_prompts(cfg, built=data.task) if cfg.eval.enabled else []
         self.groups: list = []
         self.evaluated_at: int | None = None  # the step of the last every_steps evaluation
         self.mid_step = False  # the learner trained this step and its record is not written yet
@@ -86,7 +92,7 @@ class Driver:
             self.__exit__()
             raise
         self.log = MetricsLog(self.run_dir, cfg.logging.progress_bar, sum(s.steps for s in self.stages), state.step,
-                              tensorboard=cfg.logging.tensorboard)  # fmt: skip
+                              tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb, config=cfg)  # fmt: skip
         self.evaluator = Evaluator(rollouts, rewards, self.eval_prompts, cfg.eval, cfg.rollout.max_new_tokens,
                                    (1, cfg.eval.samples_per_prompt))  # fmt: skip
         return self
@@ -122,7 +128,8 @@ class Driver:
     def learner_group(self) -> LearnerGroup:
         """The learner group, starting (not waited for)."""
         needs = dict(needs_reference=any(a.loss.needs_reference for a in self.algorithms),
-                     needs_value=any(a.loss.needs_value for a in self.algorithms))  # fmt: skip
+                     needs_value=any(a.loss.needs_value for a in self.algorithms),
+                     reward_model=any(a.loss.scalar_head for a in self.algorithms))  # fmt: skip
         self.learners = LearnerGroup(self.model_path, self.cfg.learner, self.cfg.rollout.temperature, **needs,
                                      supervisor=self.supervisor, wait=False, model=self.cfg.model)  # fmt: skip
         return self.learners
@@ -279,10 +286,12 @@ class Driver:
             save_checkpoint(self.run_dir, cfg, state, self.learners, self.controller)
 
 
-def train(cfg: SyncRLConfig, run_dir: str, state: RunState | None = None, phases: Phases | None = None) -> RunState:
+def train(cfg: SyncRLConfig, run_dir: str, state: RunState | None = None, phases: Phases | None = None,
+          data: RunData | None = None) -> RunState:  # fmt: skip
     """Run every stage of ``cfg`` in ``run_dir``; ``state`` continues a checkpointed run;
-    ``phases``: the start-up so far (``syncrl train``'s, from its process start)."""
-    with Driver(cfg, run_dir, state, phases) as driver:
+    ``phases``: the start-up so far (``syncrl train``'s, from its process start); ``data``: the
+    run's data, already read (``read_run_data``)."""
+    with Driver(cfg, run_dir, state, phases, data) as driver:
         return driver.run()
 
 
@@ -294,59 +303,16 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False):
 
 
 class TokenTexts:
-    """ids -> the text of each token, with the model's tokenizer, loaded on first use (OREO's
-    step level finds reasoning steps with it)."""
+    """ids -> the text of each token, with the model's tokenizer (``tokenizer``, or loaded on first
+    use); OREO's step level finds reasoning steps with it."""
 
-    def __init__(self, model_path: str, trust_remote_code: bool = False):
-        self.model_path, self.trust_remote_code, self.tokenizer = model_path, trust_remote_code, None
+    def __init__(self, model_path: str, trust_remote_code: bool = False, tokenizer=None):
+        self.model_path, self.trust_remote_code, self.tokenizer = model_path, trust_remote_code, tokenizer
 
     def __call__(self, ids: list[int]) -> list[str]:
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.model_path, self.trust_remote_code)
         return self.tokenizer.batch_decode([[i] for i in ids])
-
-
-def check_prompt_lengths(lengths: dict[str, int], limit: int, where: str) -> None:
-    """Every prompt (id -> tokens after the chat template) within data.max_prompt_tokens, or a
-    ConfigError naming the longest one: a prompt is never cut or dropped silently."""
-    over = {k: n for k, n in lengths.items() if n > limit}
-    if over:
-        worst = max(over, key=over.get)
-        raise ConfigError(f"data.max_prompt_tokens={limit}: prompt {worst!r} of {where} is {over[worst]} tokens after "
-                          f"the chat template ({len(over)} of {len(lengths)} prompts are longer than the limit); "
-                          "raise data.max_prompt_tokens (and rollout.max_model_len) or shorten the prompts")  # fmt: skip
-
-
-def prompt_lengths(prompts: list[Prompt], tokenizer) -> dict[str, int]:
-    """Tokens of each prompt with the chat template, as the engines apply it."""
-    ids = tokenizer.apply_chat_template([p.messages for p in prompts], add_generation_prompt=True, tokenize=True,
-                                        return_dict=False)  # fmt: skip
-    return {p.id: len(i) for p, i in zip(prompts, ids)}
-
-
-def load_data(cfg: SyncRLConfig, model_path: str, stages, task: tuple | None = None) -> list:
-    """The training items: prompts (generated task or prompt file), or sample groups (a file of
-    preference pairs or scored responses, which trains offline: every stage needs s = inf). Every
-    prompt fits data.max_prompt_tokens with the chat template (checked with the tokenizer here).
-    ``task``: data.task's (train, test) splits, if the caller built them already."""
-    d = cfg.data
-    tokenizer = lambda: load_tokenizer(model_path, cfg.model.trust_remote_code)  # noqa: E731
-    if d.path is None:
-        prompts = (task or task_splits(d))[0]
-        check_prompt_lengths(prompt_lengths(prompts, tokenizer()), d.max_prompt_tokens, f"data.task {d.task!r}")
-        return prompts
-    check_data_file(d.path)
-    if file_kind(d.path) == "prompts":
-        prompts = load_prompts(d.path)
-        check_prompt_lengths(prompt_lengths(prompts, tokenizer()), d.max_prompt_tokens, d.path)
-        return prompts
-    online = [s.name for s in stages if not math.isinf(s.sync.interval)]
-    if online:
-        raise ConfigError(f"data.path {d.path} holds responses (offline data), so sync.interval must be inf; "
-                          f"stages with a finite interval: {online}")  # fmt: skip
-    groups = load_offline_groups(d.path, tokenizer())
-    check_prompt_lengths({g[0].prompt_id: len(g[0].prompt_ids) for g in groups}, d.max_prompt_tokens, d.path)
-    return groups
 
 
 def make_source(cfg: SyncRLConfig, data: list, rollouts: RolloutGroup, position: int):

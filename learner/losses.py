@@ -82,6 +82,15 @@ def group_mean(per_item: torch.Tensor, group: torch.Tensor, num_groups: int | No
     return (per_item * weight).sum() / (counts.numel() if num_groups is None else num_groups)
 
 
+def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """Reward-model loss of each pair (Bradley-Terry, with an optional margin m):
+
+        L_k = -log sigmoid(r(x, y_w) - r(x, y_l) - m)
+
+    ``chosen_scores``/``rejected_scores`` [P] are the model's scalar rewards of each pair's rows."""
+    return -F.logsigmoid(chosen_scores - rejected_scores - margin)
+
+
 def nll_loss(token_logps: torch.Tensor, mask: torch.Tensor, num_rows: int | None = None) -> torch.Tensor:
     """Length-normalized negative log-likelihood, averaged over rows:
 

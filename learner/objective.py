@@ -28,6 +28,7 @@ class CollatedBatch:
     chosen: torch.Tensor  # [P]
     rejected: torch.Tensor  # [P]
     pair_group: torch.Tensor  # [P]
+    heldout: torch.Tensor  # [P] bool: a pair only measured, not trained on
     rewards: torch.Tensor  # [N]
     action_starts: torch.Tensor  # [N, T] float, 1 where an action (OREO) begins
 
@@ -69,6 +70,7 @@ def collate(batch: TrainBatch, pad_token_id: int) -> CollatedBatch:
         chosen=torch.tensor(batch.chosen, dtype=torch.long),
         rejected=torch.tensor(batch.rejected, dtype=torch.long),
         pair_group=torch.tensor(batch.pair_group, dtype=torch.long),
+        heldout=torch.tensor([k in set(batch.heldout) for k in range(batch.num_pairs)], dtype=torch.bool),
         rewards=torch.tensor([s.reward for s in batch.sequences], dtype=torch.float32),
         action_starts=starts,
     )
@@ -84,15 +86,19 @@ class Totals:
     pairs: int
     chosen_rows: int  # distinct chosen rows (NLL mean)
     rows: int = 0  # every row (SFT, OREO and KL means over sequences)
+    heldout_pairs: int = 0  # pairs only measured (a reward model's held-out share): not in groups or pairs
 
     @staticmethod
     def of(batch: TrainBatch) -> Totals:
+        heldout = set(batch.heldout)
+        trained = [k for k in range(batch.num_pairs) if k not in heldout]
         return Totals(
             tokens=float(sum(len(s.response_ids) for s in batch.sequences)),
-            groups=len(set(batch.pair_group)),
-            pairs=batch.num_pairs,
-            chosen_rows=len(set(batch.chosen)),
+            groups=len({batch.pair_group[k] for k in trained}),
+            pairs=len(trained),
+            chosen_rows=len({batch.chosen[k] for k in trained}),
             rows=len(batch.sequences),
+            heldout_pairs=len(heldout),
         )
 
 
@@ -114,11 +120,13 @@ def subset(batch: TrainBatch, rows: list[int]) -> TrainBatch:
     """The rows given (whole pair groups) and their pairs, re-indexed."""
     index = {r: i for i, r in enumerate(rows)}
     keep = [k for k, c in enumerate(batch.chosen) if c in index]
+    heldout = set(batch.heldout)
     return TrainBatch(
         sequences=[batch.sequences[r] for r in rows],
         chosen=[index[batch.chosen[k]] for k in keep],
         rejected=[index[batch.rejected[k]] for k in keep],
         pair_group=[batch.pair_group[k] for k in keep],
+        heldout=[i for i, k in enumerate(keep) if k in heldout],
     )
 
 
@@ -281,3 +289,28 @@ def compute_value_loss(
         "value_s0_mean": v0.sum().item() / rows,
         "value_s0_abs_err": ((v0 - batch.rewards.to(v0.dtype)).abs() * has_response).sum().item() / rows,
     }
+
+
+def compute_reward_model_loss(
+    spec: LossSpec, batch: CollatedBatch, scores: torch.Tensor, totals: Totals | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """A reward model's loss over the pairs it trains on (the held-out ones are only measured):
+
+        L = bradley_terry_weight * (1/P) sum_k -log sigmoid(r(x, y_w,k) - r(x, y_l,k) - reward_margin)
+
+    ``scores`` [N]: the model's reward of each row. Metrics: the loss, pair accuracy (r_w > r_l)
+    and mean margin r_w - r_l, on the trained and on the held-out pairs."""
+    totals = totals or Totals(0.0, 0, int((~batch.heldout).sum()), 0, scores.shape[0], int(batch.heldout.sum()))
+    diff = scores[batch.chosen] - scores[batch.rejected]
+    per_pair = losses.bradley_terry_loss(scores[batch.chosen], scores[batch.rejected], spec.reward_margin)
+    trained, heldout = ~batch.heldout, batch.heldout
+    loss = spec.bradley_terry_weight * (per_pair * trained).sum() / max(totals.pairs, 1)
+    d = diff.detach()
+    metrics = {"loss": loss.item(), "rm_loss": loss.item(),
+               "rm_accuracy": ((d > 0) & trained).sum().item() / max(totals.pairs, 1),
+               "rm_margin": (d * trained).sum().item() / max(totals.pairs, 1)}  # fmt: skip
+    if totals.heldout_pairs:
+        metrics.update(heldout_accuracy=((d > 0) & heldout).sum().item() / totals.heldout_pairs,
+                       heldout_margin=(d * heldout).sum().item() / totals.heldout_pairs,
+                       heldout_loss=(per_pair.detach() * heldout).sum().item() / totals.heldout_pairs)  # fmt: skip
+    return loss, metrics

@@ -19,7 +19,15 @@ import torch
 
 from learner.losses import kl_full_vocab
 from learner.logprobs import logprobs_and_entropy
-from learner.objective import CollatedBatch, Totals, collate, compute_loss, compute_value_loss, micro_batches
+from learner.objective import (
+    CollatedBatch,
+    Totals,
+    collate,
+    compute_loss,
+    compute_reward_model_loss,
+    compute_value_loss,
+    micro_batches,
+)
 from learner.packing import Packed, pack, packed_mask, unpack, use_block_attention
 from learner.value import ValueModel, save_value_folder
 from rollout.phases import Phases, imports_without_gc
@@ -180,11 +188,13 @@ class LearnerRank:
     ``needs_value`` it also holds a value model (OREO) as a second DeepSpeed engine with its own
     AdamW (``cfg.value_lr``), trained on the same micro-batches. ``model``: the model settings
     (``ModelConfig``, duck-typed: dtype, attn_implementation, trust_remote_code; None: "auto"),
-    which every model the rank loads follows."""
+    which every model the rank loads follows. ``reward_model``: the rank trains a reward model
+    (the model folder loaded as a one-label sequence classifier: a scalar head, read at each row's
+    last token, in place of the LM head) on a ``LossSpec`` with a Bradley-Terry term."""
 
     def __init__(self, model_path: str, cfg: Any, rank: int, world_size: int, master_addr: str, master_port: int,
                  temperature: float = 1.0, needs_reference: bool = False, needs_value: bool = False,
-                 model: Any = None):  # fmt: skip
+                 model: Any = None, reward_model: bool = False):  # fmt: skip
         self.phases = phases = Phases()
         with imports_without_gc():
             import deepspeed
@@ -201,8 +211,13 @@ class LearnerRank:
         torch.manual_seed(cfg.seed)
         self.model_load = load = load_kwargs(model, self.gpu)  # every from_pretrained of this rank
         self.dtype = dtype = load["dtype"]
-        policy = own_memory(AutoModelForCausalLM.from_pretrained(model_path, **load), self.gpu)
-        self.block_attention = cfg.packing and use_block_attention(policy)  # packed rows: attention block by block
+        self.reward_model = reward_model
+        if reward_model:
+            policy = own_memory(load_reward_model(model_path, load), self.gpu)
+        else:
+            policy = own_memory(AutoModelForCausalLM.from_pretrained(model_path, **load), self.gpu)
+        self.packing = cfg.packing and not reward_model  # a reward model's rows run padded: one score per row
+        self.block_attention = self.packing and use_block_attention(policy)  # packed rows: attention block by block
         if cfg.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
         self.pad_token_id = policy.config.pad_token_id if policy.config.pad_token_id is not None else 0
@@ -250,7 +265,7 @@ class LearnerRank:
 
     def _pack(self, cb: CollatedBatch) -> Packed | None:
         """The micro-batch packed (learner.packing), or None when it runs padded."""
-        if not self.cfg.packing:
+        if not self.packing:
             return None
         flash = self.engine.module.config._attn_implementation == "flash_attention_2"
         return pack(cb.input_ids, cb.attention_mask, cb.loss_mask, share_prompts=self.cfg.share_prompts and not flash)
@@ -332,6 +347,12 @@ class LearnerRank:
     def _losses(self, cb: CollatedBatch, spec: LossSpec, totals: Totals) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
         """One micro-batch's forwards (policy; reference, value model and full logits as the spec
         needs) and losses: the policy's, the value model's (None without one) and the metrics."""
+        if spec.scalar_head:  # a reward model: each row's score, as a plain sequence-classifier forward reads it
+            if not self.reward_model:
+                raise ValueError("a Bradley-Terry loss needs the learner started as a reward model")
+            scores = self.engine(input_ids=cb.input_ids, attention_mask=cb.attention_mask, use_cache=False).logits[:, 0]
+            loss, metrics = compute_reward_model_loss(spec, cb, scores.float(), totals)
+            return loss, None, metrics
         packed = self._pack(cb)
         logps, entropy, logits = self._logps(self.engine, cb, packed, keep_logits=spec.needs_full_logits)
         ref_logps = kl_tokens = values = value_loss = None
@@ -493,6 +514,20 @@ class LearnerRank:
             value = {k: v.cpu() for k, v in self.named_full_weights(self.value_engine)}
             if self.rank == 0:
                 save_value_folder(str(Path(folder, "value")), self.value_engine.module.backbone, value)
+
+
+def load_reward_model(model_path: str, load: dict) -> torch.nn.Module:
+    """The model folder as a one-label sequence classifier (a causal LM's folder gets a new score
+    head), its pad token set from the tokenizer when the config has none: the classifier finds each
+    row's last token by it, here and in every later ``AutoModelForSequenceClassification`` load of
+    the saved folder."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, **load)
+    if model.config.pad_token_id is None:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=load.get("trust_remote_code", False))
+        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return model
 
 
 def _has_flash_attn() -> bool:

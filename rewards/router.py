@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from rewards.base import RewardFunction, RewardResult
 from rollout.records import Sample
 
-KINDS = ("math_verify", "reward_model")
+KINDS = ("math_verify", "reward_model", "python")
 
 
 class Route(Protocol):
@@ -27,8 +27,8 @@ class Route(Protocol):
     batch_size: int
 
 
-def build_scorer(route: Route) -> RewardFunction:
-    """The reward function a route describes."""
+def build_scorer(route: Route, name: str = "default") -> RewardFunction:
+    """The reward function a route (named ``name``) describes."""
     if route.kind == "math_verify":
         from rewards.math_verify import MathVerifier
 
@@ -38,13 +38,22 @@ def build_scorer(route: Route) -> RewardFunction:
 
         if not route.model_path:
             raise ValueError("a reward_model route needs model_path")
-        return RewardModelScorer(route.model_path, batch_size=route.batch_size)
+        return RewardModelScorer(route.model_path, batch_size=route.batch_size, batch_tokens=route.batch_tokens,
+                                 dtype=route.dtype, label_index=route.label_index)  # fmt: skip
+    if route.kind == "python":
+        from rewards.python_function import PythonReward
+
+        functions = [route.function] if isinstance(route.function, str) else list(route.function or [])
+        if not functions:
+            raise ValueError("a python route needs function")
+        return PythonReward(functions, route.weights, route.timeout_s, route.on_error, route=name)
     raise ValueError(f"unknown reward kind {route.kind!r}; expected one of {KINDS}")
 
 
 def _as_route(route: Route | Mapping[str, Any]) -> Route:
     if isinstance(route, Mapping):
-        fields = {"model_path": None, "timeout_s": 5.0, "batch_size": 16, "require_boxed": False, **route}
+        fields = {"model_path": None, "timeout_s": 5.0, "batch_size": 16, "require_boxed": False, "batch_tokens": 0,
+                  "dtype": "auto", "label_index": None, "function": None, "weights": None, "on_error": "fail", **route}  # fmt: skip
         return SimpleNamespace(**fields)  # type: ignore[return-value]
     return route
 
@@ -64,6 +73,8 @@ class RewardRouter:
                 raise ValueError(f"route {name!r}: unknown reward kind {route.kind!r}; expected one of {KINDS}")
             if route.kind == "reward_model" and not route.model_path:
                 raise ValueError(f"route {name!r}: kind 'reward_model' needs model_path")
+            if route.kind == "python" and not route.function:
+                raise ValueError(f"route {name!r}: kind 'python' needs function")
         self.default = default
         self._scorers: dict[str, RewardFunction] = {}
 
@@ -80,7 +91,7 @@ class RewardRouter:
     def scorer(self, name: str) -> RewardFunction:
         """The reward function of route ``name``, built on first use."""
         if name not in self._scorers:
-            self._scorers[name] = build_scorer(self.routes[name])
+            self._scorers[name] = build_scorer(self.routes[name], name)
         return self._scorers[name]
 
     def score(self, samples: Sequence[Sample]) -> list[RewardResult]:

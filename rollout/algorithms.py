@@ -15,10 +15,15 @@ spec. Samples of one prompt share ``prompt_id`` and form its group.
                    reasoning step, or the response); the loss is OREO's soft Bellman policy loss
                    plus KL(pi || ref), and the value model's Bellman loss (arXiv 2412.16145).
 - rejection_sampling: the samples with reward 1 (correct), trained with NLL; OREO's baseline.
+- reward_model:    every (above-group-mean, below-group-mean) pair of a prompt's samples (a file
+                   of preference pairs: each pair), as the texts a reward worker scores (chat
+                   template included); the loss is Bradley-Terry's, and the learner trains a
+                   scalar-head model. A ``heldout_share`` of the prompts is only measured.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections.abc import Callable
@@ -185,6 +190,46 @@ def build_rejection_sampling_batch(samples: list[Sample]) -> TrainBatch:
     return TrainBatch(sequences=kept, counts={"kept": len(kept), "rejected": len(samples) - len(kept)})
 
 
+def is_heldout(prompt_id: str, share: float, seed: int = 0) -> bool:
+    """Whether a prompt belongs to the held-out share: a fixed draw from its id (and the seed), so
+    a prompt is held out at every step and in every run with the same settings."""
+    digest = hashlib.sha256(f"{seed}|{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def build_reward_model_batch(samples: list[Sample], token_ids: Callable[[Sample], list[int]], heldout_share: float = 0.0,
+                             seed: int = 0) -> TrainBatch:  # fmt: skip
+    """Reward-model training pairs: every (above-mean, below-mean) pair of each prompt's samples,
+    each row the token ids ``token_ids(sample)`` of the text a reward model reads; the pairs of
+    held-out prompts (``is_heldout``) are listed in ``heldout``."""
+    batch = TrainBatch(sequences=[])
+    skipped = held = 0
+    for g, (prompt_id, group) in enumerate(group_by_prompt(samples).items()):
+        rewards = [s.reward for s in group]
+        mean = sum(rewards) / len(rewards)
+        above = [i for i, r in enumerate(rewards) if r > mean]
+        below = [i for i, r in enumerate(rewards) if r < mean]
+        if not above:
+            skipped += 1
+            continue
+        base = len(batch.sequences)
+        batch.sequences += [TrainSequence(prompt_ids=token_ids(s), response_ids=[], policy_version=s.policy_version,
+                                          reward=float(s.reward)) for s in group]  # fmt: skip
+        out = is_heldout(prompt_id, heldout_share, seed)
+        held += out
+        for i in above:
+            for j in below:
+                if out:
+                    batch.heldout.append(len(batch.chosen))
+                batch.chosen.append(base + i)
+                batch.rejected.append(base + j)
+                batch.pair_group.append(g)
+    batch.counts = {"pairs": batch.num_pairs - len(batch.heldout), "heldout_pairs": len(batch.heldout),
+                    "prompts_heldout": held, "prompts_without_pair": skipped}  # fmt: skip
+    TrainBatch.__post_init__(batch)
+    return batch
+
+
 def batch_rng(seed: int, samples: list[Sample]) -> random.Random:
     """Random choices (DPO's ties) as a function of the seed and the batch, not of the batches
     before it: a resumed or restarted run makes the same choices as an uninterrupted one."""
@@ -203,9 +248,12 @@ class Algorithm:
         return f"Algorithm({self.name!r}, {self.loss})"
 
 
-def make_algorithm(cfg: Any, seed: int = 0, token_texts: Callable[[list[int]], list[str]] | None = None) -> Algorithm:
+def make_algorithm(cfg: Any, seed: int = 0, token_texts: Callable[[list[int]], list[str]] | None = None,
+                   reward_ids: Callable[[Sample], list[int]] | None = None) -> Algorithm:  # fmt: skip
     """Build the algorithm an ``AlgorithmConfig`` names (duck-typed: rollout does not import launch).
-    ``token_texts`` maps token ids to their texts (OREO's step level finds steps with it)."""
+    ``token_texts`` maps token ids to their texts (OREO's step level finds steps with it);
+    ``reward_ids`` gives the token ids a reward model reads for a sample (reward_model; the driver
+    makes it with ``rewards.reward_model.reward_token_ids``, which the reward worker scores)."""
     grpo_terms = dict(clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef)
     dpo_terms = dict(beta=cfg.beta, ld_alpha=cfg.ld_alpha, nll_coef=cfg.nll_coef)
     common = dict(entropy_coef=cfg.entropy_coef)
@@ -238,4 +286,12 @@ def make_algorithm(cfg: Any, seed: int = 0, token_texts: Callable[[list[int]], l
         )
     if cfg.name == "rejection_sampling":
         return Algorithm("rejection_sampling", build_rejection_sampling_batch, LossSpec(sft_weight=1.0, **common))
+    if cfg.name == "reward_model":
+        if reward_ids is None:
+            raise ValueError("reward_model needs reward_ids: the token ids a reward model reads for a sample")
+        return Algorithm(
+            "reward_model",
+            lambda samples: build_reward_model_batch(samples, reward_ids, cfg.heldout_share, seed),
+            LossSpec(bradley_terry_weight=1.0, reward_margin=cfg.reward_margin),
+        )
     raise ValueError(f"algorithm.name: unknown algorithm {cfg.name!r}")

@@ -207,6 +207,8 @@ class RolloutEngine:
                         response_text=completion.text,
                         answer=prompt.answer,
                         source=prompt.source,
+                        prompt_messages=prompt.messages,
+                        columns=prompt.columns,
                     )
                 )
         return samples

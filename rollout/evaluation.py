@@ -3,6 +3,7 @@
 accuracy: mean over questions of the share of a question's samples graded correct, with its
 standard error over questions; pass@k by the unbiased estimator of Chen et al. (2021); mean
 response length; the share of answers written inside \\boxed{}; the share cut at the token limit.
+Per reward-route source (``Sample.source``) of the questions: accuracy, mean reward and counts.
 """
 
 from __future__ import annotations
@@ -54,6 +55,24 @@ def summarize(samples: list[Sample], ks: tuple[int, ...] = (1,)) -> dict[str, fl
     for k in ks:
         if k <= n:
             out[f"pass@{k}"] = sum(pass_at_k(len(g), sum(map(is_correct, g)), k) for g in by_question.values()) / q
+    return {**out, **per_source(list(by_question.values()))}
+
+
+def per_source(groups: list[list[Sample]]) -> dict[str, float]:
+    """For each source of the questions (``groups``: one list of samples per question; a question's
+    source is its first sample's): ``accuracy/<source>`` (as ``accuracy``, over that source's
+    questions), ``reward_mean/<source>`` (over its samples; an unscored sample counts 0),
+    ``questions/<source>`` and ``samples/<source>``. Sources in sorted order."""
+    by_source: dict[str, list[list[Sample]]] = defaultdict(list)
+    for group in groups:
+        by_source[group[0].source].append(group)
+    out: dict[str, float] = {}
+    for source, questions in sorted(by_source.items()):
+        samples = [s for g in questions for s in g]
+        out[f"accuracy/{source}"] = sum(sum(map(is_correct, g)) / len(g) for g in questions) / len(questions)
+        out[f"reward_mean/{source}"] = sum(s.reward or 0.0 for s in samples) / len(samples)
+        out[f"questions/{source}"] = len(questions)
+        out[f"samples/{source}"] = len(samples)
     return out
 
 

@@ -18,6 +18,9 @@ class Prompt:
     messages: list[dict[str, str]]  # chat messages; the engine applies the chat template
     answer: str | None = None  # reference answer for verifiers
     source: str = "default"  # picks the reward route
+    # The data set's other columns of this record (data.path): they travel with every sample of the
+    # prompt to the reward functions (a `python` route gets them as keyword arguments).
+    columns: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -36,6 +39,15 @@ class Sample:
     source: str = "default"
     reward: float | None = None
     reward_info: dict = field(default_factory=dict)
+    # The prompt's chat messages (what a reward model reads with the response; empty: one user
+    # message of prompt_text) and the data set's other columns of its record (Prompt.columns).
+    prompt_messages: list[dict[str, str]] = field(default_factory=list)
+    columns: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        """The prompt's messages (one user message of ``prompt_text`` when none were kept)."""
+        return self.prompt_messages or [{"role": "user", "content": self.prompt_text}]
 
     @property
     def response_len(self) -> int:
@@ -63,7 +75,8 @@ class TrainBatch:
 
     ``chosen[k]`` and ``rejected[k]`` are row indices of pair k; pairs with the same
     ``pair_group[k]`` are averaged together first (GroupDPO), then groups are averaged.
-    ``counts`` reports what was used and skipped (e.g. prompts with no pair).
+    ``heldout`` lists pairs that are only measured, not trained on (a reward model's held-out
+    share). ``counts`` reports what was used and skipped (e.g. prompts with no pair).
     """
 
     sequences: list[TrainSequence]
@@ -71,6 +84,7 @@ class TrainBatch:
     rejected: list[int] = field(default_factory=list)
     pair_group: list[int] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    heldout: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.sequences)
@@ -79,6 +93,8 @@ class TrainBatch:
         for idx in (*self.chosen, *self.rejected):
             if not 0 <= idx < n:
                 raise ValueError(f"pair index {idx} is out of range for {n} sequences")
+        if any(not 0 <= k < len(self.chosen) for k in self.heldout):
+            raise ValueError(f"held-out pairs {self.heldout} are not all pairs of the {len(self.chosen)}")
 
     @property
     def num_pairs(self) -> int:
@@ -93,7 +109,9 @@ class LossSpec:
           + grpo_weight * GRPO(clip_low, clip_high, kl_coef) - entropy_coef * H
           + sft_weight * NLL(every row)
           + bellman_weight * OREO_pi(beta) + kl_reg * KL(pi || ref)       (kl_estimator: full | k3)
-        and, for the value model (its own optimizer): value_weight * OREO_V(beta)
+        and, for the value model (its own optimizer): value_weight * OREO_V(beta);
+    or, for a reward model (a scalar head instead of the LM head: the learner loads a sequence
+    classifier): L = bradley_terry_weight * mean_k BT_k(reward_margin).
     """
 
     dpo_weight: float = 0.0
@@ -110,6 +128,13 @@ class LossSpec:
     value_weight: float = 0.0
     kl_reg: float = 0.0
     kl_estimator: str = "full"  # "full": over the vocabulary; "k3": the sampled token's estimate
+    bradley_terry_weight: float = 0.0
+    reward_margin: float = 0.0
+
+    @property
+    def scalar_head(self) -> bool:
+        """The model trained is a reward model (one score per row), not a policy."""
+        return self.bradley_terry_weight > 0
 
     @property
     def needs_reference(self) -> bool:

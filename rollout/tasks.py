@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from rollout.errors import ConfigError
-from rollout.offline import kinds_needed, read_records
 from rollout.records import Prompt
 
 T = TypeVar("T")
@@ -156,18 +155,6 @@ def _generated(name: str, num_train: int, num_test: int, seed: int) -> tuple[lis
         num_test = min(num_test, len(items) // 5)
     test, train = items[:num_test], items[num_test : num_test + num_train]
     return train, test
-
-
-def load_prompts(path: str) -> list[Prompt]:
-    """A JSONL file of prompts: {"id"?, "prompt" | "messages", "answer"?, "source"?} per line. Every
-    record is checked (``rollout.offline.read_records``): errors name the line and the field."""
-    kind, records = read_records(path)
-    if kind != "prompts":
-        raise ConfigError(f"{path}: holds {'preference pairs' if kind == 'pairs' else 'scored responses'}, "
-                          f"not prompts; {kinds_needed()}")  # fmt: skip
-    return [Prompt(id=str(rec.get("id", n)), messages=rec.get("messages") or [{"role": "user", "content": rec["prompt"]}],
-                   answer=None if rec.get("answer") is None else str(rec["answer"]), source=rec.get("source", "default"))
-            for n, rec in records]  # fmt: skip
 
 
 class ShuffledStream(Generic[T]):

@@ -10,8 +10,7 @@ import pytest
 
 from launch.cli import USER_ERROR
 from launch.config import ConfigError
-from rollout.offline import file_kind, load_offline_groups, read_records
-from rollout.tasks import load_prompts
+from rollout.data import file_kind, groups_of, prompts_of, read_data
 
 PAIR = {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"}
 PROMPT = {"prompt": "What is 2 + 2?", "answer": 4}
@@ -111,8 +110,8 @@ def test_kinds(tmp_path):
     assert file_kind(write(tmp_path / "p.jsonl", PROMPT, {"messages": [{"role": "user", "content": "hi"}]})) == "prompts"
     assert file_kind(write(tmp_path / "d.jsonl", PAIR, "", PAIR)) == "pairs"  # blank lines are skipped
     assert file_kind(write(tmp_path / "s.jsonl", SCORED, {**SCORED, "reward": 0})) == "samples"
-    kind, records = read_records(write(tmp_path / "n.jsonl", PAIR, "   ", PAIR))
-    assert kind == "pairs" and [n for n, _ in records] == [1, 3]
+    data = read_data(write(tmp_path / "n.jsonl", PAIR, "   ", PAIR))
+    assert data.kind == "pairs" and [r.where.rsplit(":", 1)[1] for r in data.records] == ["1", "3"]
 
 
 def test_a_pair_without_rejected_is_an_error_naming_the_line(tmp_path):
@@ -132,11 +131,11 @@ def test_a_pair_without_rejected_is_an_error_naming_the_line(tmp_path):
 def test_a_mixed_file_names_the_first_line_of_the_minority_kind(tmp_path):
     path = write(tmp_path / "mixed.jsonl", PROMPT, PROMPT, PAIR, PROMPT, PAIR)
     with pytest.raises(ConfigError, match=r"mixed.jsonl:3: a preference pair \(the record has chosen, prompt, rejected\) "
-                                          r"in a file of prompts \(the first on line 1\)") as err:  # fmt: skip
+                                          r"in data of prompts \(the first at .*mixed.jsonl:1\)") as err:  # fmt: skip
         file_kind(path)
     assert "3 prompts and 2 preference pairs" in str(err.value)
     assert "a scored response needs prompt|messages + response + reward" in str(err.value)
-    with pytest.raises(ConfigError, match=r"tie.jsonl:2: a prompt .* in a file of scored responses"):
+    with pytest.raises(ConfigError, match=r"tie.jsonl:2: a prompt .* in data of scored responses"):
         file_kind(write(tmp_path / "tie.jsonl", SCORED, PROMPT))  # a tie: the kind seen first is the file's
 
 
@@ -151,7 +150,7 @@ def test_a_line_that_is_not_json_names_its_number(tmp_path):
 
 
 def test_records_that_fit_no_kind(tmp_path):
-    with pytest.raises(ConfigError, match=r"q.jsonl:1: no 'prompt' or 'messages' \(the record has answer, question\)"):
+    with pytest.raises(ConfigError, match=r"q.jsonl:1: no 'prompt\|messages' column \(the record has answer, question\)"):
         file_kind(write(tmp_path / "q.jsonl", {"question": "x", "answer": 1}))
     with pytest.raises(ConfigError, match=r"both.jsonl:1: fits no kind: it has fields of a preference pair and of a scored"):
         file_kind(write(tmp_path / "both.jsonl", {**PAIR, "response": "4", "reward": 1}))
@@ -159,23 +158,23 @@ def test_records_that_fit_no_kind(tmp_path):
         file_kind(write(tmp_path / "c.jsonl", {"prompt": "x", "completion": "y"}))
     with pytest.raises(ConfigError, match=r"w.jsonl:2: 'reward' must be a finite number, got 'high'"):
         file_kind(write(tmp_path / "w.jsonl", SCORED, {**SCORED, "reward": "high"}))
-    with pytest.raises(ConfigError, match=r"e.jsonl:1: 'chosen' must be a non-empty string, got ''"):
+    with pytest.raises(ConfigError, match=r"e.jsonl:1: 'chosen' must be a non-empty string \(or a chat list .*\), got ''"):
         file_kind(write(tmp_path / "e.jsonl", {**PAIR, "chosen": ""}))
     with pytest.raises(ConfigError, match=r"m.jsonl:1: 'messages' must be a non-empty list"):
         file_kind(write(tmp_path / "m.jsonl", {"messages": "hi"}))
     with pytest.raises(ConfigError, match=r"empty.jsonl: no records"):
         file_kind(write(tmp_path / "empty.jsonl", ""))
-    with pytest.raises(ConfigError, match=r"cannot read"):
+    with pytest.raises(ConfigError, match=r"data.path: no file"):
         file_kind(str(tmp_path / "no-such.jsonl"))
 
 
 def test_each_loader_takes_its_own_kind(tmp_path):
-    prompts = load_prompts(write(tmp_path / "p.jsonl", PROMPT, {"id": "b", "messages": [{"role": "user", "content": "hi"}]}))
+    prompts = prompts_of(read_data(write(tmp_path / "p.jsonl", PROMPT, {"id": "b", "messages": [{"role": "user", "content": "hi"}]})))
     assert [(p.id, p.answer) for p in prompts] == [("1", "4"), ("b", None)]
     with pytest.raises(ConfigError, match="holds preference pairs, not prompts"):
-        load_prompts(write(tmp_path / "d.jsonl", PAIR))
+        prompts_of(read_data(write(tmp_path / "d.jsonl", PAIR)))
     with pytest.raises(ConfigError, match="holds prompts, not responses"):
-        load_offline_groups(write(tmp_path / "p2.jsonl", PROMPT), tokenizer=None)
+        groups_of(read_data(write(tmp_path / "p2.jsonl", PROMPT)), tokenizer=None)
 
 
 def closed_port() -> int:

@@ -11,9 +11,9 @@ from rollout.evaluation import format_table, pass_at_k, summarize
 from rollout.records import Sample
 
 
-def graded(qid: str, correct: bool, boxed: bool = True, length: int = 4, finish: str = "stop") -> Sample:
+def graded(qid: str, correct: bool, boxed: bool = True, length: int = 4, finish: str = "stop", source: str = "default") -> Sample:
     return Sample(prompt_id=qid, prompt_ids=[1], response_ids=[2] * length, logprobs=[0.0] * length,
-                  finish_reason=finish, policy_version=0, reward=float(correct),
+                  finish_reason=finish, policy_version=0, reward=float(correct), source=source,
                   reward_info={"correct": correct, "source": "boxed" if boxed else "number"})  # fmt: skip
 
 
@@ -36,6 +36,24 @@ def test_summarize_hand_values():
     assert out["boxed_rate"] == pytest.approx(5 / 6) and out["truncated_rate"] == pytest.approx(1 / 6)
     assert out["response_len_mean"] == pytest.approx(28 / 6) and out["questions"] == 3
     assert "0.500" in format_table([("m", out)])
+    # one source: its per-source keys repeat the totals
+    assert (out["accuracy/default"], out["questions/default"], out["samples/default"]) == (out["accuracy"], 3, 6)
+    assert out["reward_mean/default"] == pytest.approx(0.5)
+
+
+def test_summarize_per_source():
+    other = "gsm/8k v1"  # characters a metric name does not take: the key keeps them
+    samples = [graded("a", True, source="arith"), graded("a", False, source="arith"), graded("b", True, source="arith"),
+               graded("b", True, source="arith"), graded("c", False, source=other), graded("c", False, source=other)]  # fmt: skip
+    samples[0].reward = 0.75  # a reward that is not the grade: reward_mean follows the reward, accuracy the grade
+    out = summarize(samples)
+    assert out["accuracy"] == pytest.approx((0.5 + 1.0 + 0.0) / 3) and out["questions"] == 3  # the totals as before
+    assert out["accuracy/arith"] == pytest.approx(0.75) and out["accuracy/gsm/8k v1"] == 0.0
+    assert out["reward_mean/arith"] == pytest.approx(2.75 / 4) and out["reward_mean/gsm/8k v1"] == 0.0
+    assert (out["questions/arith"], out["samples/arith"], out["questions/gsm/8k v1"], out["samples/gsm/8k v1"]) == (2, 4, 1, 2)
+    assert list(out).index("accuracy/arith") < list(out).index("accuracy/gsm/8k v1")
+    table = format_table([("m", out)])
+    assert table.splitlines()[0].split()[:2] == ["model", "accuracy"] and "accuracy/" not in table
 
 
 @pytest.mark.system

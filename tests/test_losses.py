@@ -109,3 +109,23 @@ def test_gradients_are_finite():
     total = total + grpo + losses.entropy_loss(entropy, mask, 0.01)
     total.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_reward_model_loss_against_a_hand_computation():
+    """Bradley-Terry with a margin over the trained pairs; the held-out pair only measured."""
+    import math
+
+    from learner.objective import collate, compute_reward_model_loss
+    from rollout.records import LossSpec, TrainBatch, TrainSequence
+
+    rows = [TrainSequence(prompt_ids=[1, 2, 3], response_ids=[]) for _ in range(4)]
+    batch = TrainBatch(rows, chosen=[0, 2], rejected=[1, 3], pair_group=[0, 1], heldout=[1])
+    scores = torch.tensor([2.0, 0.5, -1.0, 1.0], requires_grad=True)
+    loss, metrics = compute_reward_model_loss(LossSpec(bradley_terry_weight=1.0, reward_margin=0.25), collate(batch, 0), scores)
+    hand = -math.log(1 / (1 + math.exp(-(2.0 - 0.5 - 0.25))))  # pair 0 only
+    assert loss.item() == pytest.approx(hand, rel=1e-6)
+    assert (metrics["rm_accuracy"], metrics["rm_margin"]) == (1.0, pytest.approx(1.5))
+    assert metrics["heldout_accuracy"] == 0.0 and metrics["heldout_margin"] == pytest.approx(-2.0)
+    assert metrics["heldout_loss"] == pytest.approx(-math.log(1 / (1 + math.exp(2.0 + 0.25))), rel=1e-6)
+    loss.backward()  # no gradient reaches the held-out pair's rows
+    assert scores.grad[2].item() == 0 and scores.grad[3].item() == 0 and scores.grad[0].item() < 0 < scores.grad[1].item()

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 import actors.controller as controller_module
-from actors.controller import Controller, metric_values
+from actors.controller import Controller, metric_name, metric_values, scalar_tag
 from launch.metrics import GRAFANA_DASHBOARD, MetricsLog, install_grafana_dashboard, step_record
 from rollout.records import Sample, TrainBatch
 
@@ -25,9 +25,9 @@ EVAL = {"accuracy": 0.25, "accuracy_stderr": 0.1, "questions": 4, "samples_per_q
 BEAM = {**EVAL, "beam": 2, "finished_answers_mean": 1.5}
 
 
-def sample(prompt: str, reward: float, version: int, finish: str = "stop") -> Sample:
-    return Sample(prompt_id=prompt, prompt_ids=[1, 2], response_ids=[3, 4, 5], logprobs=[-1.0] * 3, finish_reason=finish,
-                  policy_version=version, reward=reward, reward_info={"timed_out": reward < 0})  # fmt: skip
+def sample(prompt: str, reward: float, version: int, finish: str = "stop", source: str = "default", length: int = 3) -> Sample:
+    return Sample(prompt_id=prompt, prompt_ids=[1, 2], response_ids=[3] * length, logprobs=[-1.0] * length, finish_reason=finish,
+                  policy_version=version, reward=reward, reward_info={"timed_out": reward < 0}, source=source)  # fmt: skip
 
 
 def full_record(step: int = 0, reward: float = 0.5, sync_interval: float = 2) -> dict:
@@ -43,14 +43,15 @@ def full_record(step: int = 0, reward: float = 0.5, sync_interval: float = 2) ->
 
 
 def numeric_fields(record: dict) -> set[str]:
-    return {k for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    """The metric names (per-source ``reward_mean/<source>``: ``reward_mean_<source>``) of the numeric fields."""
+    return {metric_name(k) for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
 def test_every_numeric_field_of_a_step_record_is_a_gauge_value():
     record = full_record()
     values = metric_values(record)
     assert numeric_fields(record) <= set(values), numeric_fields(record) - set(values)
-    assert {k for k in record if k not in values} == {"stage", "sample_versions", "prompts_hash", "restarts"}
+    assert {k for k in record if metric_name(k) not in values} == {"stage", "sample_versions", "prompts_hash", "restarts"}
     assert values["trained"] == 1.0 and values["batch_groups"] == 2.0 and values["kl"] == 0.01
     assert metric_values({"sync_interval": "inf"}) == {"sync_interval": 0.0}  # Ray drops a non-finite value
     assert metric_values({"loss": float("nan"), "kl": None, "pass@1": 1}) == {"pass_at_1": 1.0}
@@ -135,7 +136,7 @@ def test_tensorboard_scalars_equal_the_records(tmp_path):
     log.close()
     _, scalars = accumulate(tmp_path / "tensorboard")
     for record in records:
-        for key, value in metric_values(record).items():
+        for key, value in metric_values(record, scalar_tag).items():
             if key not in ("step", "time"):  # the event's own step and wall time
                 assert scalars[f"train/{key}"][record["step"]] == pytest.approx(value, rel=1e-6), key
     assert set(scalars["train/reward_mean"]) == {1, 2, 3}
@@ -156,6 +157,56 @@ def test_tensorboard_scalars_equal_the_records(tmp_path):
 def test_no_tensorboard_folder_when_off(tmp_path):
     MetricsLog(str(tmp_path), progress_bar=False, total_steps=3).close()
     assert not (tmp_path / "tensorboard").exists()
+
+
+def mixed_record() -> dict:
+    """A step of samples from two reward routes, one named with characters Prometheus and
+    TensorBoard do not take."""
+    state = SimpleNamespace(step=4, learner_version=5, engine_version=4)
+    samples = [sample("a", 1.0, 4, source="gsm8k", length=2), sample("a", 0.0, 4, source="gsm8k", length=4),
+               sample("b", 0.25, 4, source="rm/helpful v2", length=6)]  # fmt: skip
+    return step_record(state, "main", 1, samples, TrainBatch(sequences=[]), {"loss": 0.5, "tokens": 8.0}, 1, 1, 1, 1)
+
+
+def test_step_record_has_per_source_metrics():
+    record = mixed_record()
+    assert record["reward_mean/gsm8k"] == 0.5 and record["response_len_mean/gsm8k"] == 3.0 and record["samples/gsm8k"] == 2
+    assert record["reward_mean/rm/helpful v2"] == 0.25 and record["response_len_mean/rm/helpful v2"] == 6.0
+    assert record["samples/rm/helpful v2"] == 1 and record["reward_mean"] == pytest.approx(1.25 / 3)
+    assert not any(k.endswith("/default") for k in record)  # only the sources present
+    assert json.loads(json.dumps(record))["samples/gsm8k"] == 2  # a metrics.jsonl line
+    values = metric_values(record)
+    assert values["reward_mean_gsm8k"] == 0.5 and values["samples_rm_helpful_v2"] == 1.0
+    assert all(re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", k) for k in values)
+    tags = metric_values(record, scalar_tag)
+    assert tags["reward_mean/gsm8k"] == 0.5 and tags["response_len_mean/rm/helpful_v2"] == 6.0
+    assert metric_name("reward_mean/gsm8k") == "reward_mean_gsm8k" and scalar_tag("pass@1") == "pass_at_1"
+
+
+def test_per_source_gauges(fake_metrics):
+    controller = Controller(1, run_name="r1")
+    controller.report(mixed_record())
+    assert fake_metrics["syncrl_reward_mean_gsm8k"].values[-1] == (0.5, {"run": "r1"})
+    assert fake_metrics["syncrl_response_len_mean_rm_helpful_v2"].values[-1][0] == 6.0
+    assert fake_metrics["syncrl_samples_rm_helpful_v2"].values[-1][0] == 1.0
+    eval_result = {"step": 4, **EVAL, "accuracy/gsm8k": 0.5, "questions/rm/helpful v2": 3}
+    controller.report_eval(eval_result)
+    assert fake_metrics["syncrl_eval_accuracy_gsm8k"].values[-1][0] == 0.5
+    assert fake_metrics["syncrl_eval_questions_rm_helpful_v2"].values[-1][0] == 3.0
+
+
+def test_per_source_tensorboard_tags(tmp_path):
+    controller = SimpleNamespace(report=SimpleNamespace(remote=lambda r: None),
+                                 report_eval=SimpleNamespace(remote=lambda r: None))  # fmt: skip
+    log = MetricsLog(str(tmp_path), progress_bar=False, total_steps=5, resume_step=4, tensorboard=True)
+    log.write(mixed_record(), controller)
+    log.eval(5, {**EVAL, "accuracy/gsm8k": 0.5, "questions/gsm8k": 2}, controller)
+    log.close()
+    _, scalars = accumulate(tmp_path / "tensorboard")
+    assert scalars["train/reward_mean/gsm8k"] == {5: 0.5} and scalars["train/samples/gsm8k"] == {5: 2.0}
+    assert scalars["train/reward_mean/rm/helpful_v2"] == {5: 0.25}
+    assert scalars["eval/accuracy/gsm8k"] == {5: 0.5} and scalars["eval/questions/gsm8k"] == {5: 2.0}
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["reward_mean/rm/helpful v2"] == 0.25
 
 
 def emitted_metric_names() -> set[str]:

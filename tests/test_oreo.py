@@ -228,13 +228,13 @@ def test_offline_oreo_trains_on_a_file_of_scored_responses(tiny_llama, tmp_path)
     from transformers import AutoTokenizer
 
     from launch.train import TokenTexts
-    from rollout.offline import load_offline_groups
+    from rollout.data import groups_of, read_data
 
     path = tmp_path / "scored.jsonl"
     records = [("What is 2 + 3?", "2 + 3 = 5\nThe answer is 5", 1.0), ("What is 2 + 3?", "2 + 3 = 6", 0.0),
                ("What is 4 + 4?", "4 + 4 = 8\n\\boxed{8}", 1.0)]  # fmt: skip
     path.write_text("".join(json.dumps({"prompt": p, "response": r, "reward": w}) + "\n" for p, r, w in records))
-    groups = load_offline_groups(str(path), AutoTokenizer.from_pretrained(tiny_llama))
+    groups = groups_of(read_data(str(path)), AutoTokenizer.from_pretrained(tiny_llama))
     samples = [s for g in groups for s in g]
     batch = build_oreo_batch(samples, "step", "\n", TokenTexts(tiny_llama))
     assert [s.reward for s in batch.sequences] == [1.0, 0.0, 1.0]

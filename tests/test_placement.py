@@ -19,7 +19,7 @@ def test_run_asks_on_gpus_count_tensor_parallel_gpus_and_custom_resources():
                  "learner.placement_strategy=SPREAD", "learner.resources={learner_node: 1}")  # fmt: skip
     engines, rewards, learners = run_asks(cfg, gpu=True)
     assert engines == Ask("engines", 2, {"CPU": 1.0, "GPU": 2.0})
-    assert rewards.count == 1 and not rewards.placed and "GPU" not in rewards.bundle
+    assert rewards == Ask("reward workers", 1, {"CPU": 1.0})  # no GPU unless reward.num_gpus_per_worker asks
     assert learners == Ask("learner ranks", 4, {"CPU": 1.0, "GPU": 1.0, "learner_node": 1.0}, "SPREAD")
     assert "GPU" not in run_asks(cfg, gpu=False)[0].bundle
     assert len(run_asks(cfg, gpu=True, learner=False)) == 2  # `syncrl eval` starts no learner
@@ -32,6 +32,30 @@ def test_a_short_cluster_is_named_by_resource_and_group():
         check_fits(run_asks(cfg, gpu=True), nodes)
     assert "needs 4 GPU for 2 engines (1 each) + 2 learner ranks (1 each); the cluster has 2" in str(err.value)
     check_fits(run_asks(cfg, gpu=True), [{"CPU": 8.0, "GPU": 4.0}])  # fits: no error
+
+
+def test_reward_workers_ask_for_their_gpus_cpus_and_custom_resources():
+    cfg = config("reward.num_workers=2", "reward.num_gpus_per_worker=0.5", "reward.num_cpus_per_worker=2",
+                 "reward.resources={reward_node: 1}")  # fmt: skip
+    rewards = run_asks(cfg, gpu=True)[1]
+    assert rewards == Ask("reward workers", 2, {"CPU": 2.0, "GPU": 0.5, "reward_node": 1.0})
+    assert run_asks(cfg, gpu=False)[1] == rewards  # the user's GPU ask stands: check_fits says if there are none
+    with pytest.raises(PlacementError) as err:
+        check_fits(run_asks(cfg, gpu=False), [{"CPU": 16.0, "reward_node": 2.0}])
+    assert "needs 1 GPU for 2 reward workers (0.5 each); the cluster has 0" in str(err.value)
+
+
+def test_reward_workers_are_counted_with_engines_and_learner_ranks():
+    cfg = config("rollout.num_workers=2", "learner.num_ranks=2", "reward.num_workers=2", "reward.num_gpus_per_worker=1")
+    with pytest.raises(PlacementError) as err:
+        check_fits(run_asks(cfg, gpu=True), [{"CPU": 16.0, "GPU": 4.0}])
+    assert "needs 6 GPU for 2 engines (1 each) + 2 reward workers (1 each) + 2 learner ranks (1 each); the cluster has 4" in str(err.value)
+    check_fits(run_asks(cfg, gpu=True), [{"CPU": 8.0, "GPU": 4.0}, {"CPU": 8.0, "GPU": 2.0}])
+    cpus = config("reward.num_workers=3", "reward.num_cpus_per_worker=2")  # on CPU: 1 engine + 6 + 1 learner rank
+    with pytest.raises(PlacementError, match=r"needs 8 CPU for .*3 reward workers \(2 each\).*; the cluster has 4"):
+        check_fits(run_asks(cpus, gpu=False), [{"CPU": 4.0}])
+    with pytest.raises(PlacementError, match="each of the reward workers needs 1 CPU, 2 GPU on one node"):
+        check_fits(run_asks(config("reward.num_gpus_per_worker=2"), gpu=True), [{"CPU": 8.0, "GPU": 1.0}] * 4)
 
 
 def test_a_bundle_no_node_can_hold_and_strict_strategies():

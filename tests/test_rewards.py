@@ -275,6 +275,120 @@ def test_reward_model_text_without_chat_template(reward_model_path):
     assert isinstance(scorer.score([s])[0].reward, float)
 
 
+def spread_samples(n: int = 12) -> list[Sample]:
+    """Chat samples from a few tokens to a few hundred, in no order of length."""
+    words = [3, 150, 10, 80, 1, 40, 120, 5, 60, 20, 100, 0]
+    return [sample(prompt=f"Tell me about {i}.", response=" ".join(["word"] * words[i % len(words)] + [str(i)]), source="chat")
+            for i in range(n)]  # fmt: skip
+
+
+def test_batches_formed_by_tokens_give_the_scores_of_one_padded_batch(reward_model_path):
+    from rewards.reward_model import RewardModelScorer, token_batches
+
+    samples = spread_samples(12)
+    padded = RewardModelScorer(reward_model_path, batch_size=64)  # every sample in one padded batch
+    by_tokens = RewardModelScorer(reward_model_path, batch_size=4, batch_tokens=400)
+    assert by_tokens.dtype == padded.dtype and str(padded.dtype) == "torch.float32"  # CPU: fp32
+    one = padded.score(samples)
+    many = by_tokens.score(samples)
+    assert padded.stats()["batches"] == 1 and by_tokens.stats()["batches"] > 3
+    assert [r.info["tokens"] for r in one] == [r.info["tokens"] for r in many]  # input order kept
+    for a, b in zip(one, many, strict=True):
+        assert a.reward == pytest.approx(b.reward, abs=1e-5)
+    assert [r.reward for r in many] == pytest.approx(hf_scores(reward_model_path, samples), abs=1e-5)
+
+    lengths = [r.info["tokens"] for r in one]
+    batches = token_batches(lengths, 4, 400)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 4 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 400)
+        assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+    assert token_batches([5, 500, 7], 4, 100) == [[1], [2, 0]]  # a row longer than the budget is a batch alone
+    assert token_batches([5, 500, 7], 2) == [[0, 1], [2]]  # rows only: input order
+
+
+@pytest.fixture(scope="module")
+def two_label_model(reward_model_path, tmp_path_factory) -> str:
+    """A random two-label classifier (id2label bad/good) with the tiny tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(reward_model_path)
+    config.id2label, config.label2id = {0: "bad", 1: "good"}, {"bad": 0, "good": 1}
+    torch.manual_seed(1)
+    folder = tmp_path_factory.mktemp("two-label-rm")
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(reward_model_path).save_pretrained(folder)
+    return str(folder)
+
+
+def hf_logits(model_path: str, samples: list[Sample]):
+    """Every logit of a plain, unpadded forward per sample (reward_text's tokens)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rewards.reward_model import reward_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return [model(input_ids=torch.tensor([reward_token_ids(tokenizer, s.messages, s.response_text)])).logits[0].tolist()
+                for s in samples]  # fmt: skip
+
+
+def test_a_two_label_classifier_is_read_through_label_index_or_refused(two_label_model, reward_model_path):
+    from rewards.reward_model import RewardModelScorer
+    from rollout.errors import ConfigError
+
+    samples = chat_samples(4)
+    reference = hf_logits(two_label_model, samples)
+    assert all(len(row) == 2 for row in reference)  # loaded with its own two labels
+    for label in (0, 1):
+        scorer = RewardModelScorer(two_label_model, batch_size=3, label_index=label)
+        assert [r.reward for r in scorer.score(samples)] == pytest.approx([row[label] for row in reference], abs=1e-5)
+    router = RewardRouter({"default": {"kind": "reward_model", "model_path": two_label_model, "label_index": 1}})
+    assert [s.reward for s in router.apply(samples)] == pytest.approx([row[1] for row in reference], abs=1e-5)
+    with pytest.raises(ConfigError, match=r"2 labels \(id2label \{'0': 'bad', '1': 'good'\}\).*reward\.routes\.<name>\.label_index"):
+        RewardModelScorer(two_label_model)
+    with pytest.raises(ConfigError, match="label_index: 2 is out of range"):
+        RewardModelScorer(two_label_model, label_index=2)
+    # a one-label model: label_index 0 is its logit, any other is refused
+    one = RewardModelScorer(reward_model_path, label_index=0).score(samples)
+    assert [r.reward for r in one] == pytest.approx(hf_scores(reward_model_path, samples), abs=1e-5)
+    with pytest.raises(ConfigError, match="label_index: 1 is out of range .* 1 label"):
+        RewardModelScorer(reward_model_path, label_index=1)
+
+
+def test_check_reward_model_names_the_field_and_the_fix(two_label_model, reward_model_path, tiny_llama, tmp_path):
+    import subprocess
+    import sys
+
+    from rewards.reward_model import check_reward_model
+    from rollout.errors import ConfigError
+
+    field = "reward.routes.chat.model_path"
+    cases = [
+        (str(tmp_path / "nowhere"), None, "reward.routes.chat.model_path: '.*nowhere' does not exist"),
+        (str(tmp_path), None, "has no config.json: not a Hugging Face model folder"),
+        (tiny_llama, None, r"is a causal LM \(LlamaForCausalLM\).*`algorithm.name: reward_model`"),
+        (two_label_model, None, r"2 labels .*'good'.*reward\.routes\.chat\.label_index \(0 to 1\)"),
+        (two_label_model, 5, "reward.routes.chat.label_index: 5 is out of range"),
+        (reward_model_path, 1, "reward.routes.chat.label_index: 1 is out of range"),
+    ]
+    for path, label, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            check_reward_model(path, label, field)
+    (tmp_path / "config.json").write_text('{"architectures": ["BertModel"]}')
+    with pytest.raises(ConfigError, match=r"not a sequence-classification model .*\['BertModel'\]"):
+        check_reward_model(str(tmp_path), None, field)
+    for path, label in [(reward_model_path, None), (reward_model_path, 0), (two_label_model, 1)]:
+        check_reward_model(path, label, field)
+    # the CLI runs it before Ray starts: config.json only, torch is not imported
+    code = (f"import sys; from rewards.reward_model import check_reward_model; check_reward_model({reward_model_path!r}, None, 'f');"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # ---------------------------------------------------------------- routing, no Ray
 
 
@@ -362,6 +476,40 @@ def test_timeout_in_ray_worker(ray_cluster, reward_workers):
     # and it keeps grading correctly afterwards
     again = ray_cluster.get(worker.score.remote([sample(r, a, source="math") for r, a, _, _ in MATH_CASES]))
     check_math_results([RewardResult(s.reward, s.reward_info) for s in again])
+
+
+def test_a_reward_worker_refuses_a_route_naming_it(ray_cluster, two_label_model):
+    from actors.reward import RewardWorker
+
+    worker = RewardWorker.remote({"chat": RewardRoute(kind="reward_model", model_path=two_label_model)}, "chat")
+    with pytest.raises(ray_cluster.exceptions.RayActorError, match=r"reward\.routes\.chat\.label_index"):
+        ray_cluster.get(worker.stats.remote(), timeout=120)
+
+
+def test_reward_group_is_placed_and_a_replacement_takes_its_bundle(ray_cluster, reward_model_path):
+    """Reward workers hold a placement group like the engines, a bundle each (the worker's
+    CPUs); a replaced worker starts in its predecessor's bundle."""
+    from actors.reward import RewardGroup
+    from launch.config import RewardConfig
+
+    cfg = RewardConfig(num_workers=2, num_cpus_per_worker=0.5,
+                       routes={"chat": RewardRoute(kind="reward_model", model_path=reward_model_path, batch_tokens=256)},
+                       default="chat")  # fmt: skip
+    group = RewardGroup(cfg)
+    try:
+        assert group.placement.ask.bundle == {"CPU": 0.5} and group.placement.ask.count == 2
+        table = ray_cluster.util.placement_group_table(group.placement.group)
+        assert table["state"] == "CREATED" and table["strategy"] == "PACK"
+        chats = chat_samples(5)
+        expected = hf_scores(reward_model_path, chats)
+        assert [s.reward for s in group.score(chats)] == pytest.approx(expected, abs=1e-5)
+        in_bundle = lambda obj: ray_cluster.get_runtime_context().get_placement_group_id()  # noqa: E731
+        before = ray_cluster.get(group.workers[1].call.remote(in_bundle))
+        group.restart(1)
+        assert ray_cluster.get(group.workers[1].call.remote(in_bundle)) == before == group.placement.group.id.hex()
+        assert [s.reward for s in group.score(chats)] == pytest.approx(expected, abs=1e-5)
+    finally:
+        group.shutdown()
 
 
 def test_mixed_batch_routing_in_ray_workers(ray_cluster, reward_workers, reward_model_path):

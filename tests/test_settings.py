@@ -133,7 +133,7 @@ def test_driver_tokenizer_loads_pass_trust_remote_code(tiny_llama, monkeypatch):
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", recording)
     cfg = load_config(None, ["model.trust_remote_code=true", "data.num_train=4"])
-    train.load_data(cfg, tiny_llama, cfg.resolved_stages())
+    train.load_tokenizer(tiny_llama, cfg.model.trust_remote_code)
     train.TokenTexts(tiny_llama, cfg.model.trust_remote_code)([1, 2])
     assert calls == [True, True]
 
@@ -194,40 +194,45 @@ def test_engine_passes_dtype_and_trust_remote_code_to_vllm(tiny_llama, monkeypat
 
 
 # -- data.max_prompt_tokens ------------------------------------------------------------------------
-def test_a_prompt_longer_than_max_prompt_tokens_stops_the_run_naming_it(tiny_llama, tmp_path):
-    from launch.train import load_data
+def load_data(cfg, model_path: str) -> list:
+    """The run's training items, read and tokenized as the driver does."""
+    from launch.train import load_tokenizer
+    from rollout.data import read_run_data, training_items
 
+    return training_items(cfg, read_run_data(cfg), load_tokenizer(model_path))
+
+
+def test_a_prompt_longer_than_max_prompt_tokens_stops_the_run_naming_it(tiny_llama, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"id": "short", "prompt": "1 + 1?"}) + "\n" +
                        json.dumps({"id": "long-one", "prompt": "1 + 1? " * 40}) + "\n")  # fmt: skip
     cfg = load_config(None, [f"data.path={prompts}", "data.max_prompt_tokens=64"])
     with pytest.raises(ConfigError, match=r"data.max_prompt_tokens=64: prompt 'long-one' of .*prompts.jsonl is \d+ tokens"):
-        load_data(cfg, tiny_llama, cfg.resolved_stages())
+        load_data(cfg, tiny_llama)
     cfg = load_config(None, ["data.task=add-1digit", "data.one_shot=true", "data.max_prompt_tokens=20"])
     with pytest.raises(ConfigError, match=r"prompt 'add-1digit/train/\d+' of data.task 'add-1digit' is \d+ tokens"):
-        load_data(cfg, tiny_llama, cfg.resolved_stages())
+        load_data(cfg, tiny_llama)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"prompt": "2 + 2? " * 40, "chosen": "4", "rejected": "5"}) + "\n")
     cfg = load_config(None, [f"data.path={pairs}", "data.max_prompt_tokens=64", "sync.interval=inf"])
     with pytest.raises(ConfigError, match=r"prompt 'pair-1' of .*pairs.jsonl"):
-        load_data(cfg, tiny_llama, cfg.resolved_stages())
+        load_data(cfg, tiny_llama)
 
 
 def test_the_default_max_prompt_tokens_fits_every_recipe(tiny_llama):
     """The longest generated prompts (one-shot chains, ~160 tokens with the tiny tokenizer) fit 256;
     so do the smollm2 recipes' prompts with SmolLM2's tokenizer (checked when it is prepared here)."""
     from launch.models import cache_dir
-    from launch.train import load_data
 
     cfg = load_config(None, ["data.task=chain-2op", "data.one_shot=true"])
     assert cfg.data.max_prompt_tokens == 256
-    assert len(load_data(cfg, tiny_llama, cfg.resolved_stages())) == cfg.data.num_train
+    assert len(load_data(cfg, tiny_llama)) == cfg.data.num_train
     smollm2 = cache_dir() / "models" / "smollm2"
     if not (smollm2 / "config.json").is_file():
         pytest.skip("SmolLM2 is not prepared on this machine (launch/smollm2.py)")
     for recipe in ("smollm2-demo", "smollm2-experiment", "smollm2-oreo"):
         cfg = load_config(recipe)
-        load_data(cfg, str(smollm2), cfg.resolved_stages())
+        load_data(cfg, str(smollm2))
 
 
 # -- the weight push's log -------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from rollout.tasks import TASKS, ShuffledStream, load_prompts, make_task
+from rollout.data import prompts_of, read_data
+from rollout.tasks import TASKS, ShuffledStream, make_task
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -52,7 +53,7 @@ def test_load_prompts_errors_name_the_line(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"prompt": "2+2?", "answer": 4}) + "\n" + json.dumps({"question": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"p.jsonl:2"):
-        load_prompts(str(f))
+        prompts_of(read_data(str(f)))
 
 
 def test_gsm_symbolic_is_split_by_template_with_the_generators_answers():

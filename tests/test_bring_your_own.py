@@ -1,0 +1,96 @@
+"""Users' own data and rewards, end to end on a real local Ray cluster with vLLM engines and
+DeepSpeed ranks: a verl-layout parquet file trains GRPO with math-verify and a Python reward
+function routed by data_source; a TRL-layout preference data set saved with save_to_disk trains
+DPO; a reward model trained by syncrl (tiny-rm) then rewards a GRPO run."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_train import read_metrics, tiny_config
+
+pytestmark = pytest.mark.system
+datasets = pytest.importorskip("datasets")
+
+LENGTH_REWARD = '''
+def shortness(prompts, completions, source, difficulty, **columns):
+    assert set(source) == {"chat"}, source  # the router sends this function only its own source
+    return [d / (1 + len(c)) for c, d in zip(completions, difficulty)]
+'''
+
+
+def test_verl_parquet_grpo_with_math_verify_and_a_python_function(ray_cluster, tiny_llama, tmp_path):
+    from launch.train import train
+
+    rows = []
+    for i in range(8):
+        a, b = i, i + 1
+        rows.append({"data_source": "math", "prompt": [{"role": "user", "content": f"What is {a} + {b}?"}],
+                     "reward_model": {"style": "rule", "ground_truth": str(a + b)}, "difficulty": 1})
+        rows.append({"data_source": "chat", "prompt": [{"role": "user", "content": f"Say {a}."}],
+                     "reward_model": {"style": "model", "ground_truth": ""}, "difficulty": 2 + i})  # fmt: skip
+    path = tmp_path / "train.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    (tmp_path / "my_reward.py").write_text(LENGTH_REWARD)
+    cfg = tiny_config("tiny-grpo", tiny_llama, f"data.path={path}", "data.source_key=data_source",
+                      "data.answer_key=reward_model.ground_truth", "data.prompts_per_step=8", "steps=2",
+                      "reward.routes={math: {kind: math_verify}, chat: {kind: python, function: "
+                      f"'{tmp_path}/my_reward.py:shortness'}}}}", "reward.default=math")  # fmt: skip
+    train(cfg, str(tmp_path / "run"))
+    metrics = read_metrics(tmp_path / "run")
+    assert all(r["trained"] for r in metrics)
+    for r in metrics:  # both routes scored their own prompts
+        assert r["samples/math"] + r["samples/chat"] == 32 and r["samples/chat"] > 0 and r["samples/math"] > 0
+        assert 0 < r["reward_mean/chat"] <= 9 and 0 <= r["reward_mean/math"] <= 1
+
+
+def test_trl_preference_data_saved_to_disk_trains_dpo(ray_cluster, tiny_llama, tmp_path):
+    from launch.train import train
+
+    pairs = [{"prompt": [{"role": "user", "content": f"What is {i} + 2?"}],
+              "chosen": [{"role": "assistant", "content": f"The answer is \\boxed{{{i + 2}}}."}],
+              "rejected": [{"role": "assistant", "content": f"{i + 3}"}]} for i in range(12)]  # fmt: skip
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(pairs)}).save_to_disk(str(tmp_path / "prefs"))
+    cfg = tiny_config("tiny-dpo", tiny_llama, f"data.path={tmp_path / 'prefs'}", "sync.interval=inf", "steps=5",
+                      "data.prompts_per_step=6", "learner.lr=1e-3")  # fmt: skip
+    train(cfg, str(tmp_path / "run"))
+    rows = read_metrics(tmp_path / "run")
+    assert all(r["trained"] and r["batch_pairs"] == 6 and r["sample_versions"] == [-1] for r in rows)
+    assert rows[-1]["dpo_margin"] > rows[0]["dpo_margin"] + 0.1
+
+
+def test_tiny_rm_trains_then_rewards_a_grpo_run(ray_cluster, tiny_llama, tmp_path):
+    """tiny-rm's held-out pair accuracy rises from chance; final/ is a plain one-label
+    sequence classifier whose reward-worker scores equal the trainer's forward on the same texts;
+    it is then the reward_model route of a GRPO run."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from launch.config import load_config
+    from launch.train import train
+    from rewards.reward_model import RewardModelScorer, reward_token_ids
+    from rollout.data import groups_of, read_data, resolve_data_path
+
+    cfg = load_config("tiny-rm", [f"model.path={tiny_llama}", "logging.progress_bar=false", "steps=12",
+                                  "algorithm.heldout_share=0.25"])  # fmt: skip
+    train(cfg, str(tmp_path / "rm"))
+    rows = read_metrics(tmp_path / "rm")
+    heldout = [r["heldout_accuracy"] for r in rows if r.get("heldout_accuracy") is not None]
+    assert rows[0]["rm_accuracy"] < 0.8 and heldout[-1] >= 0.9 and rows[-1]["rm_margin"] > rows[0]["rm_margin"] + 1
+    final = str(tmp_path / "rm" / "final")
+    model = AutoModelForSequenceClassification.from_pretrained(final).eval()
+    assert model.config.num_labels == 1
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    samples = [s for g in groups_of(read_data(resolve_data_path(cfg.data.path)), tokenizer)[:6] for s in g]
+    with torch.no_grad():  # the trainer's forward: the texts as reward_model's rows, one at a time
+        trainer = [model(torch.tensor([reward_token_ids(tokenizer, s.messages, s.response_text)])).logits[0, 0].item()
+                   for s in samples]  # fmt: skip
+    scorer = RewardModelScorer(final, batch_size=4)
+    assert [r.reward for r in scorer.score(samples)] == pytest.approx(trainer, abs=1e-4)
+    assert all(trainer[i] > trainer[i + 1] for i in range(0, len(trainer), 2))  # chosen above rejected
+
+    grpo = tiny_config("tiny-grpo", tiny_llama, "steps=2", "reward.routes.default.kind=reward_model",
+                       f"reward.routes.default.model_path={final}")  # fmt: skip
+    train(grpo, str(tmp_path / "grpo"))
+    rows = read_metrics(tmp_path / "grpo")
+    assert all(r["trained"] and r["reward_mean"] == r["reward_mean"] for r in rows)  # scored (not NaN) by the RM
