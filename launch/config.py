@@ -186,8 +186,8 @@ class RewardRoute(Section):
     function: str | list[str] | None = None
     weights: list[float] | None = None  # python: one weight per function (None: all 1)
     # python: an exception, a timeout, a wrong length or a non-finite value stops the run with an
-    # error naming the function and the sample ("fail"), or scores the batch's samples 0 and is
-    # counted in reward_errors ("zero").
+    # error naming the function and the sample ("fail"), or scores the samples concerned 0 (their
+    # reward_info says why; the step's reward_errors counts them) ("zero").
     on_error: Literal["fail", "zero"] = "fail"
     timeout_s: float = Field(5.0, gt=0)  # math_verify: per answer; python: per call of a function on a batch
     require_boxed: bool = False  # math_verify: only an answer inside \boxed{} counts (format-strict)

@@ -58,6 +58,7 @@ def step_record(state, stage: str, sync_interval: float, samples: list[Sample], 
         "response_len_mean": _mean([s.response_len for s in samples]),
         "truncated_frac": _mean([s.finish_reason == "length" for s in samples]),
         "grader_timeouts": sum(bool((s.reward_info or {}).get("timed_out")) for s in samples),  # scored 0 after the grader's limit
+        "reward_errors": sum(bool((s.reward_info or {}).get("error")) for s in samples),  # scored 0 by an error (on_error: zero)
         "entropy_mean": loss.get("entropy", float("nan")),
         "loss": loss.get("loss", float("nan")),
         "kl": loss.get("kl"),

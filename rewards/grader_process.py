@@ -139,6 +139,29 @@ class GraderProcess:
         return json.loads(line)
 
 
+class GraderBacked:
+    """What a reward function that grades in one ``GraderProcess`` (``_grader``), under a lock
+    (``_lock``), with counters (``_counts``) shares: start it now, report, stop it."""
+
+    _grader: GraderProcess
+    _lock: Any
+    _counts: dict[str, int]
+
+    def start(self) -> None:
+        """Start the grader process now rather than at the first answer (raises GraderError)."""
+        with self._lock:
+            self._grader.start()
+
+    def stats(self) -> dict[str, int]:
+        """The counters and the grader process's restarts (after timeouts and crashes)."""
+        with self._lock:
+            return {**self._counts, "restarts": max(0, self._grader.starts - 1)}
+
+    def close(self) -> None:
+        with self._lock:
+            self._grader.kill()
+
+
 def _exit_with_parent(parent_pid: int) -> None:
     """Ask Linux to SIGKILL this process when its parent dies (even while it computes)."""
     try:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rewards.base import RewardFunction, RewardResult
-from rewards.grader_process import GraderError, GraderProcess, GraderTimeout
+from rewards.grader_process import GraderBacked, GraderError, GraderProcess, GraderTimeout
 
 if TYPE_CHECKING:  # only a type here: the grader process imports this module and stays light
     from rollout.records import Sample
@@ -105,7 +105,7 @@ def warmup() -> None:
     grade("\\frac{1}{2}", "0.5")
 
 
-class MathVerifier(RewardFunction):
+class MathVerifier(GraderBacked, RewardFunction):
     """Reward 1.0 for a response whose final answer equals ``Sample.answer``, else 0.0.
 
     ``require_boxed``: only an answer inside a closed ``\\boxed{}`` counts (a format-strict
@@ -127,11 +127,6 @@ class MathVerifier(RewardFunction):
     def grader_pid(self) -> int | None:
         """Process id of the running grader process (None before the first answer), for monitoring."""
         return self._grader.pid
-
-    def start(self) -> None:
-        """Start the grader process now rather than at the first answer (raises GraderError)."""
-        with self._lock:
-            self._grader.start()
 
     def score(self, samples: Sequence[Sample]) -> list[RewardResult]:
         return [self.grade(s.response_text, s.answer) for s in samples]
@@ -165,12 +160,3 @@ class MathVerifier(RewardFunction):
         if self.require_boxed and found.source != "boxed":
             info.update(unboxed_correct=info["correct"], correct=False)
         return RewardResult(1.0 if info["correct"] else 0.0, info)
-
-    def stats(self) -> dict[str, int]:
-        """graded, correct, no_answer, timed_out, errors (timeouts excluded) and grader restarts."""
-        with self._lock:
-            return {**self._counts, "restarts": max(0, self._grader.starts - 1)}
-
-    def close(self) -> None:
-        with self._lock:
-            self._grader.kill()

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from rewards.base import RewardFunction, RewardResult
-from rewards.grader_process import GraderError, GraderProcess, GraderTimeout
+from rewards.grader_process import GraderBacked, GraderError, GraderProcess, GraderTimeout
 
 if TYPE_CHECKING:
     from rollout.records import Sample
@@ -118,7 +118,7 @@ def batch_arguments(samples: Sequence[Sample]) -> tuple[list, list, dict[str, li
     return [s.prompt_text for s in samples], [s.response_text for s in samples], columns
 
 
-class PythonReward(RewardFunction):
+class PythonReward(GraderBacked, RewardFunction):
     """The weighted sum of Python reward functions, each called on the whole batch in a grader
     process with ``timeout_s`` per call. ``on_error``: "fail" raises ``RewardFunctionError``;
     "zero" scores the samples concerned 0 and counts them."""
@@ -131,10 +131,6 @@ class PythonReward(RewardFunction):
         self._grader = GraderProcess("rewards.python_function:call")
         self._lock = threading.Lock()
         self._counts = {"scored": 0, "errors": 0, "timed_out": 0}
-
-    def start(self) -> None:
-        with self._lock:
-            self._grader.start()
 
     def score(self, samples: Sequence[Sample]) -> list[RewardResult]:
         if not samples:
@@ -208,13 +204,6 @@ class PythonReward(RewardFunction):
             self._counts["errors"] += 1
             info["error"] = message
 
-    def stats(self) -> dict[str, int]:
-        with self._lock:
-            return {**self._counts, "restarts": max(0, self._grader.starts - 1)}
-
-    def close(self) -> None:
-        with self._lock:
-            self._grader.kill()
 
 
 def _jsonable(value: Any) -> Any:

@@ -125,7 +125,7 @@ def make_prompt(pid: str, question: str, answer: str, one_shot: bool, system_pro
 def check_task(name: str, field: str = "data.task") -> None:
     """A ConfigError unless ``name`` is a task; ``field`` names where the name was given."""
     if name not in TASKS and name not in REAL_TASKS:
-        hint = " (a JSONL file goes in data.path)" if name.endswith((".jsonl", ".json")) else ""
+        hint = " (a data file goes in data.path)" if name.endswith((".jsonl", ".json", ".parquet", ".csv")) else ""
         raise ConfigError(f"{field}: unknown task {name!r}{hint}; known: {', '.join([*TASKS, *REAL_TASKS])}")
 
 
