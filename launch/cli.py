@@ -126,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:  # bad input (a recipe, a field, a file, a line of it): one line, no traceback
         print(f"syncrl: {err}", file=sys.stderr)
         return USER_ERROR
-    except RuntimeError as err:
+    except Exception as err:
+        if (failure := start_failure(err)) is not None:  # an actor's constructor raised: its error, not Ray's traceback
+            print(f"syncrl: {failure}", file=sys.stderr)
+            return 1
+        if not isinstance(err, RuntimeError):
+            raise
         from actors.faults import ActorFailure, RestartBudgetSpent
         from rewards.python_function import RewardFunctionError
 
@@ -138,6 +143,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"syncrl: {err}", file=sys.stderr)  # the actor, the cause, the budget, how to resume
         return 1
     return 0
+
+
+def start_failure(err: BaseException) -> str | None:
+    """One line for an actor that failed in its constructor (Ray reports it with the whole remote
+    traceback): the error it raised, e.g. a reward route's ``RewardRouteError``; None for other errors."""
+    exceptions = sys.modules.get("ray.exceptions")
+    if exceptions is None or not isinstance(err, exceptions.RayActorError) or not err.actor_init_failed:
+        return None
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    last = lines[-1] if lines else "no error message"
+    for prefix in ("rewards.base.RewardRouteError: ",):
+        if last.startswith(prefix):
+            return last.removeprefix(prefix)
+    return f"an actor did not start: {last}"
 
 
 def resumed_config(run_dir: str):

@@ -8,6 +8,7 @@ path, which runs Ray -> the engines; docs/PERFORMANCE.md section 7).
 
 from __future__ import annotations
 
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,11 +46,20 @@ def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None 
         with ray_session(cfg):  # connected (or failed to) before anything is written
             phases.add("Ray", began, time.time() - began)
             driver = prepared.result()  # bad data fails here, before anything is written
+            fresh = state is None and not run_dir.exists()
             if state is None:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "config.yaml").write_text(dump_config(written))
-            with driver:
+            try:
+                driver.__enter__()
+            except BaseException:
+                if fresh:  # the actors did not start (a reward model that does not load, ...): no run to leave
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                raise
+            try:
                 driver.run()
+            finally:
+                driver.__exit__()
     return run_dir
 
 

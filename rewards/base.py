@@ -28,6 +28,11 @@ class RewardResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+class RewardRouteError(RuntimeError):
+    """A reward route failed where only a reward worker can tell (its model does not load, its
+    grader process does not start): the message names the route and the cause, in one line."""
+
+
 class RewardFunction(ABC):
     """Scores a batch of samples: one result per sample, in the input order."""
 

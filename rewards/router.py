@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any, Protocol
 
-from rewards.base import RewardFunction, RewardResult
+from rewards.base import RewardFunction, RewardResult, RewardRouteError
 from rollout.records import Sample
 
 KINDS = ("math_verify", "reward_model", "python")
@@ -81,8 +81,13 @@ class RewardRouter:
     def start(self) -> None:
         """Build every route's scorer and start it (a grader process, a reward model) now, while
         the rest of the run starts, instead of inside the first step."""
-        for name in self.routes:
-            self.scorer(name).start()
+        for name, route in self.routes.items():
+            try:
+                self.scorer(name).start()
+            except Exception as err:  # noqa: BLE001 - whatever fails, one line naming the route
+                cause = " ".join(str(err).split())[:300]
+                raise RewardRouteError(f"reward route {name!r} ({route.kind}) did not start on a reward worker: "
+                                       f"{type(err).__name__}: {cause}") from None
 
     def route_name(self, sample: Sample) -> str:
         """The route that scores ``sample``: its source if that is a route, else the default."""

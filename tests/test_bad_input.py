@@ -5,6 +5,7 @@ data file (prompts, preference pairs, scored responses), decided from every reco
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -201,3 +202,20 @@ def test_a_named_cluster_that_does_not_answer_is_one_line_at_once(tmp_path):
     assert_one_line(done, f"the Ray cluster at {address} (named by RAY_ADDRESS) does not answer", "check the address")
     assert time.monotonic() - start < 30  # not Ray's minutes of GCS retries
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_reward_model_routes_are_checked_before_ray(tmp_path, tiny_llama, tiny_reward_model):
+    """A reward_model route's folder: missing, a causal LM, or a classifier whose reward logit is
+    not said: one line naming the route's field, before Ray starts (nothing written)."""
+    route = "reward.routes.default={kind: reward_model, model_path: %s}"
+    done = syncrl("train", "tiny-grpo", "--set", route % (tmp_path / "no-such-rm"), "--output", str(tmp_path / "run"))
+    assert_one_line(done, "reward.routes.default.model_path", "no-such-rm", "does not exist")
+    assert not (tmp_path / "run").exists()
+    assert_one_line(syncrl("train", "tiny-grpo", "--set", route % tiny_llama), "reward.routes.default.model_path",
+                    "is a causal LM", "algorithm.name: reward_model")  # fmt: skip
+    two = tmp_path / "two-labels"
+    two.mkdir()
+    config = json.loads((Path(tiny_reward_model) / "config.json").read_text())
+    (two / "config.json").write_text(json.dumps({**config, "num_labels": 2, "id2label": {"0": "bad", "1": "good"}}))
+    assert_one_line(syncrl("train", "tiny-grpo", "--set", route % two), "2 labels", "reward.routes.default.label_index")
+    assert_one_line(syncrl("eval", "tiny-llama", "--task", "add-1digit", "--set", route % two), "2 labels")

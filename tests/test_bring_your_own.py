@@ -94,3 +94,23 @@ def test_tiny_rm_trains_then_rewards_a_grpo_run(ray_cluster, tiny_llama, tmp_pat
     train(grpo, str(tmp_path / "grpo"))
     rows = read_metrics(tmp_path / "grpo")
     assert all(r["trained"] and r["reward_mean"] == r["reward_mean"] for r in rows)  # scored (not NaN) by the RM
+
+
+def test_a_reward_model_that_loads_only_on_a_worker_fails_in_one_line(tiny_reward_model, tmp_path):
+    """Its config.json passes the checks before Ray starts; its weights do not load on the reward
+    worker: the command ends with one line naming the route and the cause, exit 1, and leaves no
+    run directory (the rest of stderr is the workers' own logging)."""
+    import shutil
+    import subprocess
+    import sys
+
+    broken = tmp_path / "broken-rm"
+    shutil.copytree(tiny_reward_model, broken)
+    (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:1000])
+    done = subprocess.run([sys.executable, "-m", "launch", "train", "tiny-grpo", "--no-dashboard", "--output", str(tmp_path / "run"),
+                           "--set", f"reward.routes.default={{kind: reward_model, model_path: {broken}}}"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("syncrl: reward route 'default' (reward_model) did not start on a reward worker: SafetensorError"), last
+    assert not (tmp_path / "run").exists()
