@@ -114,3 +114,42 @@ def test_a_reward_model_that_loads_only_on_a_worker_fails_in_one_line(tiny_rewar
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("syncrl: reward route 'default' (reward_model) did not start on a reward worker: SafetensorError"), last
     assert not (tmp_path / "run").exists()
+
+
+def test_reward_model_on_zero3_ranks_and_from_a_checkpoint(ray_cluster, tiny_llama, tmp_path):
+    """The reward model trains on 2 ZeRO-3 ranks as on one ZeRO-0 rank (losses and held-out
+    metrics), and a rank group restored from a checkpoint continues with the same losses; its
+    saved folder is a one-label classifier."""
+    from transformers import AutoModelForSequenceClassification
+
+    from actors.learner import LearnerGroup
+    from launch.config import load_config
+    from rollout.algorithms import build_reward_model_batch
+    from rollout.records import LossSpec, Sample
+
+    samples = [Sample(prompt_id=f"p{g}", prompt_ids=[1], response_ids=[2], logprobs=[], finish_reason="stop",
+                      policy_version=-1, reward=float(k)) for g in range(6) for k in range(2)]  # fmt: skip
+    rows = {id(s): [1, 5 + i % 7, 9, 30 + 3 * (i % 2), 4][: 3 + i % 3] for i, s in enumerate(samples)}
+    batch = build_reward_model_batch(samples, lambda s: rows[id(s)], heldout_share=0.3)
+    assert batch.heldout and len(batch.heldout) < batch.num_pairs
+    spec = LossSpec(bradley_terry_weight=1.0, reward_margin=0.1)
+    runs = {}
+    for name, ranks, stage in [("one rank", 1, 0), ("zero3", 2, 3)]:
+        cfg = load_config("tiny-rm", [f"learner.num_ranks={ranks}", f"learner.zero_stage={stage}",
+                                      "learner.micro_batch_size=4", "learner.lr=1e-2"]).learner  # fmt: skip
+        group = LearnerGroup(tiny_llama, cfg, reward_model=True)
+        try:
+            runs[name] = [group.train_step(batch, spec) for _ in range(2)]
+            if name == "zero3":
+                group.on_all("save_checkpoint", str(tmp_path / "ckpt"), {})
+                after = [group.train_step(batch, spec)["loss"] for _ in range(2)]
+                group.on_all("load_checkpoint", str(tmp_path / "ckpt"))
+                assert [group.train_step(batch, spec)["loss"] for _ in range(2)] == pytest.approx(after, rel=1e-5)
+                group.on_all("save_hf", str(tmp_path / "final"))
+        finally:
+            group.shutdown()
+    for one, three in zip(runs["one rank"], runs["zero3"]):
+        for key in ("loss", "rm_accuracy", "rm_margin", "heldout_accuracy", "heldout_margin"):
+            assert three[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
+    assert runs["one rank"][1]["loss"] < runs["one rank"][0]["loss"]
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "final").config.num_labels == 1
