@@ -88,11 +88,11 @@ class Driver:
             rollouts.held, rollouts.weights_of = lambda: self.state.engine_version, self.pushed_weights
             self.attach_learners()
             self.phases.mark("file check, placement, transport")
-        except BaseException:
+            self.log = MetricsLog(self.run_dir, cfg.logging.progress_bar, sum(s.steps for s in self.stages), state.step,
+                                  tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb, config=cfg)  # fmt: skip
+        except BaseException:  # nothing left running (a wandb run that cannot start included)
             self.__exit__()
             raise
-        self.log = MetricsLog(self.run_dir, cfg.logging.progress_bar, sum(s.steps for s in self.stages), state.step,
-                              tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb, config=cfg)  # fmt: skip
         self.evaluator = Evaluator(rollouts, rewards, self.eval_prompts, cfg.eval, cfg.rollout.max_new_tokens,
                                    (1, cfg.eval.samples_per_prompt))  # fmt: skip
         return self
