@@ -103,9 +103,13 @@ def check_function(spec: str) -> None:
         raise ValueError(f"importing it raised {type(err).__name__}: {err}") from None
 
 
-def call(spec: str, cwd: str, prompts: list, completions: list, columns: dict[str, list]) -> list:
-    """Grader-process side: ``spec``'s function on one batch; its raw result (checked by the parent)."""
-    result = load_function(spec, cwd)(prompts, completions, **columns)
+def call(spec: str, cwd: str, prompts: list | None, completions: list | None = None, columns: dict | None = None) -> Any:
+    """Grader-process side: ``spec``'s function on one batch; its raw result (checked by the
+    parent). ``prompts`` None: only import the function (a worker's start)."""
+    function = load_function(spec, cwd)
+    if prompts is None:
+        return None
+    result = function(prompts, completions, **columns)
     return list(result) if isinstance(result, (list, tuple)) else result
 
 
@@ -131,6 +135,17 @@ class PythonReward(GraderBacked, RewardFunction):
         self._grader = GraderProcess("rewards.python_function:call")
         self._lock = threading.Lock()
         self._counts = {"scored": 0, "errors": 0, "timed_out": 0}
+
+    def start(self) -> None:
+        """Start the grader process and import every function in it now (a worker's start): a
+        function that does not import there fails the start, naming itself."""
+        with self._lock:
+            for spec in self.functions:
+                try:
+                    self._grader.call(spec, self.cwd, None, timeout_s=max(self.timeout_s, 60.0))
+                except (GraderError, GraderTimeout) as err:
+                    raise RewardFunctionError(f"reward function {spec} (route {self.route!r}) does not import on the reward "
+                                              f"worker (working directory {self.cwd}): {err or 'timed out'}") from None  # fmt: skip
 
     def score(self, samples: Sequence[Sample]) -> list[RewardResult]:
         if not samples:

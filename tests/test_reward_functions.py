@@ -155,3 +155,15 @@ def test_a_failing_function_in_a_reward_worker_is_reported_by_name(ray_cluster, 
         assert not math.isnan(ray.get(group.workers[0].stats.remote())["default"]["scored"])  # the worker lives on
     finally:
         group.shutdown()
+
+
+def test_a_function_that_does_not_import_on_the_worker_fails_its_start(tmp_path):
+    path = tmp_path / "gone.py"
+    path.write_text("def f(prompts, completions, **kw):\n    return [0.0] * len(prompts)\n")
+    f = PythonReward([f"{path}:f"])
+    path.unlink()  # checked by the CLI, then gone where the worker runs
+    try:
+        with pytest.raises(RewardFunctionError, match=r"reward function .*gone.py:f \(route 'python'\) does not import .*no file"):
+            f.start()
+    finally:
+        f.close()
