@@ -153,3 +153,16 @@ def test_reward_model_on_zero3_ranks_and_from_a_checkpoint(ray_cluster, tiny_lla
             assert three[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
     assert runs["one rank"][1]["loss"] < runs["one rank"][0]["loss"]
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "final").config.num_labels == 1
+
+
+def test_reward_model_from_scored_rollouts(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
+    """Pairs built from the engines' samples scored by the run's reward routes: every (above-mean,
+    below-mean) pair of a prompt's samples."""
+    from launch.train import train
+
+    cfg = tiny_config("tiny-rm", tiny_llama, "data.path=null", "data.task=add-1digit", "steps=2",
+                      "reward.routes.default.kind=reward_model", f"reward.routes.default.model_path={tiny_reward_model}")  # fmt: skip
+    train(cfg, str(tmp_path / "run"))
+    rows = read_metrics(tmp_path / "run")
+    assert all(r["trained"] and r["sample_versions"] == [0] and r["batch_pairs"] + r["batch_heldout_pairs"] > 0 for r in rows)
+    assert all(r["batch_pairs"] + r["batch_heldout_pairs"] <= 4 * 2 * 2 for r in rows)  # 4 prompts, at most 2 x 2 pairs each
