@@ -153,7 +153,7 @@ def start_failure(err: BaseException) -> str | None:
         return None
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     last = lines[-1] if lines else "no error message"
-    for prefix in ("rewards.base.RewardRouteError: ",):
+    for prefix in ("rewards.base.RewardRouteError: ", "rollout.errors.ConfigError: "):
         if last.startswith(prefix):
             return last.removeprefix(prefix)
     return f"an actor did not start: {last}"

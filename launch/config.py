@@ -175,6 +175,13 @@ def engine_settings(cfg: SyncRLConfig) -> EngineSettings:
                                           "kv_cache_tokens": max(r.max_model_len, sequences * longest)})  # fmt: skip
 
 
+# The route fields only some kinds read (the others: every kind).
+ROUTE_FIELD_KINDS = {"model_path": ("reward_model",), "batch_size": ("reward_model",), "batch_tokens": ("reward_model",),
+                     "dtype": ("reward_model",), "label_index": ("reward_model",), "function": ("python",),
+                     "weights": ("python",), "on_error": ("python",), "require_boxed": ("math_verify",),
+                     "timeout_s": ("math_verify", "python")}  # fmt: skip
+
+
 class RewardRoute(Section):
     # math_verify: the final answer against the record's answer | reward_model: a Hugging Face
     # sequence-classification model folder | python: reward functions written in Python
@@ -191,7 +198,7 @@ class RewardRoute(Section):
     on_error: Literal["fail", "zero"] = "fail"
     timeout_s: float = Field(5.0, gt=0)  # math_verify: per answer; python: per call of a function on a batch
     require_boxed: bool = False  # math_verify: only an answer inside \boxed{} counts (format-strict)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1)  # reward_model: texts per forward
     # reward_model: also close a batch before it holds this many tokens, padding included (0: rows
     # only). Samples are then sorted by length, so a batch pads little; results keep input order.
     batch_tokens: int = Field(0, ge=0)
@@ -207,10 +214,11 @@ class RewardRoute(Section):
             raise ValueError("kind 'reward_model' needs model_path")
         if self.kind == "python" and not self.function:
             raise ValueError("kind 'python' needs function: 'pkg.module:name' or 'path/to/file.py:name' (or a list)")
-        if self.kind != "python" and (self.function or self.weights):
-            raise ValueError(f"function and weights belong to kind 'python', not {self.kind!r}")
-        if self.kind != "reward_model" and self.model_path:
-            raise ValueError(f"model_path belongs to kind 'reward_model', not {self.kind!r}")
+        foreign = sorted(f for f, kinds in ROUTE_FIELD_KINDS.items()
+                         if self.kind not in kinds and getattr(self, f) != type(self).model_fields[f].default)
+        if foreign:  # a field the route's kind never reads, set: a mistake (a saved config.yaml holds the defaults)
+            kinds = "; ".join(f"{f}: {' or '.join(ROUTE_FIELD_KINDS[f])}" for f in foreign)
+            raise ValueError(f"kind {self.kind!r} reads no {', '.join(foreign)} (which kinds do: {kinds})")
         if self.weights is not None and len(self.weights) != len(self.functions):
             raise ValueError(f"weights: {len(self.weights)} weights for {len(self.functions)} functions")
         return self
