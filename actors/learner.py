@@ -44,7 +44,7 @@ class LearnerGroup(ActorGroup):
     def __init__(self, model_path: str, cfg: Any, temperature: float = 1.0, needs_reference: bool = False,
                  needs_value: bool = False, supervisor: Any = None, wait: bool = True,
                  model: Any = None, reward_model: bool = False):  # fmt: skip
-        self.cfg, self.gpu = cfg, cluster_has_gpus()
+        self.cfg, self.gpu, self.shares_prompts = cfg, cluster_has_gpus(), None
         # The ranks' bundles first: the rendezvous (MASTER_ADDR, MASTER_PORT) is rank 0's node
         # and a port free there, which only a placed bundle 0 can tell.
         supervisor = supervisor or Supervisor()
@@ -73,7 +73,9 @@ class LearnerGroup(ActorGroup):
 
     def train_step(self, batch: TrainBatch, spec: LossSpec) -> dict[str, float]:
         shards = split_batch(batch, len(self.workers))
-        num_micro = max(len(rank_micro_batches(s, self.cfg)) for s in shards)
+        if self.shares_prompts is None:  # how the ranks count a micro-batch's tokens (flash: no shared prompts)
+            self.shares_prompts = self.call(lambda w, i: w.call.remote(lambda rank: rank.shares_prompts), [0])[0]
+        num_micro = max(len(rank_micro_batches(s, self.cfg, self.shares_prompts)) for s in shards)
         totals = Totals.of(batch)
         results = self.call(lambda w, i: w.train_step.remote(shards[i], spec, totals, num_micro))
         merged = {k: sum(r.get(k, 0.0) for r in results) for k in set().union(*results)}

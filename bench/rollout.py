@@ -67,7 +67,7 @@ def main() -> None:
 
     from launch.config import SyncRLConfig
     from launch.models import resolve_model
-    from rollout.engine import cpu_threads_bind, on_gpu
+    from rollout.engine import cpu_threads_bind, eager, on_gpu
     from rollout.tasks import make_task
 
     cfg = SyncRLConfig()
@@ -124,7 +124,7 @@ def main() -> None:
     memory = (dict(gpu_memory_utilization=r.gpu_memory_utilization) if gpu
               else dict(kv_cache_memory_bytes=int(r.cpu_kv_cache_gib * 2**30)))  # fmt: skip
     t0 = time.perf_counter()
-    llm = LLM(model=path, dtype=dtype, max_model_len=r.max_model_len, enforce_eager=r.enforce_eager, seed=r.seed,
+    llm = LLM(model=path, dtype=dtype, max_model_len=r.max_model_len, enforce_eager=eager(r, gpu), seed=r.seed,
               logprobs_mode="processed_logprobs", **memory)  # fmt: skip
     start_bare = time.perf_counter() - t0
     tokenizer = llm.get_tokenizer()

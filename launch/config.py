@@ -136,8 +136,12 @@ class RolloutConfig(Section):
     max_model_len: int = Field(512, ge=16)
     seed: int = 0
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: model.dtype
-    enforce_eager: bool = True
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    # None: eager on CPU (no compile: a CPU engine starts seconds sooner), CUDA graphs on GPUs (the
+    # eager decode is several times slower there); true or false as given.
+    enforce_eager: bool | None = None
+    # GPU engines: the share of each GPU vLLM takes (weights, activations, KV cache). An engine has
+    # its GPUs to itself (its own placement bundle), so vLLM's default share.
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     # CPU engines: KV-cache size in GiB (None: room for one step's sequences on each engine, see
     # EngineSettings.kv_cache_tokens; an evaluation with more queues the rest) and the cores each
     # engine's threads bind to ("auto": spread the machine's cores over the workers).

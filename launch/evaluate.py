@@ -78,7 +78,7 @@ def evaluate_models(model_dirs: list[str], cfg: Any, task: str | None, ks=(1,), 
     with value-guided beam search of each beam size, ranked by its value folder (``value_dirs``,
     one per model); those results follow the folder's own, in the order of ``beams``."""
     prompts = test_prompts(cfg, task)
-    check_cluster(cfg, learner=False)  # engines and reward workers fit, before any starts
+    check_cluster(cfg, learner=False, value=bool(beams))  # engines, reward workers (and the value worker) fit, before any starts
     supervisor = Supervisor(cfg.fault_tolerance)  # a dead or hung worker is replaced, as in training
     rewards, rollouts, loaded, base = RewardGroup(cfg.reward, supervisor), None, None, None
     results = []

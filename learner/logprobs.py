@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 
 
-def logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(target) and the entropy H of each distribution; logits [..., V], targets [...].
-    ``temperature`` divides the logits, as the sampler did.
-        log p(y) = z_y - logsumexp(z),   H = logsumexp(z) - sum_v softmax(z)_v z_v
-    """
+# The most fp32 logits one piece of ``logprobs_and_entropy`` works on at once (512 MiB): its
+# float copy, softmax and product exist for one piece at a time, not for the whole [N, T, V]
+# (three 5 GB tensors for a 152k vocabulary at 4 x 2048 tokens).
+CHUNK_BYTES = 2**29
+
+
+def _logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     z = logits.float()
     if temperature != 1.0:
         z = z / temperature
@@ -17,6 +20,33 @@ def logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperatur
     logps = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
     entropy = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
     return logps, entropy
+
+
+def logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                         chunk_bytes: int = CHUNK_BYTES) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """log p(target) and the entropy H of each distribution; logits [M, V] or [N, T, V], targets
+    [M] or [N, T]. ``temperature`` divides the logits, as the sampler did.
+        log p(y) = z_y - logsumexp(z),   H = logsumexp(z) - sum_v softmax(z)_v z_v
+    Logits of more than ``chunk_bytes`` (as fp32) go in pieces of positions (views, no copy), each
+    recomputed in the backward pass when gradients flow (activation checkpointing): the same
+    values and gradients, without the fp32 intermediates of the whole tensor at once."""
+    vocab = logits.shape[-1]
+    per_piece = max(1, chunk_bytes // (4 * vocab))
+    if targets.numel() <= per_piece:
+        return _logprobs_and_entropy(logits, targets, temperature)
+    rows = [(logits, targets)] if logits.dim() == 2 else list(zip(logits, targets))
+    checkpointed = torch.is_grad_enabled() and logits.requires_grad
+    logps, entropy = [], []
+    for row_logits, row_targets in rows:
+        for start in range(0, row_targets.shape[0], per_piece):
+            piece = (row_logits[start : start + per_piece], row_targets[start : start + per_piece], temperature)
+            if checkpointed:
+                lp, h = torch.utils.checkpoint.checkpoint(_logprobs_and_entropy, *piece, use_reentrant=False)
+            else:
+                lp, h = _logprobs_and_entropy(*piece)
+            logps.append(lp)
+            entropy.append(h)
+    return torch.cat(logps).view(targets.shape), torch.cat(entropy).view(targets.shape)
 
 
 def token_logprobs_and_entropy(

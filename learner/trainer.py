@@ -65,10 +65,12 @@ def ds_config(cfg: Any, dtype: torch.dtype, lr: float | None = None) -> dict:
     return config
 
 
-def rank_micro_batches(batch: TrainBatch, cfg: Any) -> list[TrainBatch]:
+def rank_micro_batches(batch: TrainBatch, cfg: Any, shares_prompts: bool | None = None) -> list[TrainBatch]:
     """The micro-batches a rank runs on its share: ``micro_batch_size`` rows and at most
-    ``micro_batch_tokens`` tokens, counted as packed when prompts are shared."""
-    shared = cfg.packing and cfg.share_prompts
+    ``micro_batch_tokens`` tokens, a prompt shared by rows counted once when the rank packs them
+    so (``shares_prompts``, ``LearnerRank.shares_prompts``; None: packing and share_prompts, as on
+    sdpa; flash attention packs every row with its own prompt)."""
+    shared = cfg.packing and cfg.share_prompts if shares_prompts is None else shares_prompts
     return micro_batches(batch, cfg.micro_batch_size, cfg.micro_batch_tokens, shared) if batch.sequences else []
 
 
@@ -83,15 +85,21 @@ def model_dtype(setting: str, gpu: bool) -> torch.dtype:
     return DTYPES[setting]
 
 
-def attn_implementation(setting: str, gpu: bool) -> str | None:
+def attn_implementation(setting: str, gpu: bool, dtype: torch.dtype = torch.bfloat16) -> str | None:
     """``model.attn_implementation`` for Hugging Face ``from_pretrained``: "auto" is
-    flash_attention_2 on GPU when flash_attn imports, else None (transformers' default: sdpa
-    where the model has it). An explicit flash_attention_2 that cannot run here is an error."""
+    flash_attention_2 on GPU when flash_attn imports and the model runs in bf16 or fp16 (flash
+    attention has no fp32 kernels), else None (transformers' default: sdpa where the model has
+    it). An explicit flash_attention_2 that cannot run here is an error."""
+    half = dtype in (torch.bfloat16, torch.float16)
     if setting == "auto":
-        return "flash_attention_2" if gpu and _has_flash_attn() else None
+        return "flash_attention_2" if gpu and half and _has_flash_attn() else None
     if setting == "flash_attention_2" and not gpu:
         raise ValueError("model.attn_implementation=flash_attention_2 needs a CUDA GPU, and this learner rank has none: "
                          "set model.attn_implementation to auto, sdpa or eager")  # fmt: skip
+    if setting == "flash_attention_2" and not half:
+        raise ValueError(f"model.attn_implementation=flash_attention_2 runs bf16 or fp16 only, and model.dtype gives "
+                         f"{str(dtype).removeprefix('torch.')}: set model.dtype to bfloat16 (or auto) or the attention to "
+                         "auto, sdpa or eager")  # fmt: skip
     if setting == "flash_attention_2" and not _has_flash_attn():
         raise ValueError("model.attn_implementation=flash_attention_2, but the flash_attn package does not import on "
                          "this node: install it (pip install flash-attn) or set model.attn_implementation to auto, "
@@ -105,7 +113,7 @@ def load_kwargs(model: Any, gpu: bool) -> dict:
     the value model."""
     load = dict(dtype=model_dtype(getattr(model, "dtype", "auto"), gpu),
                 trust_remote_code=bool(getattr(model, "trust_remote_code", False)))  # fmt: skip
-    attn = attn_implementation(getattr(model, "attn_implementation", "auto"), gpu)
+    attn = attn_implementation(getattr(model, "attn_implementation", "auto"), gpu, load["dtype"])
     if attn is not None:
         load["attn_implementation"] = attn
     return load
@@ -218,6 +226,8 @@ class LearnerRank:
             policy = own_memory(AutoModelForCausalLM.from_pretrained(model_path, **load), self.gpu)
         self.packing = cfg.packing and not reward_model  # a reward model's rows run padded: one score per row
         self.block_attention = self.packing and use_block_attention(policy)  # packed rows: attention block by block
+        # packed rows share their prompt (flash attention's packing cannot: each row has its own)
+        self.shares_prompts = self.packing and cfg.share_prompts and policy.config._attn_implementation != "flash_attention_2"
         if cfg.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
         self.pad_token_id = policy.config.pad_token_id if policy.config.pad_token_id is not None else 0
@@ -267,8 +277,7 @@ class LearnerRank:
         """The micro-batch packed (learner.packing), or None when it runs padded."""
         if not self.packing:
             return None
-        flash = self.engine.module.config._attn_implementation == "flash_attention_2"
-        return pack(cb.input_ids, cb.attention_mask, cb.loss_mask, share_prompts=self.cfg.share_prompts and not flash)
+        return pack(cb.input_ids, cb.attention_mask, cb.loss_mask, share_prompts=self.shares_prompts)
 
     def _inputs(self, cb: CollatedBatch, packed: Packed | None) -> dict:
         if packed is None:
@@ -312,7 +321,7 @@ class LearnerRank:
         (the same on all ranks: ZeRO-3 gathers parameters in each forward); extra ones are
         zero-weight dummies."""
         self.engine.train()
-        parts = rank_micro_batches(batch, self.cfg)
+        parts = rank_micro_batches(batch, self.cfg, self.shares_prompts)
         if len(parts) > num_micro:
             raise ValueError(f"rank {self.rank}: {len(parts)} micro-batches, more than the agreed {num_micro}")
         with_value = spec.needs_value
@@ -389,7 +398,7 @@ class LearnerRank:
         return out
 
     def num_micro_batches(self, batch: TrainBatch) -> int:
-        return len(rank_micro_batches(batch, self.cfg))
+        return len(rank_micro_batches(batch, self.cfg, self.shares_prompts))
 
     # -- weights ------------------------------------------------------------------------------
     def named_full_weights(self, engine=None):

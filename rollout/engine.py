@@ -73,6 +73,11 @@ def engine_dtype(setting: str, gpu: bool) -> str:
     return setting if setting != "auto" else ("bfloat16" if gpu else "float32")
 
 
+def eager(cfg: Any, gpu: bool) -> bool:
+    """``rollout.enforce_eager``: None is eager on CPU, CUDA graphs (not eager) on GPUs."""
+    return (not gpu) if cfg.enforce_eager is None else bool(cfg.enforce_eager)
+
+
 def engine_kwargs(model_path: str, cfg: Any, worker_index: int, gpu: bool) -> dict[str, Any]:
     """The arguments of ``vllm.LLM`` for one engine (``cfg``: the rollout settings). On GPUs the
     engine holds ``rollout.tensor_parallel_size`` GPUs of one node (its placement bundle) and
@@ -96,7 +101,7 @@ def engine_kwargs(model_path: str, cfg: Any, worker_index: int, gpu: bool) -> di
         model=model_path,
         dtype=dtype,
         max_model_len=cfg.max_model_len,
-        enforce_eager=cfg.enforce_eager,
+        enforce_eager=eager(cfg, gpu),
         seed=cfg.seed + worker_index,
         worker_extension_cls=EXTENSION,
         logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
@@ -143,7 +148,7 @@ class RolloutEngine:
         gpu = on_gpu()
         if not gpu:
             use_cores(cpu_threads_bind(cfg.cpu_threads_bind, worker_index, num_workers))
-            if cfg.enforce_eager:
+            if eager(cfg, gpu):
                 skip_torch_compile()
         with imports_without_gc():
             from vllm import LLM

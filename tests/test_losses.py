@@ -129,3 +129,23 @@ def test_reward_model_loss_against_a_hand_computation():
     assert metrics["heldout_loss"] == pytest.approx(-math.log(1 / (1 + math.exp(2.0 + 0.25))), rel=1e-6)
     loss.backward()  # no gradient reaches the held-out pair's rows
     assert scores.grad[2].item() == 0 and scores.grad[3].item() == 0 and scores.grad[0].item() < 0 < scores.grad[1].item()
+
+
+@pytest.mark.parametrize("shape", [(3, 7), (13,)])
+def test_chunked_logprobs_equal_unchunked_values_and_gradients(shape):
+    """Log-probs and entropies computed in pieces (activation-checkpointed) equal the whole
+    tensor's, padded [N, T, V] and packed [M, V], gradients included."""
+    from learner.logprobs import logprobs_and_entropy
+
+    torch.manual_seed(0)
+    vocab = 50
+    logits = torch.randn(*shape, vocab, dtype=torch.float64)
+    targets = torch.randint(0, vocab, shape)
+    results = []
+    for chunk_bytes in (10**9, 4 * vocab * 2):  # whole, then pieces of 2 positions
+        z = logits.clone().requires_grad_(True)
+        logps, entropy = logprobs_and_entropy(z, targets, temperature=0.7, chunk_bytes=chunk_bytes)
+        (logps.sum() * 0.3 + (entropy * torch.arange(entropy.numel()).view(shape)).sum()).backward()
+        results.append((logps.detach(), entropy.detach(), z.grad))
+    for whole, pieces in zip(*results):
+        torch.testing.assert_close(pieces, whole, rtol=1e-6, atol=1e-6)

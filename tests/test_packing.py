@@ -68,3 +68,18 @@ def test_packed_equals_padded(tiny_qwen2, attn, share):
         assert (b[~mask] == 0).all()
     for a, b in zip(padded_grads, packed_grads):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_the_token_budget_counts_prompts_as_the_rank_packs_them():
+    """With flash attention a rank packs every row with its own prompt: the micro-batch token
+    budget then counts each row's prompt (k times a shared one), not once."""
+    from launch.config import LearnerConfig
+    from learner.trainer import rank_micro_batches
+    from rollout.records import TrainBatch, TrainSequence
+
+    rows = [TrainSequence(prompt_ids=list(range(20)), response_ids=[1, 2, 3, 4]) for _ in range(4)]  # one prompt, 4 rows
+    cfg = LearnerConfig(packing=True, share_prompts=True, micro_batch_size=8, micro_batch_tokens=40)
+    shared = rank_micro_batches(TrainBatch(rows), cfg)  # sdpa: 20 + 4 x 4 = 36 tokens
+    assert [len(m.sequences) for m in shared] == [4]
+    own = rank_micro_batches(TrainBatch(rows), cfg, shares_prompts=False)  # flash: 24 tokens a row
+    assert [len(m.sequences) for m in own] == [1, 1, 1, 1]

@@ -81,7 +81,21 @@ def test_gpu_engine_settings_reach_vllm():
     assert "kv_cache_memory_bytes" not in gpu
     one = engine_kwargs("/m", engine_settings(config()), 0, gpu=True)
     assert one["tensor_parallel_size"] == 1 and "distributed_executor_backend" not in one
+    # GPU defaults are vLLM's: CUDA graphs and 0.9 of the GPU; on CPU eager (no compile)
+    assert one["enforce_eager"] is False and one["gpu_memory_utilization"] == 0.9
+    assert engine_kwargs("/m", engine_settings(config("rollout.enforce_eager=true")), 0, gpu=True)["enforce_eager"] is True
+    assert engine_kwargs("/m", engine_settings(config("rollout.cpu_kv_cache_gib=0.5")), 0, gpu=False)["enforce_eager"] is True
     cpu = engine_kwargs("/m", engine_settings(config("rollout.cpu_kv_cache_gib=0.5")), 0, gpu=False)
     assert cpu["kv_cache_memory_bytes"] == 2**29 and cpu["dtype"] == "float32" and "gpu_memory_utilization" not in cpu
     with pytest.raises(ValueError, match="rollout.tensor_parallel_size=2"):
         engine_kwargs("/m", cfg, 0, gpu=False)
+
+
+def test_an_evaluations_value_worker_is_in_the_plan():
+    """syncrl eval --beam: the value worker's bundle (1 GPU on GPUs) is counted with the engines'
+    and the reward workers', so a cluster whose GPUs the engines fill is refused at once."""
+    asks = run_asks(config("rollout.num_workers=2"), gpu=True, learner=False, value=True)
+    assert [(a.group, a.count, a.bundle) for a in asks][-1] == ("value workers", 1, {"CPU": 1.0, "GPU": 1.0})
+    assert run_asks(config(), gpu=False, learner=False, value=True)[-1].bundle == {"CPU": 1.0}
+    with pytest.raises(PlacementError, match=r"needs 3 GPU for 2 engines \(1 each\) \+ 1 value workers \(1 each\); the cluster has 2"):
+        check_fits(asks, [{"CPU": 8.0, "GPU": 2.0}])

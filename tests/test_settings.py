@@ -59,6 +59,11 @@ def test_model_settings_give_the_learners_from_pretrained_arguments(monkeypatch)
     explicit = ModelConfig(dtype="bfloat16", attn_implementation="eager", trust_remote_code=True)
     assert load_kwargs(explicit, gpu=False) == dict(dtype=torch.bfloat16, trust_remote_code=True, attn_implementation="eager")
     assert model_dtype("float32", gpu=True) == torch.float32 and model_dtype("float16", gpu=False) == torch.float16
+    # fp32 on a GPU: flash attention has no fp32 kernels, so auto keeps transformers' default (sdpa)
+    assert load_kwargs(ModelConfig(dtype="float32"), gpu=True) == dict(dtype=torch.float32, trust_remote_code=False)
+    assert attn_implementation("auto", gpu=True, dtype=torch.float16) == "flash_attention_2"
+    with pytest.raises(ValueError, match=r"flash_attention_2 runs bf16 or fp16 only, and model.dtype gives float32"):
+        attn_implementation("flash_attention_2", gpu=True, dtype=torch.float32)
     monkeypatch.setattr(trainer, "_has_flash_attn", lambda: False)
     assert attn_implementation("auto", gpu=True) is None  # transformers' default (sdpa)
     assert attn_implementation("sdpa", gpu=True) == "sdpa"
