@@ -54,7 +54,7 @@ def _send(learner, with_group: bool, version: int = 0) -> list[tuple[str, tuple,
         meta.append((name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch.")))
         if learner.rank == 0 and with_group:
             learner.weight_group.broadcast(tensor.contiguous(), 0).wait()
-            sent.append((name, tensor))
+            sent.append((name, tensor.cpu()))  # kept on the host: the device holds one gathered tensor at a time
     if learner.rank != 0:
         return None
     if with_group:  # stored after the broadcasts, while the engines load what they received

@@ -418,12 +418,8 @@ class LearnerRank:
     def export_weights(self, version: int) -> Any:
         """The full weights, stored once (``store_weights``) on rank 0 and kept as the weights pushed
         as ``version``; None on the other ranks (which take part in ZeRO-3's gathers)."""
-        named = self.named_full_weights()
-        if self.rank != 0:
-            for _ in named:  # only to take part in the gathers: nothing is copied here
-                pass
-            return None
-        return self.keep_weights(version, [(n, t.cpu()) for n, t in named])  # each to CPU as it comes (views on CPU)
+        weights = self.host_weights()  # each to CPU as it comes (views on CPU)
+        return None if weights is None else self.keep_weights(version, list(weights.items()))
 
     def keep_weights(self, version: int, weights: list[tuple[str, torch.Tensor]]) -> Any:
         """Store ``weights`` once, on CPU, and keep them as the weights pushed as ``version``;
@@ -514,15 +510,26 @@ class LearnerRank:
 
     def save_hf(self, folder: str) -> None:
         """The policy as a Hugging Face folder, and the value model (if any) as its own folder in
-        ``folder/value`` (rank 0 writes; every rank must call)."""
-        weights = dict(self.named_full_weights())
+        ``folder/value`` (rank 0 writes; every rank must call). Rank 0 moves each gathered tensor to
+        the host as it comes; the other ranks keep none (under ZeRO-3 a rank's extra device memory is
+        one parameter at a time, not the model)."""
+        weights = self.host_weights()
         if self.rank == 0:
-            module = self.engine.module
-            module.save_pretrained(folder, state_dict={k: v.cpu() for k, v in weights.items()}, safe_serialization=True)
+            self.engine.module.save_pretrained(folder, state_dict=weights, safe_serialization=True)
         if self.value_engine is not None:
-            value = {k: v.cpu() for k, v in self.named_full_weights(self.value_engine)}
+            value = self.host_weights(self.value_engine)
             if self.rank == 0:
                 save_value_folder(str(Path(folder, "value")), self.value_engine.module.backbone, value)
+
+    def host_weights(self, engine=None) -> dict[str, torch.Tensor] | None:
+        """The full weights (``named_full_weights``) on the host, on rank 0; None on the others,
+        which only take part in the gathers."""
+        named = self.named_full_weights(engine)
+        if self.rank != 0:
+            for _ in named:
+                pass
+            return None
+        return {name: tensor.cpu() for name, tensor in named}
 
 
 def load_reward_model(model_path: str, load: dict) -> torch.nn.Module:
