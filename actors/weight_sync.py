@@ -39,6 +39,16 @@ def _join_group(obj, host: str, port: int, rank: int, world: int, backend: str) 
 
     import torch.distributed as dist
 
+    old = getattr(obj, "weight_group", None)
+    if old is not None:  # a regrouping (a replaced engine): the previous group's communicators go first
+        for method in ("shutdown", "abort"):
+            if hasattr(old, method):
+                try:
+                    getattr(old, method)()
+                    break
+                except Exception:  # noqa: BLE001 - a group whose peer died may refuse either; it is dropped anyway
+                    pass
+        obj.weight_group = None
     store = dist.TCPStore(host, port, world, is_master=rank == 0, timeout=datetime.timedelta(seconds=300))
     if backend == "nccl":
         group = dist.ProcessGroupNCCL(store, rank, world)

@@ -88,7 +88,7 @@ class WeightUpdateExtension:
         reload_log = logging.getLogger(RELOAD_LOGGER)
         reload_log.addFilter(quiet)
         try:
-            self.model_runner.reload_weights(weights_iterator=list(staged.items()))
+            self.reload_weights(weights_iterator=list(staged.items()))  # the Worker's: under its vLLM config
         finally:
             reload_log.removeFilter(quiet)
         log.debug("loaded %d tensors; vLLM's 'Failed to load weights' silenced for %s (layers no checkpoint has "

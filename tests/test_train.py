@@ -121,8 +121,12 @@ def test_push_is_exact_with_each_transport(ray_cluster, tiny_llama, tmp_path):
     learners = LearnerGroup(tiny_llama, cfg.learner)
     try:
         before = [s.response_ids for s in rollouts.generate(prompts, n=1, temperature=0)]
-        transports = {"gloo": CollectiveTransport(learners, rollouts, "gloo"), "object_store": ObjectStoreTransport()}
+        gloo = CollectiveTransport(learners, rollouts, "gloo")
+        # "regrouped": every member joins a new group (as after a replaced engine), the old one shut down first
+        transports = {"gloo": gloo, "regrouped": gloo, "object_store": ObjectStoreTransport()}
         for version, (name, transport) in enumerate(transports.items(), start=1):
+            if name == "regrouped":
+                gloo._join(learners, rollouts)
             samples = rollouts.generate(prompts[:2], seed=version)
             for i, s in enumerate(samples):
                 s.reward = float(i % 2)
