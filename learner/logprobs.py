@@ -6,10 +6,10 @@ import torch
 import torch.utils.checkpoint
 
 
-# The most fp32 logits one piece of ``logprobs_and_entropy`` works on at once (512 MiB): its
+# The most fp32 logits one piece of ``logprobs_and_entropy`` works on at once (128 MiB): its
 # float copy, softmax and product exist for one piece at a time, not for the whole [N, T, V]
 # (three 5 GB tensors for a 152k vocabulary at 4 x 2048 tokens).
-CHUNK_BYTES = 2**29
+CHUNK_BYTES = 2**27
 
 
 def _logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,16 +34,17 @@ def logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperatur
     per_piece = max(1, chunk_bytes // (4 * vocab))
     if targets.numel() <= per_piece:
         return _logprobs_and_entropy(logits, targets, temperature)
-    rows = [(logits, targets)] if logits.dim() == 2 else list(zip(logits, targets))
+    # split/unbind (one backward each that joins the pieces' gradients), not slices (whose backward
+    # writes each piece's gradient into a zero tensor of the whole size)
+    rows = [(logits, targets)] if logits.dim() == 2 else list(zip(logits.unbind(0), targets.unbind(0)))
     checkpointed = torch.is_grad_enabled() and logits.requires_grad
     logps, entropy = [], []
     for row_logits, row_targets in rows:
-        for start in range(0, row_targets.shape[0], per_piece):
-            piece = (row_logits[start : start + per_piece], row_targets[start : start + per_piece], temperature)
+        for piece in zip(row_logits.split(per_piece), row_targets.split(per_piece)):
             if checkpointed:
-                lp, h = torch.utils.checkpoint.checkpoint(_logprobs_and_entropy, *piece, use_reentrant=False)
+                lp, h = torch.utils.checkpoint.checkpoint(_logprobs_and_entropy, *piece, temperature, use_reentrant=False)
             else:
-                lp, h = _logprobs_and_entropy(*piece)
+                lp, h = _logprobs_and_entropy(*piece, temperature)
             logps.append(lp)
             entropy.append(h)
     return torch.cat(logps).view(targets.shape), torch.cat(entropy).view(targets.shape)
