@@ -63,11 +63,12 @@ def value_bundle(gpu: bool) -> dict[str, float]:
     return {"CPU": 1.0, **({"GPU": 1.0} if gpu else {})}
 
 
-def run_asks(cfg: Any, gpu: bool, learner: bool = True, value: bool = False) -> list[Ask]:
-    """What a run (a ``SyncRLConfig``, duck-typed) asks for: engines, reward workers, learner
-    ranks, and (``value``) an evaluation's value worker."""
+def run_asks(cfg: Any, gpu: bool, learner: bool = True, value: bool = False, engines: bool = True) -> list[Ask]:
+    """What a run (a ``SyncRLConfig``, duck-typed) asks for: engines and reward workers (unless
+    ``engines`` is False: a run on data of scored responses), learner ranks, and (``value``) an
+    evaluation's value worker."""
     asks = [Ask("engines", cfg.rollout.num_workers, engine_bundle(cfg.rollout, gpu)),
-            Ask("reward workers", cfg.reward.num_workers, reward_bundle(cfg.reward))]  # fmt: skip
+            Ask("reward workers", cfg.reward.num_workers, reward_bundle(cfg.reward))] if engines else []  # fmt: skip
     if learner:
         asks.append(Ask("learner ranks", cfg.learner.num_ranks, learner_bundle(cfg.learner, gpu), cfg.learner.placement_strategy))
     if value:
@@ -114,14 +115,14 @@ def cluster_nodes() -> list[dict[str, float]]:
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
-def check_cluster(cfg: Any, learner: bool = True, value: bool = False) -> None:
+def check_cluster(cfg: Any, learner: bool = True, value: bool = False, engines: bool = True) -> None:
     """``check_fits`` for a run on the connected cluster (and no tensor parallelism without GPUs);
-    ``value``: with an evaluation's value worker."""
+    ``value``: with an evaluation's value worker; ``engines`` False: without engines and reward workers."""
     gpu = cluster_has_gpus()
     if not gpu and cfg.rollout.tensor_parallel_size > 1:
         raise PlacementError(f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size}: tensor parallelism needs "
                              "GPUs and the cluster has none; set it to 1 (rollout.num_workers adds engines)")  # fmt: skip
-    check_fits(run_asks(cfg, gpu, learner, value), cluster_nodes())
+    check_fits(run_asks(cfg, gpu, learner, value, engines), cluster_nodes())
 
 
 class Placement:

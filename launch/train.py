@@ -57,6 +57,9 @@ class Driver:
         self.data = training_items(cfg, data, tokenizer)
         self.state = state or self.initial_state()
         self.eval_prompts = test_prompts(cfg, built=data.task) if cfg.eval.enabled else []
+        # Rollout engines and reward workers, unless nothing would use them: data of scored
+        # responses or pairs (no generation, rewards in the data) and no evaluation.
+        self.engines = isinstance(self.data[0], Prompt) or cfg.eval.enabled
         self.groups: list = []
         self.evaluated_at: int | None = None  # the step of the last every_steps evaluation
         self.mid_step = False  # the learner trained this step and its record is not written yet
@@ -68,15 +71,17 @@ class Driver:
 
     def __enter__(self) -> Driver:
         cfg, state = self.cfg, self.state
-        check_cluster(cfg)  # before any actor starts: the run fits the cluster, or says what is missing
+        check_cluster(cfg, engines=self.engines)  # before any actor starts: the run fits the cluster, or says what is missing
         self.controller = start_controller(cfg.logging.controller_name, state.sync_interval, cfg.name, cfg.logging.ray_metrics)
         self.phases.mark("cluster check and controller")
         if cfg.logging.ray_metrics and (dashboard := install_grafana_dashboard()):
             print(f"Grafana dashboard: {dashboard}", flush=True)
         self.supervisor = Supervisor(cfg.fault_tolerance, lambda event: self.controller.report_restart.remote(event))
         try:  # the three groups start at once, and are waited for together
-            self.groups.append(rollouts := RolloutGroup(self.model_path, engine_settings(cfg), self.supervisor, wait=False))
-            self.groups.append(rewards := RewardGroup(cfg.reward, self.supervisor, wait=False))
+            rollouts = rewards = None
+            if self.engines:
+                self.groups.append(rollouts := RolloutGroup(self.model_path, engine_settings(cfg), self.supervisor, wait=False))
+                self.groups.append(rewards := RewardGroup(cfg.reward, self.supervisor, wait=False))
             self.phases.mark("rollout and reward groups started")
             self.groups.append(self.learner_group())
             self.phases.mark("learner placement and rendezvous")
@@ -85,7 +90,8 @@ class Driver:
             check_visible(self.groups, self.shared_paths(), self.run_dir, self.supervisor.start_timeout)
             self.write_placement()
             self.rollouts, self.rewards = rollouts, rewards
-            rollouts.held, rollouts.weights_of = lambda: self.state.engine_version, self.pushed_weights
+            if rollouts is not None:
+                rollouts.held, rollouts.weights_of = lambda: self.state.engine_version, self.pushed_weights
             self.attach_learners()
             self.phases.mark("file check, placement, transport")
             self.log = MetricsLog(self.run_dir, cfg.logging.progress_bar, sum(s.steps for s in self.stages), state.step,
@@ -137,9 +143,10 @@ class Driver:
     def attach_learners(self) -> None:
         """The weight transport, and the actors brought to the run state (the last checkpoint's,
         for a resumed or restarted run), with a data source at its position."""
-        learners = self.learners
-        self.rollouts.on_replace.clear()  # a collective transport of the previous group regrouped there
-        self.transport = make_transport(self.cfg.sync.transport, learners, self.rollouts)
+        learners, self.transport = self.learners, None
+        if self.rollouts is not None:
+            self.rollouts.on_replace.clear()  # a collective transport of the previous group regrouped there
+            self.transport = make_transport(self.cfg.sync.transport, learners, self.rollouts)
         if any(stage.sync.overlap for stage in self.stages):  # a prefetch may need the version before a push
             ray.get(learners.workers[0].set_pushed_kept.remote(2))
         restore(self.run_dir, self.state, learners, self.rollouts, self.transport)
@@ -159,7 +166,7 @@ class Driver:
         self.groups.remove(self.learners)
         held = self.state.engine_version
         self.state = load_state(self.run_dir) if latest_checkpoint(self.run_dir) else self.initial_state()
-        if self.state.engine_version == 0 and held != 0:  # the engines go back to the base model
+        if self.state.engine_version == 0 and held != 0 and self.rollouts is not None:  # the engines go back to the base model
             self.rollouts.restart_all()
         self.groups.append(self.learner_group())
         wait_ready(self.learners)
@@ -175,11 +182,14 @@ class Driver:
         ray.kill(self.controller)
 
     def push(self, ref_sync: bool) -> None:
-        """The learner's weights to every engine (and to the reference, with ref_sync)."""
-        self.transport.push(self.learners, self.rollouts, self.state.learner_version)
+        """The learner's weights to every engine (and to the reference, with ref_sync); a run
+        without engines only syncs the reference."""
+        if self.rollouts is not None:
+            self.transport.push(self.learners, self.rollouts, self.state.learner_version)
+            self.state.engine_version = self.state.learner_version
         if ref_sync:
             self.learners.on_all("sync_reference")
-        self.state.engine_version, self.state.steps_since_sync = self.state.learner_version, 0
+        self.state.steps_since_sync = 0
 
     def evaluate(self) -> None:
         """Held-out accuracy of the engines' policy (and of value-guided beam search with the
@@ -248,6 +258,8 @@ class Driver:
         reward workers and replace the dead ones before work is sent to them."""
         if time.monotonic() - self.probed_at < self.cfg.fault_tolerance.health_check_s:
             return
+        if self.rollouts is None:
+            return
         if getattr(self.source, "pending", None) is None:  # an engine busy with a prefetch answers late
             self.rollouts.probe()
         self.rewards.probe()
@@ -271,7 +283,7 @@ class Driver:
         state, cfg = self.state, self.cfg
         if cfg.logging.weight_checksums:
             record.update(learner_checksum=self.learners.on_all("weights_checksum")[0][:16],
-                          engine_checksums=[c[:16] for c in self.rollouts.weights_checksums()])  # fmt: skip
+                          engine_checksums=[c[:16] for c in self.rollouts.weights_checksums()] if self.rollouts else [])  # fmt: skip
         record["restarts"] = self.supervisor.drain()
         if self.phases is not None:  # the first step of this process: its start-up, once
             self.write_startup(record)

@@ -5,6 +5,8 @@ DPO; a reward model trained by syncrl (tiny-rm) then rewards a GRPO run."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.test_train import read_metrics, tiny_config
@@ -74,6 +76,8 @@ def test_tiny_rm_trains_then_rewards_a_grpo_run(ray_cluster, tiny_llama, tmp_pat
     cfg = load_config("tiny-rm", [f"model.path={tiny_llama}", "logging.progress_bar=false", "steps=12",
                                   "algorithm.heldout_share=0.25"])  # fmt: skip
     train(cfg, str(tmp_path / "rm"))
+    workers = json.loads((tmp_path / "rm" / "placement.json").read_text())["workers"]
+    assert sorted(workers) == ["learner-0"]  # pairs in a file, no evaluation: no engine or reward worker started
     rows = read_metrics(tmp_path / "rm")
     heldout = [r["heldout_accuracy"] for r in rows if r.get("heldout_accuracy") is not None]
     assert rows[0]["rm_accuracy"] < 0.8 and heldout[-1] >= 0.9 and rows[-1]["rm_margin"] > rows[0]["rm_margin"] + 1
