@@ -170,3 +170,17 @@ def test_reward_model_from_scored_rollouts(ray_cluster, tiny_llama, tiny_reward_
     rows = read_metrics(tmp_path / "run")
     assert all(r["trained"] and r["sample_versions"] == [0] and r["batch_pairs"] + r["batch_heldout_pairs"] > 0 for r in rows)
     assert all(r["batch_pairs"] + r["batch_heldout_pairs"] <= 4 * 2 * 2 for r in rows)  # 4 prompts, at most 2 x 2 pairs each
+
+
+def test_a_reward_model_runs_plot_shows_its_pair_accuracies(tmp_path):
+    """progress.png of a reward-model run plots rm_accuracy and heldout_accuracy, not the data's
+    constant 0.5 mean reward (a unit test on a written metrics.jsonl)."""
+    from launch.plots import plot_run
+
+    rows = [{"step": i + 1, "stage": "main", "sync_interval": "inf", "reward_mean": 0.5, "rm_accuracy": a,
+             "heldout_accuracy": h} for i, (a, h) in enumerate([(0.4, None), (0.9, 1.0), (1.0, None)])]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = plot_run(tmp_path)
+    import matplotlib.image
+
+    assert out.is_file() and matplotlib.image.imread(out).shape[0] > 100
