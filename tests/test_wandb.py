@@ -48,10 +48,23 @@ def full_record(step: int = 0, reward: float = 0.5, sources: tuple[str, ...] = (
     return step_record(state, "main", 1, samples, TrainBatch(sequences=[], counts={"groups": 1}), loss, 1.0, 0.5, 2.0, 0.25)
 
 
-def wandb_records(path: Path) -> list:
-    """The records of a run's ``run-<id>.wandb`` file: a 7-byte header (``:W&B``, magic, version),
+def wandb_records(path: Path, timeout_s: float = 60.0) -> list:
+    """The records of a finished run's ``run-<id>.wandb`` file, once wandb's service process has
+    written them all (its ``exit`` record: ``finish()`` may return before the file is flushed on a
+    busy machine), waiting at most ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = read_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def read_records(path: Path) -> list:
+    """The records in a ``run-<id>.wandb`` file now: a 7-byte header (``:W&B``, magic, version),
     then protobuf ``Record``s in a leveldb-style log of 32 KiB blocks, each chunk behind a 7-byte
-    header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
+    header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last); a chunk still being written is
+    left out."""
     from wandb.proto import wandb_internal_pb2
 
     data, block = path.read_bytes(), 32768
@@ -62,6 +75,8 @@ def wandb_records(path: Path) -> list:
             pos += block - pos % block
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):
+            break
         pending += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):
