@@ -87,8 +87,12 @@ class LearnerGroup(ActorGroup):
         return self.on_all("score_states", states)[0]
 
     def pushed_weights(self, version: int) -> ray.ObjectRef:
-        """A ref to the weights pushed to the engines as ``version`` (rank 0 keeps them)."""
-        return ray.get(self.workers[0].pushed_weights.remote(version), timeout=self.supervisor.timeout(self.kind))
+        """A ref to the weights pushed to the engines as ``version``: rank 0's kept copy, or, when
+        none was kept and the learner's weights are still that version, exported (and kept) now."""
+        ref = ray.get(self.workers[0].pushed_weights.remote(version), timeout=self.supervisor.timeout(self.kind))
+        if ref is None:
+            ref = self.call(lambda w, i: w.export_weights.remote(version))[0]
+        return ref
 
     def on_all(self, method: str, *args: Any) -> list:
         """Call a method on every rank (collective methods need all of them) and wait."""

@@ -42,8 +42,12 @@ def cluster_has_gpus() -> bool:
 
 
 def engine_bundle(cfg: Any, gpu: bool) -> dict[str, float]:
-    """The resources of one rollout engine (a ``RolloutConfig``, duck-typed)."""
-    return {"CPU": cfg.num_cpus_per_worker, **({"GPU": float(cfg.tensor_parallel_size)} if gpu else {}), **cfg.resources}
+    """The resources of one rollout engine (a ``RolloutConfig``, duck-typed): on GPUs one GPU per
+    tensor-parallel worker, on CPU at least one CPU per tensor-parallel worker."""
+    tp = cfg.tensor_parallel_size
+    if gpu:
+        return {"CPU": cfg.num_cpus_per_worker, "GPU": float(tp), **cfg.resources}
+    return {"CPU": max(cfg.num_cpus_per_worker, float(tp)), **cfg.resources}
 
 
 def learner_bundle(cfg: Any, gpu: bool) -> dict[str, float]:
@@ -116,13 +120,9 @@ def cluster_nodes() -> list[dict[str, float]]:
 
 
 def check_cluster(cfg: Any, learner: bool = True, value: bool = False, engines: bool = True) -> None:
-    """``check_fits`` for a run on the connected cluster (and no tensor parallelism without GPUs);
-    ``value``: with an evaluation's value worker; ``engines`` False: without engines and reward workers."""
-    gpu = cluster_has_gpus()
-    if not gpu and cfg.rollout.tensor_parallel_size > 1:
-        raise PlacementError(f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size}: tensor parallelism needs "
-                             "GPUs and the cluster has none; set it to 1 (rollout.num_workers adds engines)")  # fmt: skip
-    check_fits(run_asks(cfg, gpu, learner, value, engines), cluster_nodes())
+    """``check_fits`` for a run on the connected cluster; ``value``: with an evaluation's value
+    worker; ``engines`` False: without engines and reward workers."""
+    check_fits(run_asks(cfg, cluster_has_gpus(), learner, value, engines), cluster_nodes())
 
 
 class Placement:

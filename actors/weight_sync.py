@@ -1,121 +1,159 @@
 """Weight transports: how the learner's weights reach the rollout engines.
 
-A transport has one method, ``push(learners, rollouts, version)``. Every learner rank takes part
-(ZeRO-3 gathers each parameter collectively); rank 0 sends the full tensors, in Hugging Face
-names, and every rollout engine loads them in place and adopts ``version``.
+A transport has one method, ``push(learners, rollouts, version, keep)``. Every learner rank takes
+part (ZeRO-3 gathers each parameter collectively); rank 0 sends the full tensors, in Hugging Face
+names, and every rollout engine loads them in place, bucket by bucket as they arrive, and adopts
+``version``. With ``keep`` learner rank 0 also keeps the pushed weights on the host (what a
+replacement engine or a checkpoint needs once the learner has moved past the engines' version).
 
 - ``ObjectStoreTransport``: rank 0 puts the weights in Ray's object store once; each engine reads
   them from there. Works everywhere, across nodes, with no setup.
-- ``CollectiveTransport``: a process group of learner rank 0 and the engines, separate from the
-  training group (gloo on CPU, NCCL on GPU), over which rank 0 broadcasts tensor by tensor.
+- ``CollectiveTransport``: a process group of learner rank 0 and every vLLM worker of every engine
+  (one rank per tensor-parallel worker), separate from the training group (gloo on CPU, NCCL on
+  GPU), over which rank 0 broadcasts tensor by tensor. An engine lost in the middle of a push is
+  replaced and the push runs again (``fault_tolerance.push_timeout_s`` bounds how long the others
+  wait for it in a broadcast).
+
+vLLM 0.32 has a weight-transfer API of its own (``weight_transfer_config``; NCCL, IPC and RDMA
+backends, no gloo). The engines run the same layerwise-reload session its NCCL backend runs
+(rollout/vllm_worker.py), over a group syncrl opens itself, so that one code path serves gloo on
+CPU, where every test runs it, and NCCL on GPUs.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 import ray
-import torch
 
+from actors.faults import DEATHS, ActorFailure, death_cause
 from actors.learner import LearnerGroup
 from actors.rollout import RolloutGroup
-
-BUCKET_BYTES = 256 * 2**20  # the engines stage what arrives in buckets of about this size
+from rollout.engine import BUCKET_BYTES
+from rollout.vllm_worker import open_weight_group
 
 
 class WeightTransport(Protocol):
-    def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int) -> None: ...
+    def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int, keep: bool = True) -> None: ...
 
 
 class ObjectStoreTransport:
-    def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int) -> None:
-        weights = learners.call(lambda w, i: w.export_weights.remote(version))[0]  # rank 0's ref; the data stays put
+    def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int, keep: bool = True) -> None:
+        weights = learners.call(lambda w, i: w.export_weights.remote(version, keep))[0]  # rank 0's ref; the data stays put
         rollouts.call(lambda w, i: w.update_weights.remote(weights, version))
 
 
-# -- collective broadcast: code that runs inside the actors (through ActorMixin.call) ---------
-def _join_group(obj, host: str, port: int, rank: int, world: int, backend: str) -> None:
-    import datetime
-
-    import torch.distributed as dist
-
-    old = getattr(obj, "weight_group", None)
-    if old is not None:  # a regrouping (a replaced engine): the previous group's communicators go first
-        for method in ("shutdown", "abort"):
-            if hasattr(old, method):
-                try:
-                    getattr(old, method)()
-                    break
-                except Exception:  # noqa: BLE001 - a group whose peer died may refuse either; it is dropped anyway
-                    pass
-        obj.weight_group = None
-    store = dist.TCPStore(host, port, world, is_master=rank == 0, timeout=datetime.timedelta(seconds=300))
-    if backend == "nccl":
-        group = dist.ProcessGroupNCCL(store, rank, world)
-    else:
-        group = dist.ProcessGroupGloo(store, rank, world)
-    obj.weight_group = group
+# -- collective broadcast: code that runs inside the learner actors (through ActorMixin.call) ---
+def _join_group(learner, host: str, port: int, world: int, backend: str, timeout_s: float) -> None:
+    learner.weight_group = open_weight_group(host, port, 0, world, backend, timeout_s, getattr(learner, "weight_group", None))
 
 
-def _send(learner, with_group: bool, version: int = 0) -> list[tuple[str, tuple, str]] | None:
-    """On every learner rank: gather each tensor; rank 0 broadcasts it. Returns the metadata."""
-    meta, sent = [], []
+def _send(learner, with_group: bool, version: int = 0, keep: bool = True) -> list[tuple[str, tuple, str]] | None:
+    """On every learner rank: gather each tensor; rank 0 broadcasts it (and keeps a host copy with
+    ``keep``). Returns the metadata on rank 0. A failed broadcast (an engine lost) does not stop
+    the gathers, which every rank must finish: it is raised once they are done."""
+    meta, sent, failed = [], [], None
     for name, tensor in learner.named_full_weights():
         meta.append((name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch.")))
-        if learner.rank == 0 and with_group:
-            learner.weight_group.broadcast(tensor.contiguous(), 0).wait()
-            sent.append((name, tensor.cpu()))  # kept on the host: the device holds one gathered tensor at a time
+        if learner.rank == 0 and with_group and failed is None:
+            try:
+                learner.weight_group.broadcast(tensor.contiguous(), 0).wait()
+            except Exception as err:  # noqa: BLE001 - raised below, after the last gather
+                failed = err
+            if keep:
+                sent.append((name, tensor.cpu()))  # the device holds one gathered tensor at a time
     if learner.rank != 0:
         return None
-    if with_group:  # stored after the broadcasts, while the engines load what they received
+    if failed is not None:  # a plain error: torch's DistBackendError does not pickle
+        raise RuntimeError(f"the weight broadcast failed: {type(failed).__name__}: {failed}")
+    if with_group and keep:  # stored after the broadcasts, while the engines load what they received
         learner.keep_weights(version, sent)
     return meta
 
 
-def _receive(engine, meta: list[tuple[str, tuple, str]], version: int) -> int:
-    """On a rollout engine: receive every tensor in order, stage in buckets, load in place."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    bucket, size, staged = [], 0, 0
-    for name, shape, dtype in meta:
-        tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=device)
-        engine.weight_group.broadcast(tensor, 0).wait()
-        bucket.append((name, tensor))
-        size += tensor.numel() * tensor.element_size()
-        if size >= BUCKET_BYTES:
-            staged = engine.stage_weights(bucket)
-            bucket, size = [], 0
-    if bucket:
-        staged = engine.stage_weights(bucket)
-    return engine.finish_weight_update(version, expected=staged)
+def group_layout(receivers: list[int]) -> tuple[int, list[int]]:
+    """The weight group's size and each engine's first rank, for engines of ``receivers[i]`` vLLM
+    workers each: learner rank 0 is rank 0, then every worker of engine 0, of engine 1, ..."""
+    offsets, rank = [], 1
+    for count in receivers:
+        offsets.append(rank)
+        rank += count
+    return rank, offsets
 
 
 class CollectiveTransport:
-    """Broadcast over a dedicated process group: learner rank 0 is its rank 0, engine i is i+1."""
+    """Broadcast over a dedicated process group: learner rank 0 is its rank 0, then each vLLM
+    worker of each engine (``group_layout``)."""
 
-    def __init__(self, learners: LearnerGroup, rollouts: RolloutGroup, backend: str):
-        self.backend = backend
+    def __init__(self, learners: LearnerGroup, rollouts: RolloutGroup, backend: str, timeout_s: float = 300.0):
+        self.backend, self.timeout_s = backend, timeout_s
         self._join(learners, rollouts)
-        # A replaced engine is not in the group: every member joins a new one. (An engine lost in
-        # the middle of a broadcast leaves rank 0 blocked in it: the learner group is restarted.)
-        rollouts.on_replace.append(lambda i: self._join(learners, rollouts))
+        rollouts.on_replace.append(lambda i: self._join(learners, rollouts))  # a replaced engine: everyone regroups
 
     def _join(self, learners: LearnerGroup, rollouts: RolloutGroup) -> None:
-        host, port = ray.get([learners.workers[0].node_ip.remote(), learners.workers[0].free_port.remote()])  # rank 0's node
-        world = 1 + len(rollouts.workers)
-        members = [learners.workers[0], *rollouts.workers]
-        ray.get([m.call.remote(_join_group, host, port, rank, world, self.backend) for rank, m in enumerate(members)])
+        wait = rollouts.supervisor.timeout(rollouts.kind)
+        host, port = ray.get([learners.workers[0].node_ip.remote(), learners.workers[0].free_port.remote()], timeout=wait)
+        world, offsets = group_layout(rollouts.call(lambda w, i: w.weight_receivers.remote()))
+        joins = [learners.workers[0].call.remote(_join_group, host, port, world, self.backend, self.timeout_s)]
+        joins += [w.join_weight_group.remote(host, port, offsets[i], world, self.backend, self.timeout_s)
+                  for i, w in enumerate(rollouts.workers)]  # fmt: skip
+        ray.get(joins, timeout=wait)
         if not hasattr(self, "meta"):  # names, shapes and dtypes do not change during a run: learn them once
-            self.meta = ray.get([w.call.remote(_send, False) for w in learners.workers])[0]
+            self.meta = ray.get([w.call.remote(_send, False) for w in learners.workers], timeout=wait)[0]
 
-    def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int) -> None:
-        sends = learners.calls(lambda w, i: w.call.remote(_send, True, version))
-        rollouts.call(lambda w, i: w.call.remote(_receive, self.meta, version))
-        sends.collect()
+    def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int, keep: bool = True) -> None:
+        while True:  # again after a lost engine is replaced (the restart budget bounds it)
+            sends = learners.calls(lambda w, i: w.call.remote(_send, True, version, keep))
+            lost = self._receive(rollouts, version)
+            if not lost:
+                sends.collect()
+                return
+            self._recover(learners, rollouts, sends, lost)
+
+    def _receive(self, rollouts: RolloutGroup, version: int) -> dict[int, str]:
+        """Every engine receives the push; returns the engines that died or hung (index -> cause).
+        Another error of an engine is raised, unless an engine was lost (then it is the lost
+        engine's broadcast that failed)."""
+        refs = {i: w.receive_weights.remote(self.meta, version, BUCKET_BYTES) for i, w in enumerate(rollouts.workers)}
+        timeout = rollouts.supervisor.timeout(rollouts.kind)
+        _, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+        lost, errors = {}, []
+        for i, ref in refs.items():
+            if ref in pending:
+                lost[i] = f"gave no answer within {timeout:g} s (hung) during a weight push"
+                continue
+            try:
+                ray.get(ref)
+            except DEATHS as err:
+                lost[i] = f"{death_cause(err)} during a weight push"
+            except ray.exceptions.RayTaskError as err:
+                errors.append(err)
+        if errors and not lost:
+            raise errors[0]
+        return lost
+
+    def _recover(self, learners: LearnerGroup, rollouts: RolloutGroup, sends, lost: dict[int, str]) -> None:
+        """Rank 0 leaves its broadcast (a failed send, at the latest after the group's timeout), each
+        lost engine is replaced (it loads nothing: the push that follows gives it the weights) and
+        every member joins a new group."""
+        try:
+            sends.collect()
+        except ray.exceptions.RayTaskError:  # the broadcast that failed with the lost engine
+            pass
+        for i, cause in lost.items():
+            failure = ActorFailure(rollouts.kind, rollouts.name(i), cause)
+            rollouts.supervisor.charge(failure)
+            t0 = time.perf_counter()
+            rollouts.restart(i)
+            rollouts.supervisor.record(failure, time.perf_counter() - t0)
+        self._join(learners, rollouts)
 
 
-def make_transport(kind: str, learners: LearnerGroup, rollouts: RolloutGroup) -> WeightTransport:
+def make_transport(kind: str, learners: LearnerGroup, rollouts: RolloutGroup, timeout_s: float = 300.0) -> WeightTransport:
     """``auto``: NCCL broadcast on GPUs, the object store on CPU (zero-copy tensors: SmolLM2-135M
-    0.8-1.0 s per push here against 1.5-1.9 s for a gloo broadcast, docs/PERFORMANCE.md)."""
+    0.8-1.0 s per push here against 1.5-1.9 s for a gloo broadcast, docs/PERFORMANCE.md).
+    ``timeout_s``: a collective push's broadcast timeout (``fault_tolerance.push_timeout_s``)."""
     gpu = ray.cluster_resources().get("GPU", 0) > 0
     if kind == "auto":
         kind = "nccl" if gpu else "object_store"
@@ -123,4 +161,4 @@ def make_transport(kind: str, learners: LearnerGroup, rollouts: RolloutGroup) ->
         return ObjectStoreTransport()
     if kind == "nccl" and not gpu:
         raise ValueError("sync.transport: 'nccl' needs GPUs; use 'gloo' or 'object_store' on CPU")
-    return CollectiveTransport(learners, rollouts, kind)
+    return CollectiveTransport(learners, rollouts, kind, timeout_s)

@@ -7,8 +7,10 @@ after a warm-up). The baseline is an in-process memory copy of the same bytes (t
 parameters, each ``dst.copy_(src)`` into a preallocated buffer, one thread, timed before and after
 the pushes: the quicker counts); the ratio push / copy has a goal of 3x. A second table splits one
 instrumented push into its phases (learner export or broadcast, object store, the engine's
-staging, ``reload_weights`` and the lm_head repack): the same library calls as a push, run one
-after the other with timers in between.
+loading bucket by bucket and its finish): the same calls as a push, with timers in between. A
+third table gives each engine process's peak extra anonymous resident memory during that push
+(its own allocations, sampled every millisecond; the object store's pages it maps are shared and not counted), against the model's size and the bucket's (``--bucket-mib``):
+the engine loads what arrives as it arrives, so this is about a bucket and a layer, not a model.
 
     python bench/weight_sync.py --model smollm2 --repeat 3
 """
@@ -58,90 +60,81 @@ def _export_timed(learner) -> tuple[list | None, float]:
     return weights, time.perf_counter() - t0
 
 
-def _load_timed(worker, expected: int) -> dict[str, float]:
-    """``WeightUpdateExtension.syncrl_load_staged`` with a timer between its two steps."""
-    worker = getattr(worker, "worker", worker)  # a callable gets vLLM's wrapper; the extension is on its worker
-    staged = worker.__dict__.pop("_syncrl_staged", {})
-    if len(staged) != expected:
-        raise RuntimeError(f"{len(staged)} of {expected} tensors staged")
-    t0 = time.perf_counter()
-    worker.model_runner.reload_weights(weights_iterator=list(staged.items()))
-    t1 = time.perf_counter()
-    lm_head = getattr(worker.model_runner.get_model(), "lm_head", None)
-    if worker.device.type == "cpu" and lm_head is not None:
-        from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+class PeakAnon:
+    """The peak of this process's anonymous resident memory (RssAnon: its own allocations, not the
+    object store's shared pages it maps), sampled every millisecond while the block runs, less
+    the value before it."""
 
-        dispatch_cpu_unquantized_gemm(lm_head, remove_weight=False)
-    return {"reload_weights": t1 - t0, "lm_head repack": time.perf_counter() - t1}
+    def __enter__(self):
+        import threading
+
+        self.before = self.peak = self.read()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.done.wait(0.001):
+            self.peak = max(self.peak, self.read())
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.read())
+
+    @property
+    def extra(self) -> int:
+        return self.peak - self.before
+
+    @staticmethod
+    def read() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
 
 
-def _finish_timed(engine, version: int, expected: int) -> dict[str, float]:
-    """``RolloutEngine.finish_weight_update`` with timers."""
-    out = engine.llm.collective_rpc(_load_timed, args=(expected,))[0]
-    t0 = time.perf_counter()
-    engine.llm.reset_prefix_cache()
-    engine.policy_version = version
-    out["reset_prefix_cache"] = time.perf_counter() - t0
-    return out
-
-
-def _receive_object_store(engine, refs: list, version: int) -> dict[str, float]:
-    """``RolloutEngine.update_weights`` of a ref (what ``ObjectStoreTransport`` calls), timed."""
+def _receive_object_store(engine, refs: list, version: int, bucket_bytes: int) -> dict[str, float]:
+    """``RolloutEngine.update_weights`` of a ref (what ``ObjectStoreTransport`` calls), its steps
+    timed, and the engine process's peak extra resident memory during it."""
     import ray
 
+    from rollout.vllm_worker import buckets
+
+    with PeakAnon() as memory:
+        t0 = time.perf_counter()
+        weights = ray.get(refs[0])
+        t1 = time.perf_counter()
+        engine.begin_weight_update()
+        for bucket in buckets(weights, bucket_bytes):
+            engine.load_weights(bucket)
+        t2 = time.perf_counter()
+        engine.finish_weight_update(version, expected=len(weights))
+        t3 = time.perf_counter()
+    return {"ray.get of the weights (fetch, deserialize)": t1 - t0, "load bucket by bucket": t2 - t1,
+            "finish (layers processed, lm_head repack, prefix cache reset)": t3 - t2,
+            "peak extra resident bytes": memory.extra}  # fmt: skip
+
+
+def _send_timed(learner, version: int) -> dict[str, float]:
+    """``weight_sync._send`` on rank 0, timed (the gathers and broadcasts as one)."""
+    from actors.weight_sync import _send
+
     t0 = time.perf_counter()
-    weights = ray.get(refs[0])
-    t1 = time.perf_counter()
-    staged = engine.stage_weights(weights)
-    t2 = time.perf_counter()
-    out = {"ray.get of the weights (fetch, deserialize)": t1 - t0, "stage_weights": t2 - t1}
-    return out | _finish_timed(engine, version, staged)
+    _send(learner, True, version, keep=True)
+    return {"gather, broadcast and keep every tensor": time.perf_counter() - t0}
 
 
-def _send_timed(learner) -> dict[str, float]:
-    """``weight_sync._send(learner, True)`` on rank 0, timed."""
-    times = {"iterate named_full_weights": 0.0, "broadcast (send)": 0.0}
-    sent = []
-    t = time.perf_counter()
-    for name, tensor in learner.named_full_weights():
-        t1 = time.perf_counter()
-        learner.weight_group.broadcast(tensor.contiguous(), 0).wait()
-        sent.append((name, tensor))
-        times["iterate named_full_weights"] += t1 - t
-        times["broadcast (send)"] += time.perf_counter() - t1
-        t = time.perf_counter()
-    learner.keep_weights(-1, sent)
-    times["keep the pushed weights (into the object store)"] = time.perf_counter() - t
-    return times
-
-
-def _receive_gloo(engine, meta: list, version: int) -> dict[str, float]:
-    """``weight_sync._receive`` with timers."""
-    from actors.weight_sync import BUCKET_BYTES
-
-    times = {"broadcast (receive, incl. waiting for the sender)": 0.0, "stage_weights": 0.0}
-    bucket, size, staged = [], 0, 0
-    for name, shape, dtype in meta:
+def _receive_gloo(engine, meta: list, version: int, bucket_bytes: int) -> dict[str, float]:
+    """``RolloutEngine.receive_weights`` timed, and the engine's peak extra resident memory."""
+    with PeakAnon() as memory:
         t0 = time.perf_counter()
-        tensor = torch.empty(shape, dtype=getattr(torch, dtype))
-        engine.weight_group.broadcast(tensor, 0).wait()
-        t1 = time.perf_counter()
-        bucket.append((name, tensor))
-        size += tensor.numel() * tensor.element_size()
-        if size >= BUCKET_BYTES:
-            staged = engine.stage_weights(bucket)
-            bucket, size = [], 0
-        times["broadcast (receive, incl. waiting for the sender)"] += t1 - t0
-        times["stage_weights"] += time.perf_counter() - t1
-    if bucket:
-        t0 = time.perf_counter()
-        staged = engine.stage_weights(bucket)
-        times["stage_weights"] += time.perf_counter() - t0
-    return times | _finish_timed(engine, version, staged)
+        engine.receive_weights(meta, version, bucket_bytes)
+    return {"receive and load bucket by bucket, finish": time.perf_counter() - t0,
+            "peak extra resident bytes": memory.extra}  # fmt: skip
 
 
-def breakdown(kind: str, transport, learners, rollouts, version: int) -> list[tuple[str, float]]:
-    """One push of ``kind`` with its phases timed. Engine phases: the slowest engine's."""
+def breakdown(kind: str, transport, learners, rollouts, version: int, bucket_bytes: int) -> list[tuple[str, float]]:
+    """One push of ``kind`` with its phases timed. Engine phases: the slowest engine's (memory: the largest)."""
     import ray
 
     t0 = time.perf_counter()
@@ -149,10 +142,10 @@ def breakdown(kind: str, transport, learners, rollouts, version: int) -> list[tu
         stored, t_export = ray.get(learners.workers[0].call.remote(_export_timed))
         phases = [("learner: export_weights (into the object store)", t_export),
                   ("learner: the call and its return", time.perf_counter() - t0 - t_export)]  # fmt: skip
-        engines = ray.get([w.call.remote(_receive_object_store, [stored], version) for w in rollouts.workers])
+        engines = ray.get([w.call.remote(_receive_object_store, [stored], version, bucket_bytes) for w in rollouts.workers])
     else:
-        send = learners.workers[0].call.remote(_send_timed)
-        receives = [w.call.remote(_receive_gloo, transport.meta, version) for w in rollouts.workers]
+        send = learners.workers[0].call.remote(_send_timed, version)
+        receives = [w.call.remote(_receive_gloo, transport.meta, version, bucket_bytes) for w in rollouts.workers]
         sent, *engines = ray.get([send, *receives])
         phases = [(f"learner: {k}", v) for k, v in sent.items()]
     total = time.perf_counter() - t0
@@ -168,6 +161,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed pushes per case (after one warm-up)")
     ap.add_argument("--kv-gib", type=float, default=0.5, help="KV cache per engine (rollout.cpu_kv_cache_gib)")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the instrumented push")
+    ap.add_argument("--bucket-mib", type=float, default=256, help="the instrumented push's bucket size")
     ap.add_argument("--verbose", action="store_true", help="show the Ray workers' logs")
     args = ap.parse_args()
 
@@ -193,6 +187,7 @@ def main() -> None:
     cfg.rollout.cpu_kv_cache_gib = args.kv_gib
     rows = [[args.model, "-", "in-process copy (dst.copy_(src))", t_copy, nbytes / t_copy / 1e9, 1.0]]
     parts: list[list] = []
+    memory: list[list] = []
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=args.verbose,
              _temp_dir=tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp"))  # fmt: skip
     learners = rollouts = None
@@ -215,8 +210,12 @@ def main() -> None:
                 rows.append([args.model, engines, kind, t, nbytes / t / 1e9, t / t_copy])
                 if not args.no_breakdown:
                     version += 1
-                    for phase, seconds in breakdown(kind, transport, learners, rollouts, version):
-                        parts.append([args.model, engines, kind, phase, seconds, seconds / t_copy])
+                    for phase, value in breakdown(kind, transport, learners, rollouts, version, int(args.bucket_mib * 2**20)):
+                        if phase.endswith("bytes"):  # memory: against the model's bytes and the bucket's
+                            memory.append([args.model, engines, kind, args.bucket_mib, value / 1e6, value / nbytes,
+                                           value / (args.bucket_mib * 2**20)])  # fmt: skip
+                        else:
+                            parts.append([args.model, engines, kind, phase, value, value / t_copy])
             rollouts.shutdown()
             rollouts = None
     finally:
@@ -228,7 +227,7 @@ def main() -> None:
         print(f"in-process copy after the pushes {t_after * 1e3:.1f} ms", flush=True)
         if t_after < t_copy:
             rows, parts = rescale(rows, parts, t_copy, t_after, nbytes)
-        report(args.model, nbytes, rows, parts)  # what finished, even after a failure
+        report(args.model, nbytes, rows, parts, memory)  # what finished, even after a failure
 
 
 def rescale(rows: list[list], parts: list[list], old: float, new: float, nbytes: int) -> tuple[list, list]:
@@ -238,12 +237,15 @@ def rescale(rows: list[list], parts: list[list], old: float, new: float, nbytes:
     return rows, parts
 
 
-def report(model: str, nbytes: int, rows: list[list], parts: list[list]) -> None:
+def report(model: str, nbytes: int, rows: list[list], parts: list[list], memory: list[list]) -> None:
     print_table(f"Weight sync, {model} ({nbytes / 1e6:.0f} MB fp32)",
                 ["model", "engines", "transport", "s/push (median)", "GB/s", "ratio vs copy"], rows)  # fmt: skip
     if parts:
         print_table(f"Where one push's time goes, {model} (engine rows: the slowest engine)",
                     ["model", "engines", "transport", "phase", "seconds", "x copy time"], parts)  # fmt: skip
+    if memory:
+        print_table(f"An engine's peak extra resident memory during one push, {model} (the largest engine's)",
+                    ["model", "engines", "transport", "bucket MiB", "extra MB", "x model", "x bucket"], memory)  # fmt: skip
 
 
 if __name__ == "__main__":

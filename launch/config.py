@@ -379,6 +379,7 @@ class FaultToleranceConfig(Section):
     generate_timeout_s: float = Field(1800, gt=0)  # a rollout call (a step's generation, a weight load)
     score_timeout_s: float = Field(600, gt=0)  # a reward worker's batch
     train_timeout_s: float = Field(3600, gt=0)  # a learner call (a step, a push, a checkpoint)
+    push_timeout_s: float = Field(300, gt=0)  # gloo/nccl push: a broadcast waits this long for a lost member
     health_check_s: float = Field(10, ge=0)  # idle workers are pinged between steps this often (0: every step)
     start_timeout_s: float = Field(900, gt=0)  # placing and starting the actor groups (model loads included)
 

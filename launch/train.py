@@ -146,10 +146,12 @@ class Driver:
         learners, self.transport = self.learners, None
         if self.rollouts is not None:
             self.rollouts.on_replace.clear()  # a collective transport of the previous group regrouped there
-            self.transport = make_transport(self.cfg.sync.transport, learners, self.rollouts)
+            self.transport = make_transport(self.cfg.sync.transport, learners, self.rollouts,
+                                            self.cfg.fault_tolerance.push_timeout_s)  # fmt: skip
         if any(stage.sync.overlap for stage in self.stages):  # a prefetch may need the version before a push
             ray.get(learners.workers[0].set_pushed_kept.remote(2))
         restore(self.run_dir, self.state, learners, self.rollouts, self.transport)
+        self.engines_kept = True  # the engines hold the base model, or weights the restore kept
         self.source = make_source(self.cfg, self.data, self.rollouts, self.state.data_position)
 
     def pushed_weights(self, version: int):
@@ -181,15 +183,33 @@ class Driver:
             group.shutdown()
         ray.kill(self.controller)
 
-    def push(self, ref_sync: bool) -> None:
+    def push(self, ref_sync: bool, keep: bool = False) -> None:
         """The learner's weights to every engine (and to the reference, with ref_sync); a run
-        without engines only syncs the reference."""
+        without engines only syncs the reference. ``keep``: learner rank 0 keeps a host copy of
+        them (``engines_may_lag``)."""
         if self.rollouts is not None:
-            self.transport.push(self.learners, self.rollouts, self.state.learner_version)
+            self.transport.push(self.learners, self.rollouts, self.state.learner_version, keep)
             self.state.engine_version = self.state.learner_version
+            self.engines_kept = keep
         if ref_sync:
             self.learners.on_all("sync_reference")
         self.state.steps_since_sync = 0
+
+    @staticmethod
+    def engines_may_lag(s: float, stage) -> bool:
+        """Whether the learner can train past the engines' weights before its next push (s > 1, or a
+        prefetch generating on them while it trains): then the weights pushed are kept on the host,
+        for a replacement engine and a checkpoint. With s = 1 the learner's own weights serve."""
+        return s != 1 or stage.sync.overlap
+
+    def sync_interval(self, stage) -> float:
+        """The live sync interval (``syncrl ctl``); an s changed to more than 1 after a push that
+        kept nothing keeps the engines' weights now, while the learner still has them."""
+        s = self.state.sync_interval = live_sync_interval(self.controller, self.log)
+        if self.engines_may_lag(s, stage) and not self.engines_kept and self.rollouts is not None:
+            self.learners.pushed_weights(self.state.engine_version)  # the learner's weights are still that version
+            self.engines_kept = True
+        return s
 
     def evaluate(self) -> None:
         """Held-out accuracy of the engines' policy (and of value-guided beam search with the
@@ -223,9 +243,9 @@ class Driver:
             stage, algorithm = self.stages[index], self.algorithms[index]
             if index != state.stage_index:  # a new stage starts from the current policy, with its own s
                 state.begin_stage(index, stage.sync.interval, self.controller)
-                self.push(stage.sync.ref_sync)
+                self.push(stage.sync.ref_sync, self.engines_may_lag(stage.sync.interval, stage))
             while state.step_in_stage < stage.steps:
-                s = state.sync_interval = live_sync_interval(self.controller, self.log)
+                s = self.sync_interval(stage)
                 self.probe()
                 t0 = time.perf_counter()
                 samples = self.source.next(state.step, prefetch=stage.sync.overlap and state.step_in_stage + 1 < stage.steps)
@@ -241,7 +261,7 @@ class Driver:
                     state.steps_since_sync += 1
                 t3 = time.perf_counter()
                 if state.steps_since_sync >= s:
-                    self.push(stage.sync.ref_sync)
+                    self.push(stage.sync.ref_sync, self.engines_may_lag(s, stage))
                 t4 = time.perf_counter()
                 self.end_step(step_record(state, stage.name, s, samples, batch, loss, t1 - t0, t2 - t1, t3 - t2, t4 - t3))
         if cfg.eval.at_end and self.evaluated_at != state.step:  # not already evaluated by every_steps

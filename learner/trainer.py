@@ -415,11 +415,16 @@ class LearnerRank:
             else:
                 yield name, param.detach()
 
-    def export_weights(self, version: int) -> Any:
-        """The full weights, stored once (``store_weights``) on rank 0 and kept as the weights pushed
-        as ``version``; None on the other ranks (which take part in ZeRO-3's gathers)."""
+    def export_weights(self, version: int, keep: bool = True) -> Any:
+        """The full weights, stored once (``store_weights``) on rank 0, and with ``keep`` kept as the
+        weights pushed as ``version``; None on the other ranks (which take part in ZeRO-3's gathers)."""
         weights = self.host_weights()  # each to CPU as it comes (views on CPU)
-        return None if weights is None else self.keep_weights(version, list(weights.items()))
+        if weights is None:
+            return None
+        stored = self.store_weights(list(weights.items()))
+        if keep:
+            self.keep_pushed(version, stored)
+        return stored
 
     def keep_weights(self, version: int, weights: list[tuple[str, torch.Tensor]]) -> Any:
         """Store ``weights`` once, on CPU, and keep them as the weights pushed as ``version``;
@@ -453,10 +458,13 @@ class LearnerRank:
         self.pushed_kept = count
 
     def pushed_weights(self, version: int) -> Any:
-        """The weights pushed as ``version`` (rank 0), as stored: what a replacement engine loads."""
-        if version not in self.pushed:
-            raise RuntimeError(f"the weights of version {version} are not kept (kept: {sorted(self.pushed)})")
-        return self.pushed[version]
+        """The weights pushed as ``version`` (rank 0), as stored: what a replacement engine loads.
+        None when they were not kept but are still this rank's weights (the group exports them)."""
+        if version in self.pushed:
+            return self.pushed[version]
+        if version == self.version:
+            return None
+        raise RuntimeError(f"the weights of version {version} are not kept (kept: {sorted(self.pushed)})")
 
     def save_pushed_weights(self, path: str, version: int) -> None:
         from safetensors.torch import save_file

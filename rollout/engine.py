@@ -8,6 +8,7 @@ the driver passes its ``EngineSettings``, which add the model's ``trust_remote_c
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -17,21 +18,26 @@ import torch
 from rollout.beam_search import Step
 from rollout.phases import Phases, imports_without_gc
 from rollout.records import Prompt, Sample
+from rollout.vllm_worker import WorkerError, buckets
 
 EXTENSION = "rollout.vllm_worker.WeightUpdateExtension"
+BUCKET_BYTES = 256 * 2**20  # an update reaches the workers, and is loaded, in buckets of about this size
 
 
-def cpu_threads_bind(setting: str, worker_index: int, num_workers: int) -> str:
+def cpu_threads_bind(setting: str, worker_index: int, num_workers: int, tensor_parallel_size: int = 1) -> str:
     """vLLM's VLLM_CPU_OMP_THREADS_BIND for one engine. "auto" gives each engine its own
-    contiguous block of this machine's cores ("nobind" when there are more engines than cores)."""
+    contiguous block of this machine's cores ("nobind" when there are more engines than cores),
+    split in one block per tensor-parallel worker, "|"-separated as vLLM reads it."""
     if setting != "auto":
         return setting
     cores = sorted(os.sched_getaffinity(0))
     per = len(cores) // num_workers
-    if per < 1:
+    if per < tensor_parallel_size:
         return "nobind"
     block = cores[worker_index * per : (worker_index + 1) * per]
-    return f"{block[0]}-{block[-1]}" if len(block) > 1 else str(block[0])
+    parts = [block[r * (per // tensor_parallel_size) : (r + 1) * (per // tensor_parallel_size)]
+             for r in range(tensor_parallel_size)]  # fmt: skip
+    return "|".join(f"{p[0]}-{p[-1]}" if len(p) > 1 else str(p[0]) for p in parts)
 
 
 def use_cores(bind: str) -> None:
@@ -81,16 +87,14 @@ def eager(cfg: Any, gpu: bool) -> bool:
 def engine_kwargs(model_path: str, cfg: Any, worker_index: int, gpu: bool) -> dict[str, Any]:
     """The arguments of ``vllm.LLM`` for one engine (``cfg``: the rollout settings). On GPUs the
     engine holds ``rollout.tensor_parallel_size`` GPUs of one node (its placement bundle) and
-    fills ``rollout.gpu_memory_utilization`` of each; tensor parallelism runs in processes vLLM
-    starts on that node (``mp``), inside the bundle. On CPU the KV cache is ``cpu_kv_cache_bytes``."""
+    fills ``rollout.gpu_memory_utilization`` of each. Tensor parallelism runs in processes vLLM
+    starts on the engine's node (``mp``), inside its bundle, on CPU too (each worker on its own
+    cores, ``cpu_threads_bind``). On CPU the KV cache is ``cpu_kv_cache_bytes``."""
     tp, dtype = cfg.tensor_parallel_size, engine_dtype(cfg.dtype, gpu)
     trust_remote_code = bool(getattr(cfg, "trust_remote_code", False))  # model.trust_remote_code
+    parallel = dict(tensor_parallel_size=tp, **({"distributed_executor_backend": "mp"} if tp > 1 else {}))
     if gpu:
-        memory = dict(gpu_memory_utilization=cfg.gpu_memory_utilization, tensor_parallel_size=tp,
-                      **({"distributed_executor_backend": "mp"} if tp > 1 else {}))  # fmt: skip
-    elif tp > 1:
-        raise ValueError(f"rollout.tensor_parallel_size={tp}: tensor parallelism needs GPUs (this engine runs on CPU); "
-                         "set it to 1 and use rollout.num_workers for more engines")  # fmt: skip
+        memory = dict(gpu_memory_utilization=cfg.gpu_memory_utilization)
     else:
         # No chunked prefill on CPU: a seeded request whose prompt is split across two engine
         # steps makes vLLM rewind its generator, which CPU generators cannot do (the engine
@@ -106,6 +110,7 @@ def engine_kwargs(model_path: str, cfg: Any, worker_index: int, gpu: bool) -> di
         worker_extension_cls=EXTENSION,
         logprobs_mode="processed_logprobs",  # log-probs of the distribution actually sampled
         trust_remote_code=trust_remote_code,
+        **parallel,
         **memory,
     )
 
@@ -147,7 +152,11 @@ class RolloutEngine:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine lives in this process
         gpu = on_gpu()
         if not gpu:
-            use_cores(cpu_threads_bind(cfg.cpu_threads_bind, worker_index, num_workers))
+            bind = cpu_threads_bind(cfg.cpu_threads_bind, worker_index, num_workers, cfg.tensor_parallel_size)
+            if cfg.tensor_parallel_size > 1:  # vLLM's worker processes bind themselves, one "|" part each
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
+            else:
+                use_cores(bind)
             if eager(cfg, gpu):
                 skip_torch_compile()
         with imports_without_gc():
@@ -157,6 +166,7 @@ class RolloutEngine:
         self.llm = LLM(**engine_kwargs(model_path, cfg, worker_index, gpu))
         self.tokenizer = self.llm.get_tokenizer()
         self.policy_version = 0
+        self.incomplete_update = False
         self.phases.mark("vLLM engine")
 
     # -- generation ---------------------------------------------------------------------------
@@ -186,6 +196,7 @@ class RolloutEngine:
         engine serves the prompt (a resumed run regenerates exactly)."""
         from vllm.inputs import TokensPrompt
 
+        self._check_weights()
         ids = [self.prompt_ids(p) for p in prompts]
         for p, i in zip(prompts, ids):
             if len(i) >= self.cfg.max_model_len:
@@ -226,6 +237,7 @@ class RolloutEngine:
         their prefixes (a question's beams), which vLLM's prefix cache computes once."""
         from vllm.inputs import TokensPrompt
 
+        self._check_weights()
         params = [self.sampling_params(n, temperature=temperature, max_tokens=max(1, left), stop=[stop],
                                        include_stop_str_in_output=True, seed=seed + i, logprobs=None)
                   for i, (_, _, left) in enumerate(requests)]  # fmt: skip
@@ -234,6 +246,11 @@ class RolloutEngine:
         return [[Step(list(c.token_ids), finished=c.finish_reason == "length" or c.stop_reason != stop,
                       finish_reason=c.finish_reason or "stop") for c in out.outputs] for out in outputs]  # fmt: skip
 
+    def _check_weights(self) -> None:
+        if self.incomplete_update:
+            raise RuntimeError(f"the engine holds a weight update that did not complete (some layers new, some of "
+                               f"version {self.policy_version}): load a whole update before generating")  # fmt: skip
+
     def decode(self, token_ids: list[list[int]]) -> list[str]:
         return self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
 
@@ -241,21 +258,68 @@ class RolloutEngine:
         return bool(self.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching)
 
     # -- weights ------------------------------------------------------------------------------
-    def stage_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
-        """Receive one bucket of the new weights (Hugging Face names)."""
-        return self.llm.collective_rpc("syncrl_stage_weights", args=(list(named_tensors),))[0]
+    # An update is a session on every vLLM worker of the engine (rollout.vllm_worker): begin, load
+    # bucket by bucket as they arrive, finish. An update that fails part-way leaves some layers new
+    # and some old: the engine then refuses to generate until a whole update has loaded.
+    def begin_weight_update(self) -> None:
+        self._on_workers("syncrl_begin_update")
+        self.incomplete_update = True
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Load one bucket of the new weights (Hugging Face names) now; the count loaded so far."""
+        return self._on_workers("syncrl_load_weights", list(named_tensors))[0]
 
     def finish_weight_update(self, version: int, expected: int | None = None) -> int:
-        """Load the staged weights in place, reset the prefix cache, adopt ``version``."""
-        loaded = self.llm.collective_rpc("syncrl_load_staged", args=(expected,))[0]
-        self.llm.reset_prefix_cache()
-        self.policy_version = version
+        """End the update, reset the prefix cache, adopt ``version`` (raises, adopting nothing,
+        when ``expected`` tensors did not all arrive)."""
+        loaded = self._on_workers("syncrl_finish_update", expected)[0]
+        self._adopt(version)
         return loaded
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> int:
-        """The whole update in one call: stage every tensor, then load them."""
-        expected = self.stage_weights(named_tensors)
-        return self.finish_weight_update(version, expected)
+    def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]], version: int,
+                       bucket_bytes: int = BUCKET_BYTES) -> int:  # fmt: skip
+        """The whole update in one call (the object-store transport: ``named_tensors`` are views
+        of the store), handed to the workers bucket by bucket."""
+        self.begin_weight_update()
+        try:
+            for bucket in buckets(named_tensors, bucket_bytes):
+                self.load_weights(bucket)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._on_workers("syncrl_finish_update")
+            raise
+        return self.finish_weight_update(version, expected=len(named_tensors))
+
+    def weight_receivers(self) -> int:
+        """Ranks this engine takes in a weight group: one per vLLM worker (tensor-parallel rank)."""
+        return self.llm.llm_engine.vllm_config.parallel_config.world_size
+
+    def join_weight_group(self, host: str, port: int, rank_offset: int, world: int, backend: str,
+                          timeout_s: float) -> list[int]:  # fmt: skip
+        """Every vLLM worker joins the weight group, worker r as rank ``rank_offset + r``."""
+        return self._on_workers("syncrl_join_group", host, port, rank_offset, world, backend, timeout_s)
+
+    def receive_weights(self, meta: list[tuple[str, tuple, str]], version: int, bucket_bytes: int = BUCKET_BYTES) -> int:
+        """Every worker receives rank 0's broadcast of ``meta``'s tensors and loads it bucket by
+        bucket; then ``version`` is adopted."""
+        self.incomplete_update = True
+        loaded = self._on_workers("syncrl_receive", meta, bucket_bytes)[0]
+        self._adopt(version)
+        return loaded
+
+    def _on_workers(self, method: str, *args: Any) -> list:
+        """``method`` of the worker extension on every vLLM worker; the first error one returned is
+        raised once all have answered."""
+        results = self.llm.collective_rpc(method, args=args)
+        for rank, result in enumerate(results):
+            if isinstance(result, WorkerError):
+                raise RuntimeError(f"vLLM worker {rank}: {result.message}")
+        return results
+
+    def _adopt(self, version: int) -> None:
+        self.llm.reset_prefix_cache()
+        self.policy_version = version
+        self.incomplete_update = False
 
     def weights_checksum(self) -> str:
         return self.llm.collective_rpc("syncrl_weights_checksum")[0]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from actors.placement import Ask, PlacementError, check_fits, run_asks
+from actors.placement import Ask, PlacementError, check_fits, engine_bundle, run_asks
 from launch.config import engine_settings, load_config
-from rollout.engine import engine_kwargs
+from rollout.engine import cpu_threads_bind, engine_kwargs
 
 
 def config(*overrides: str):
@@ -87,8 +87,21 @@ def test_gpu_engine_settings_reach_vllm():
     assert engine_kwargs("/m", engine_settings(config("rollout.cpu_kv_cache_gib=0.5")), 0, gpu=False)["enforce_eager"] is True
     cpu = engine_kwargs("/m", engine_settings(config("rollout.cpu_kv_cache_gib=0.5")), 0, gpu=False)
     assert cpu["kv_cache_memory_bytes"] == 2**29 and cpu["dtype"] == "float32" and "gpu_memory_utilization" not in cpu
-    with pytest.raises(ValueError, match="rollout.tensor_parallel_size=2"):
-        engine_kwargs("/m", cfg, 0, gpu=False)
+    # tensor parallelism on CPU: vLLM's worker processes, each bound to its own cores, and a CPU each in the bundle
+    cpu_tp = engine_kwargs("/m", engine_settings(config("rollout.tensor_parallel_size=2", "rollout.cpu_kv_cache_gib=0.5")),
+                           0, gpu=False)  # fmt: skip
+    assert cpu_tp["tensor_parallel_size"] == 2 and cpu_tp["distributed_executor_backend"] == "mp"
+    assert engine_bundle(config("rollout.tensor_parallel_size=2").rollout, gpu=False) == {"CPU": 2.0}
+    assert engine_bundle(config("rollout.tensor_parallel_size=2").rollout, gpu=True) == {"CPU": 1.0, "GPU": 2.0}
+
+
+def test_cpu_thread_binding_gives_each_engine_and_tensor_parallel_worker_its_own_cores(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    assert [cpu_threads_bind("auto", i, 2) for i in range(2)] == ["0-3", "4-7"]
+    assert [cpu_threads_bind("auto", i, 2, tensor_parallel_size=2) for i in range(2)] == ["0-1|2-3", "4-5|6-7"]
+    assert cpu_threads_bind("auto", 0, 3, tensor_parallel_size=2) == "0|1"  # 2 cores each, the 7th and 8th unused
+    assert cpu_threads_bind("auto", 0, 8, tensor_parallel_size=2) == "nobind"  # fewer cores than workers
+    assert cpu_threads_bind("0-1|2-3", 0, 1, tensor_parallel_size=2) == "0-1|2-3"  # a setting is used as given
 
 
 def test_an_evaluations_value_worker_is_in_the_plan():
@@ -99,3 +112,13 @@ def test_an_evaluations_value_worker_is_in_the_plan():
     assert run_asks(config(), gpu=False, learner=False, value=True)[-1].bundle == {"CPU": 1.0}
     with pytest.raises(PlacementError, match=r"needs 3 GPU for 2 engines \(1 each\) \+ 1 value workers \(1 each\); the cluster has 2"):
         check_fits(asks, [{"CPU": 8.0, "GPU": 2.0}])
+
+
+def test_weight_group_has_a_rank_per_tensor_parallel_worker():
+    """Learner rank 0 is rank 0; then every vLLM worker of engine 0, of engine 1, ... in order."""
+    from actors.weight_sync import group_layout
+
+    assert group_layout([1, 1]) == (3, [1, 2])
+    assert group_layout([2, 2, 2]) == (7, [1, 3, 5])
+    assert group_layout([4, 1, 2]) == (8, [1, 5, 6])
+    assert group_layout([]) == (1, [])

@@ -104,10 +104,11 @@ def test_weight_update_matches_hf_greedy_of_new_weights(engine, tiny_llama, mode
     """Tied embeddings: the CPU backend's prepacked lm_head must follow the new embedding."""
     before = engine.generate(PROMPTS, n=1, temperature=0)
     checksum_a = engine.weights_checksum()
-    # Two buckets, as a streaming transport sends them.
+    # Two buckets, loaded as they arrive (a streaming transport's session).
     state = load_state(model_b_llama)
-    engine.stage_weights(state[:7])
-    assert engine.finish_weight_update(version=5, expected=engine.stage_weights(state[7:])) == len(state)
+    engine.begin_weight_update()
+    assert engine.load_weights(state[:7]) == 7
+    assert engine.finish_weight_update(version=5, expected=engine.load_weights(state[7:])) == len(state)
 
     after = engine.generate(PROMPTS, n=1, temperature=0)
     model_b = hf_model(model_b_llama)
@@ -124,11 +125,21 @@ def test_weight_update_matches_hf_greedy_of_new_weights(engine, tiny_llama, mode
     assert [s.response_ids for s in engine.generate(PROMPTS, n=1, temperature=0)] == [s.response_ids for s in before]
 
 
-def test_incomplete_update_is_refused(engine, model_b_llama):
-    engine.stage_weights(load_state(model_b_llama)[:3])
-    with pytest.raises(Exception, match="incomplete"):
+def test_incomplete_update_is_refused_until_a_whole_one_loads(engine, tiny_llama, model_b_llama):
+    """Buckets load as they arrive, so an update cut short leaves some layers new: the engine keeps
+    its version, refuses to generate, and is whole again after a complete update."""
+    version = engine.policy_version
+    engine.begin_weight_update()
+    engine.load_weights(load_state(model_b_llama)[:3])
+    with pytest.raises(Exception, match="incomplete: 3 of 20"):
         engine.finish_weight_update(version=9, expected=20)
-    assert engine.policy_version != 9
+    assert engine.policy_version == version
+    with pytest.raises(RuntimeError, match="did not complete"):
+        engine.generate(PROMPTS[:1], n=1, temperature=0)
+    engine.update_weights(load_state(tiny_llama), version=10)
+    model_a = hf_model(tiny_llama)
+    after = engine.generate(PROMPTS, n=1, temperature=0)
+    assert [s.response_ids for s in after] == [hf_greedy(model_a, s.prompt_ids) for s in after]
 
 
 def test_tensors_are_serialized_as_their_bytes_without_a_copy():

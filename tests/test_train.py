@@ -146,6 +146,61 @@ def test_push_is_exact_with_each_transport(ray_cluster, tiny_llama, tmp_path):
         learners.shutdown()
 
 
+def test_push_into_tensor_parallel_engines_and_past_an_engine_lost_at_a_push(ray_cluster, tiny_llama, tmp_path):
+    """Two engines of 2 tensor-parallel vLLM workers each (on CPU): the gloo weight group has a rank
+    per worker (5 in all), and after a push both engines' greedy output equals HF greedy decoding of
+    the learner's weights. Then engine 1 is killed and the next push replaces it, regroups and
+    pushes again, naming it in the restart event; nothing is kept on the host (keep=False)."""
+    from transformers import AutoModelForCausalLM
+
+    from actors.faults import Supervisor
+    from actors.learner import LearnerGroup
+    from actors.rollout import RolloutGroup
+    from actors.weight_sync import CollectiveTransport
+    from rollout.algorithms import build_grpo_batch
+    from rollout.tasks import make_task
+
+    cfg = tiny_config("tiny-grpo", tiny_llama, "learner.lr=0.05", "rollout.num_workers=2",
+                      "rollout.tensor_parallel_size=2", "fault_tolerance.generate_timeout_s=120")  # fmt: skip
+    prompts, _ = make_task("add-2digit", 4, 0)
+    supervisor = Supervisor(cfg.fault_tolerance)
+    rollouts = RolloutGroup(tiny_llama, cfg.rollout, supervisor)
+    learners = LearnerGroup(tiny_llama, cfg.learner)
+    try:
+        transport = CollectiveTransport(learners, rollouts, "gloo", timeout_s=10)
+        before = [s.response_ids for s in rollouts.generate(prompts, n=1, temperature=0)]
+        for version in (1, 2):
+            samples = rollouts.generate(prompts[:2], seed=version)
+            for i, s in enumerate(samples):
+                s.reward = float(i % 2)
+            learners.train_step(build_grpo_batch(samples), LossSpec(grpo_weight=1.0))
+            if version == 2:
+                pid = __import__("ray").get(rollouts.workers[1].call.remote(lambda actor: os.getpid()))
+                os.kill(pid, signal.SIGKILL)
+            transport.push(learners, rollouts, version, keep=False)
+            learners.on_all("save_hf", str(tmp_path / str(version)))
+            hf = AutoModelForCausalLM.from_pretrained(tmp_path / str(version), dtype=torch.float32).eval()
+            after = rollouts.generate(prompts, n=1, temperature=0)
+            assert all(s.policy_version == version for s in after)
+            for s in after:
+                out = hf.generate(torch.tensor([s.prompt_ids]), max_new_tokens=cfg.rollout.max_new_tokens, do_sample=False)
+                assert s.response_ids == out[0, len(s.prompt_ids):].tolist(), version
+            assert [s.response_ids for s in after] != before, f"push {version}: the weights did not change"
+            before = [s.response_ids for s in after]
+        assert rollouts.call(lambda w, i: w.weight_receivers.remote()) == [2, 2]
+        assert [(e["actor"], e["cause"].split(" ")[0]) for e in supervisor.events] == [("rollout-1", "died")]
+        assert "during a weight push" in supervisor.events[0]["cause"]
+        assert ray_cluster.get(learners.workers[0].call.remote(lambda rank: sorted(rank.pushed))) == []
+        # what a replacement engine would load: exported on demand while the learner still has version 2
+        assert {n for n, _ in ray_cluster.get(learners.pushed_weights(2))} == {m[0] for m in transport.meta}
+        assert ray_cluster.get(learners.workers[0].call.remote(lambda rank: sorted(rank.pushed))) == [2]
+        with pytest.raises(Exception, match="the weights of version 1 are not kept"):
+            learners.pushed_weights(1)
+    finally:
+        rollouts.shutdown()
+        learners.shutdown()
+
+
 def test_zero3_two_ranks_packing_and_token_budget_match_one_rank(ray_cluster, tiny_llama):
     from actors.learner import LearnerGroup
     from learner.objective import split_batch
