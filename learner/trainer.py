@@ -465,16 +465,24 @@ class LearnerRank:
     def named_full_weights(self, engine=None):
         """Yield (name, full tensor) of the policy (or of another engine's module, e.g. the value
         model) in Hugging Face names. Every rank must iterate (ZeRO-3 gathers each parameter
-        collectively); all ranks see the full tensors."""
+        collectively); all ranks see the full tensors, each a copy of its own under ZeRO-3."""
+        for name, tensor, partitioned in self.gathered_weights(engine):
+            yield name, tensor.clone() if partitioned else tensor
+
+    def gathered_weights(self, engine=None):
+        """Yield (name, full tensor, partitioned) of the policy (or of another engine's module): a
+        ZeRO-3 parameter gathered, valid only until the next item (its memory is freed then: copy what
+        is kept), else the parameter itself. Every rank must iterate; each holds one gathered
+        parameter at a time."""
         import deepspeed
 
         module = (engine or self.engine).module
         for name, param in module.named_parameters():
-            if hasattr(param, "ds_id"):  # ZeRO-3 partitioned
+            if is_partitioned(param):
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                    yield name, param.detach().clone()
+                    yield name, param.detach(), True
             else:
-                yield name, param.detach()
+                yield name, param.detach(), False
 
     def export_weights(self, version: int) -> Any:
         """The full weights, stored once (``store_weights``) on rank 0 and kept as the weights pushed
@@ -617,14 +625,15 @@ class LearnerRank:
                 save_value_folder(str(Path(folder, "value")), self.value_engine.module.backbone, value)
 
     def host_weights(self, engine=None) -> dict[str, torch.Tensor] | None:
-        """The full weights (``named_full_weights``) on the host, on rank 0; None on the others,
-        which only take part in the gathers."""
-        named = self.named_full_weights(engine)
-        if self.rank != 0:
-            for _ in named:
-                pass
-            return None
-        return {name: tensor.cpu() for name, tensor in named}
+        """The full weights on the host, on rank 0; None on the others, which only take part in the
+        gathers. Under ZeRO-3 rank 0 copies each gathered parameter straight to the host and every
+        rank frees it before the next: beyond the host copy a rank holds one gathered parameter at
+        a time, and the device never a copy of it. (ZeRO 0-2 on the CPU: the parameters themselves.)"""
+        weights = {}
+        for name, tensor, partitioned in self.gathered_weights(engine):
+            if self.rank == 0:
+                weights[name] = tensor.to("cpu", copy=True) if partitioned else tensor.cpu()
+        return weights if self.rank == 0 else None
 
 
 def own_partition(param: torch.Tensor, name: str) -> torch.Tensor:
