@@ -469,15 +469,16 @@ class LearnerRank:
         for name, tensor, partitioned in self.gathered_weights(engine):
             yield name, tensor.clone() if partitioned else tensor
 
-    def gathered_weights(self, engine=None):
+    def gathered_weights(self, engine=None, by_name: bool = False):
         """Yield (name, full tensor, partitioned) of the policy (or of another engine's module): a
         ZeRO-3 parameter gathered, valid only until the next item (its memory is freed then: copy what
         is kept), else the parameter itself. Every rank must iterate; each holds one gathered
-        parameter at a time."""
+        parameter at a time. ``by_name``: in name order, else the module's."""
         import deepspeed
 
         module = (engine or self.engine).module
-        for name, param in module.named_parameters():
+        named = list(module.named_parameters())
+        for name, param in sorted(named, key=lambda kv: kv[0]) if by_name else named:
             if is_partitioned(param):
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
                     yield name, param.detach(), True
@@ -556,11 +557,14 @@ class LearnerRank:
             for name, tensor in self.named_full_weights():
                 params[name].copy_(tensor)
 
-    def weights_checksum(self) -> str:
-        return weights_checksum(self.named_full_weights())
+    def weights_checksum(self, engine=None) -> str:
+        """``rollout.records.weights_checksum`` of the policy's (or another engine's) full weights,
+        each gathered and hashed in turn (every rank must call)."""
+        named = ((n, t) for n, t, _ in self.gathered_weights(engine, by_name=True))
+        return weights_checksum(named, in_name_order=True)
 
     def value_checksum(self) -> str | None:
-        return None if self.value_engine is None else weights_checksum(self.named_full_weights(self.value_engine))
+        return None if self.value_engine is None else self.weights_checksum(self.value_engine)
 
     # -- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, folder: str, client_state: dict) -> None:

@@ -362,13 +362,16 @@ def test_reference_sync_makes_the_reference_the_policy(ray_cluster, tiny_llama, 
 
     def reference_state(rank) -> tuple:  # runs in each rank (pickled by value): every rank must call
         """The reference's checksum and, per parameter, (elements this rank holds, elements it holds
-        whole, the parameter's elements): under ZeRO-3 a rank holds a partition and nothing whole."""
+        whole, the parameter's elements): under ZeRO-3 a rank holds a partition and nothing whole.
+        The checksum, hashed as each parameter is gathered, is the one of all full weights at once."""
         from rollout.records import weights_checksum
 
         held = [(int(getattr(p, "ds_tensor", p).numel()), int(p.numel()), int(getattr(p, "ds_numel", p.numel())))
                 for p in rank.reference.parameters()]  # fmt: skip
         engine = rank.reference_engine or type("Module", (), {"module": rank.reference})
-        return weights_checksum(rank.named_full_weights(engine)), held
+        checksum = rank.weights_checksum(engine)
+        assert checksum == weights_checksum(rank.named_full_weights(engine))
+        return checksum, held
 
     samples = [Sample(prompt_id=f"g{g}", prompt_ids=[1, 5], response_ids=[10 + k, 20], logprobs=[-3.0, -3.0],
                       finish_reason="stop", policy_version=0, reward=float(k % 2)) for g in range(2) for k in range(4)]  # fmt: skip
