@@ -54,15 +54,15 @@ def _send(learner, with_group: bool, version: int = 0, keep: bool = True) -> lis
     ``keep``). Returns the metadata on rank 0. A failed broadcast (an engine lost) does not stop
     the gathers, which every rank must finish: it is raised once they are done."""
     meta, sent, failed = [], [], None
-    for name, tensor in learner.named_full_weights():
+    for name, tensor, partitioned in learner.gathered_weights():  # one gathered parameter at a time
         meta.append((name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch.")))
         if learner.rank == 0 and with_group and failed is None:
             try:
                 learner.weight_group.broadcast(tensor.contiguous(), 0).wait()
             except Exception as err:  # noqa: BLE001 - raised below, after the last gather
                 failed = err
-            if keep:
-                sent.append((name, tensor.cpu()))  # the device holds one gathered tensor at a time
+            if keep:  # a gathered tensor is freed at the next one: copied to the host now
+                sent.append((name, tensor.to("cpu", copy=True) if partitioned else tensor.cpu()))
     if learner.rank != 0:
         return None
     if failed is not None:  # a plain error: torch's DistBackendError does not pickle

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +145,48 @@ def skip_shm_comm_op() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+def frozen_ds_config(cfg: Any, dtype: torch.dtype) -> dict:
+    """The DeepSpeed config of a frozen model (the reference) on ZeRO-3 ranks: no optimizer, its
+    parameters partitioned across the ranks as the policy's, and none kept whole between forwards
+    (persistence threshold 0: every forward gathers each layer and frees it after), so that a
+    rank's partitions are the whole of its copy and ``sync_reference`` can overwrite them."""
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": 3, "overlap_comm": False, "stage3_param_persistence_threshold": 0},
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+@contextmanager
+def sharded_loading(config: dict | None) -> Iterator[None]:
+    """Inside it, a ``from_pretrained`` under ZeRO-3 (``config``: a DeepSpeed config of stage 3)
+    builds the model inside ``deepspeed.zero.Init``: each parameter is partitioned across the ranks
+    as it is created, and the checkpoint's tensors are copied in one module at a time (rank 0 reads
+    them), so no rank ever holds the whole model. transformers finds the config through a global
+    weak reference to an ``HfDeepSpeedConfig``, which lives as long as this block. ``config``
+    None (ZeRO 0-2): a plain load (each rank its full copy, as those stages keep one)."""
+    if config is None or config["zero_optimization"]["stage"] != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    keep = HfDeepSpeedConfig(config)  # noqa: F841  (held: transformers keeps only a weak reference)
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+
+
+def is_partitioned(param: torch.Tensor) -> bool:
+    """A parameter partitioned by ZeRO-3 (``deepspeed.zero.Init`` or a stage-3 engine)."""
+    return hasattr(param, "ds_id")
+
+
 def own_memory(model: torch.nn.Module, gpu: bool) -> torch.nn.Module:
     """A model loaded on the CPU, with its parameters in memory of its own. ``from_pretrained``
     leaves fp32 parameters as views of the safetensors file, mapped copy-on-write: the first
@@ -152,7 +196,8 @@ def own_memory(model: torch.nn.Module, gpu: bool) -> torch.nn.Module:
     if not gpu:
         with torch.no_grad():
             for param in model.parameters():  # a tied weight is one parameter: it stays tied
-                param.data = param.data.clone()
+                if not is_partitioned(param):  # zero.Init's partitions are already memory of their own
+                    param.data = param.data.clone()
     return model
 
 
@@ -220,10 +265,14 @@ class LearnerRank:
         self.model_load = load = load_kwargs(model, self.gpu)  # every from_pretrained of this rank
         self.dtype = dtype = load["dtype"]
         self.reward_model = reward_model
-        if reward_model:
-            policy = own_memory(load_reward_model(model_path, load), self.gpu)
-        else:
-            policy = own_memory(AutoModelForCausalLM.from_pretrained(model_path, **load), self.gpu)
+        # ZeRO-3: every model of the rank is built partitioned (zero.Init), never whole on a rank
+        self.sharded = cfg.zero_stage == 3
+        sharding = ds_config(cfg, dtype) if self.sharded else None
+        with sharded_loading(sharding):
+            if reward_model:
+                policy = own_memory(load_reward_model(model_path, load), self.gpu)
+            else:
+                policy = own_memory(AutoModelForCausalLM.from_pretrained(model_path, **load), self.gpu)
         self.packing = cfg.packing and not reward_model  # a reward model's rows run padded: one score per row
         self.block_attention = self.packing and use_block_attention(policy)  # packed rows: attention block by block
         # packed rows share their prompt (flash attention's packing cannot: each row has its own)
@@ -239,13 +288,14 @@ class LearnerRank:
             # buffer, all-reduce it with itself and copy it back (0.5-1.1 s a SmolLM2 step here).
             self.engine.enable_backward_allreduce = False
         phases.mark("DeepSpeed initialize")
-        self.reference = None
+        self.reference = self.reference_engine = None
         if needs_reference:
             self.reference = self._frozen_copy(model_path, load)
             phases.mark("reference model")
         self.value_engine = None
         if needs_value:
-            value = own_memory(ValueModel.from_pretrained(model_path, **load), self.gpu)
+            with sharded_loading(sharding):
+                value = own_memory(ValueModel.from_pretrained(model_path, **load), self.gpu)
             if self.block_attention:
                 use_block_attention(value.backbone)
             if cfg.gradient_checkpointing:
@@ -260,13 +310,24 @@ class LearnerRank:
         self.version = 0
 
     def _frozen_copy(self, model_path: str, load: dict) -> torch.nn.Module:
+        """The reference: a frozen copy of the model folder. Under ZeRO-3 it is partitioned across
+        the ranks like the policy (loaded under zero.Init, then run by a stage-3 DeepSpeed engine
+        without optimizer, whose hooks gather each layer for its forward): each rank holds 1/R
+        of it. Else each rank holds all of it."""
+        import deepspeed
         from transformers import AutoModelForCausalLM
 
-        ref = AutoModelForCausalLM.from_pretrained(model_path, **load).to(self.device).eval()
+        config = frozen_ds_config(self.cfg, self.dtype) if self.sharded else None
+        with sharded_loading(config):
+            ref = AutoModelForCausalLM.from_pretrained(model_path, **load)
         ref.requires_grad_(False)
         if self.block_attention:
             use_block_attention(ref)
-        return ref
+        if config is None:
+            return ref.to(self.device).eval()
+        self.reference_engine, *_ = deepspeed.initialize(model=ref, config=config)
+        self.reference_engine.eval()
+        return self.reference_engine.module
 
     # -- forward ------------------------------------------------------------------------------
     def _collate(self, batch: TrainBatch) -> CollatedBatch:
@@ -404,16 +465,25 @@ class LearnerRank:
     def named_full_weights(self, engine=None):
         """Yield (name, full tensor) of the policy (or of another engine's module, e.g. the value
         model) in Hugging Face names. Every rank must iterate (ZeRO-3 gathers each parameter
-        collectively); all ranks see the full tensors."""
+        collectively); all ranks see the full tensors, each a copy of its own under ZeRO-3."""
+        for name, tensor, partitioned in self.gathered_weights(engine):
+            yield name, tensor.clone() if partitioned else tensor
+
+    def gathered_weights(self, engine=None, by_name: bool = False):
+        """Yield (name, full tensor, partitioned) of the policy (or of another engine's module): a
+        ZeRO-3 parameter gathered, valid only until the next item (its memory is freed then: copy what
+        is kept), else the parameter itself. Every rank must iterate; each holds one gathered
+        parameter at a time. ``by_name``: in name order, else the module's."""
         import deepspeed
 
         module = (engine or self.engine).module
-        for name, param in module.named_parameters():
-            if hasattr(param, "ds_id"):  # ZeRO-3 partitioned
+        named = list(module.named_parameters())
+        for name, param in sorted(named, key=lambda kv: kv[0]) if by_name else named:
+            if is_partitioned(param):
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                    yield name, param.detach().clone()
+                    yield name, param.detach(), True
             else:
-                yield name, param.detach()
+                yield name, param.detach(), False
 
     def export_weights(self, version: int, keep: bool = True) -> Any:
         """The full weights, stored once (``store_weights``) on rank 0, and with ``keep`` kept as the
@@ -477,19 +547,32 @@ class LearnerRank:
         self.keep_weights(version, list(load_file(path).items()))
 
     def sync_reference(self) -> None:
-        """Reference sync: the frozen reference becomes a copy of the current policy."""
+        """Reference sync: the frozen reference becomes a copy of the current policy. Under ZeRO-3
+        both are partitioned alike (same parameters, same ranks), so each rank copies its own
+        partition of each parameter: nothing is gathered, nothing whole is held."""
         if self.reference is None:
             return
         params = dict(self.reference.named_parameters())
         with torch.no_grad():
+            if self.sharded:
+                for name, param in self.engine.module.named_parameters():
+                    mine, theirs = own_partition(params[name], name), own_partition(param, name)
+                    if mine.shape != theirs.shape:
+                        raise RuntimeError(f"{name}: the reference's partition {tuple(mine.shape)} is not the "
+                                           f"policy's {tuple(theirs.shape)}")  # fmt: skip
+                    mine.copy_(theirs)
+                return
             for name, tensor in self.named_full_weights():
                 params[name].copy_(tensor)
 
-    def weights_checksum(self) -> str:
-        return weights_checksum(self.named_full_weights())
+    def weights_checksum(self, engine=None) -> str:
+        """``rollout.records.weights_checksum`` of the policy's (or another engine's) full weights,
+        each gathered and hashed in turn (every rank must call)."""
+        named = ((n, t) for n, t, _ in self.gathered_weights(engine, by_name=True))
+        return weights_checksum(named, in_name_order=True)
 
     def value_checksum(self) -> str | None:
-        return None if self.value_engine is None else weights_checksum(self.named_full_weights(self.value_engine))
+        return None if self.value_engine is None else self.weights_checksum(self.value_engine)
 
     # -- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, folder: str, client_state: dict) -> None:
@@ -498,7 +581,10 @@ class LearnerRank:
         self.engine.save_checkpoint(folder, tag="state", client_state=state)
         if self.value_engine is not None:
             self.value_engine.save_checkpoint(str(Path(folder, "value")), tag="state")
-        if self.reference is not None and self.rank == 0:
+        if self.reference is not None and self.sharded:  # each rank its partitions: none holds the whole
+            shards = {n: own_partition(p, n).clone() for n, p in self.reference.named_parameters()}
+            torch.save(shards, Path(folder) / reference_shard(self.rank, self.world_size))
+        elif self.reference is not None and self.rank == 0:
             torch.save(self.reference.state_dict(), Path(folder) / "reference.pt")
 
     def load_checkpoint(self, folder: str) -> dict:
@@ -511,10 +597,31 @@ class LearnerRank:
         self.version = state["version"]
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["py_rng"])
-        ref_file = Path(folder) / "reference.pt"
-        if self.reference is not None and ref_file.is_file():
-            self.reference.load_state_dict(torch.load(ref_file, map_location=self.device))
+        if self.reference is not None:
+            self._load_reference(Path(folder))
         return state
+
+    def _load_reference(self, folder: Path) -> None:
+        """The reference of a checkpoint: this rank's partitions (ZeRO-3), or the whole state dict
+        (reference.pt). A checkpoint without a reference (its run had none) keeps the model's."""
+        if not self.sharded:
+            if (folder / "reference.pt").is_file():
+                self.reference.load_state_dict(torch.load(folder / "reference.pt", map_location=self.device))
+            elif any(folder.glob("reference-zero3-*")):
+                raise FileNotFoundError(f"{folder}: its reference was saved partitioned by ZeRO-3 ranks: resume it "
+                                        "with the same learner.zero_stage=3 and number of ranks")  # fmt: skip
+            return
+        shard = folder / reference_shard(self.rank, self.world_size)
+        if not shard.is_file():
+            found = sorted(p.name for p in folder.glob("reference*"))
+            if found:
+                raise FileNotFoundError(f"{folder}: no {shard.name} (found {', '.join(found)}): a ZeRO-3 reference "
+                                        f"resumes on the same number of ZeRO-3 ranks it was saved from")  # fmt: skip
+            return
+        saved = torch.load(shard, map_location=self.device)
+        with torch.no_grad():
+            for name, param in self.reference.named_parameters():
+                own_partition(param, name).copy_(saved[name])
 
     def save_hf(self, folder: str) -> None:
         """The policy as a Hugging Face folder, and the value model (if any) as its own folder in
@@ -530,14 +637,27 @@ class LearnerRank:
                 save_value_folder(str(Path(folder, "value")), self.value_engine.module.backbone, value)
 
     def host_weights(self, engine=None) -> dict[str, torch.Tensor] | None:
-        """The full weights (``named_full_weights``) on the host, on rank 0; None on the others,
-        which only take part in the gathers."""
-        named = self.named_full_weights(engine)
-        if self.rank != 0:
-            for _ in named:
-                pass
-            return None
-        return {name: tensor.cpu() for name, tensor in named}
+        """The full weights on the host, on rank 0; None on the others, which only take part in the
+        gathers. Under ZeRO-3 rank 0 copies each gathered parameter straight to the host and every
+        rank frees it before the next: beyond the host copy a rank holds one gathered parameter at
+        a time, and the device never a copy of it. (ZeRO 0-2 on the CPU: the parameters themselves.)"""
+        weights = {}
+        for name, tensor, partitioned in self.gathered_weights(engine):
+            if self.rank == 0:
+                weights[name] = tensor.to("cpu", copy=True) if partitioned else tensor.cpu()
+        return weights if self.rank == 0 else None
+
+
+def own_partition(param: torch.Tensor, name: str) -> torch.Tensor:
+    """This rank's partition of a ZeRO-3 parameter (flat, padded to the same size on every rank)."""
+    if not is_partitioned(param):
+        raise RuntimeError(f"{name}: not partitioned by ZeRO-3 on this rank")
+    return param.ds_tensor
+
+
+def reference_shard(rank: int, world_size: int) -> str:
+    """The checkpoint file of a ZeRO-3 rank's partitions of the reference."""
+    return f"reference-zero3-rank{rank}-of-{world_size}.pt"
 
 
 def load_reward_model(model_path: str, load: dict) -> torch.nn.Module:

@@ -149,13 +149,16 @@ class LossSpec:
         return self.kl_reg > 0 and self.kl_estimator == "full"
 
 
-def weights_checksum(named_tensors) -> str:
+def weights_checksum(named_tensors, in_name_order: bool = False) -> str:
     """SHA-256 over (name, tensor) pairs in name order: the name and the fp32 bytes of each.
-    The learner and the engines report their weights this way (each in its own layout)."""
+    The learner and the engines report their weights this way (each in its own layout).
+    ``in_name_order``: the pairs come sorted by name already, and each is hashed as it comes
+    (a ZeRO-3 learner gathers them one at a time: none is kept)."""
     import hashlib
 
     digest = hashlib.sha256()
-    for name, tensor in sorted(named_tensors, key=lambda kv: kv[0]):
+    pairs = named_tensors if in_name_order else sorted(named_tensors, key=lambda kv: kv[0])
+    for name, tensor in pairs:
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()

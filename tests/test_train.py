@@ -405,26 +405,80 @@ def test_bad_offline_data_fails_before_actors_start(tiny_llama, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_reference_sync_makes_the_reference_the_policy(ray_cluster, tiny_llama):
+@pytest.mark.parametrize("ranks,stage", [(1, 0), (2, 3)], ids=["one rank", "zero3"])
+def test_reference_sync_makes_the_reference_the_policy(ray_cluster, tiny_llama, tmp_path, ranks, stage):
     """sync.ref_sync: at a push the frozen reference becomes the current policy, so the KL to it
-    restarts from 0."""
+    restarts from 0. Under ZeRO-3 the reference is partitioned like the policy (each of 2 ranks
+    holds half of every parameter and none whole between forwards), a sync copies each rank's
+    partitions, and a checkpoint's reference (saved per rank) is the one a resume gets back; the
+    learner's loads (a causal LM, a value model) come out of from_pretrained partitioned already.
+    ZeRO 0-2 ranks load plainly."""
     from actors.learner import LearnerGroup
     from rollout.algorithms import build_grpo_batch
     from rollout.records import Sample
 
+    def reference_state(rank) -> tuple:  # runs in each rank (pickled by value): every rank must call
+        """The reference's checksum and, per parameter, (elements this rank holds, elements it holds
+        whole, the parameter's elements): under ZeRO-3 a rank holds a partition and nothing whole.
+        The checksum, hashed as each parameter is gathered, is the one of all full weights at once."""
+        from rollout.records import weights_checksum
+
+        held = [(int(getattr(p, "ds_tensor", p).numel()), int(p.numel()), int(getattr(p, "ds_numel", p.numel())))
+                for p in rank.reference.parameters()]  # fmt: skip
+        engine = rank.reference_engine or type("Module", (), {"module": rank.reference})
+        checksum = rank.weights_checksum(engine)
+        assert checksum == weights_checksum(rank.named_full_weights(engine))
+        return checksum, held
+
+    def sharded_loads(rank) -> list:  # in each rank: how the learner's loads come out of from_pretrained
+        """Per model the learner loads (causal LM, value model): True where every parameter comes
+        out partitioned (ZeRO-3: built under zero.Init, before any DeepSpeed engine), and the
+        parameters' elements held whole; then whether ZeRO-3 loading is still on after the block."""
+        from transformers import AutoModelForCausalLM
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        from learner.trainer import ds_config, sharded_loading
+        from learner.value import ValueModel
+
+        out = []
+        with sharded_loading(ds_config(rank.cfg, rank.dtype)):
+            for model in (AutoModelForCausalLM.from_pretrained(tiny_llama), ValueModel.from_pretrained(tiny_llama)):
+                params = list(getattr(model, "backbone", model).parameters())
+                out.append((all(hasattr(p, "ds_id") for p in params), sum(p.numel() for p in params)))
+        return out + [is_deepspeed_zero3_enabled()]
+
     samples = [Sample(prompt_id=f"g{g}", prompt_ids=[1, 5], response_ids=[10 + k, 20], logprobs=[-3.0, -3.0],
                       finish_reason="stop", policy_version=0, reward=float(k % 2)) for g in range(2) for k in range(4)]  # fmt: skip
     spec = LossSpec(grpo_weight=1.0, kl_coef=0.1)
-    cfg = load_config("tiny-grpo", ["learner.lr=2e-2"]).learner
+    cfg = load_config("tiny-grpo", ["learner.lr=2e-2", f"learner.num_ranks={ranks}", f"learner.zero_stage={stage}"]).learner
     group = LearnerGroup(tiny_llama, cfg, needs_reference=True)
+    state = lambda: group.call(lambda w, i: w.call.remote(reference_state))  # noqa: E731
     try:
+        loads = group.call(lambda w, i: w.call.remote(sharded_loads))
+        initial = state()
+        group.on_all("save_checkpoint", str(tmp_path / "ckpt"), {})
         kl = [group.train_step(build_grpo_batch(samples), spec)["kl"] for _ in range(3)]
         group.on_all("sync_reference")
+        synced = state()
         after = group.train_step(build_grpo_batch(samples), spec)["kl"]
+        group.on_all("load_checkpoint", str(tmp_path / "ckpt"))
+        restored = state()
     finally:
         group.shutdown()
     assert kl[0] == pytest.approx(0.0, abs=1e-7) and kl[2] > 1e-4
     assert after == pytest.approx(0.0, abs=1e-7)
+    assert synced[0][0] != initial[0][0] and restored[0][0] == initial[0][0]
+    assert len({checksum for checksum, _ in initial + synced + restored}) == 2  # every rank sees the same weights
+    for (policy, whole), (value, value_whole), still_on in loads:  # ZeRO 0-2: plain loads
+        assert (policy, value, still_on) == (stage == 3, stage == 3, False)
+        assert (whole == 0 and value_whole == 0) if stage == 3 else (whole > 0 and value_whole > 0)
+    for _, held in initial:
+        if stage == 3:  # a partition of each parameter, padded to a multiple of the ranks; nothing whole
+            assert all(whole == 0 and part == -(-numel // 2) for part, whole, numel in held), held
+        else:
+            assert all(part == whole == numel for part, whole, numel in held)
+    saved = sorted(p.name for p in (tmp_path / "ckpt").glob("reference*"))
+    assert saved == (["reference-zero3-rank0-of-2.pt", "reference-zero3-rank1-of-2.pt"] if stage == 3 else ["reference.pt"])
 
 
 def test_a_crashed_worker_is_reported_and_nothing_is_left(ray_cluster, tiny_llama, tmp_path):
