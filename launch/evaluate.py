@@ -50,7 +50,8 @@ class Evaluator:
         e, worker = self.cfg, self.rollouts.workers[0]
         started = time.perf_counter()
         prompt_ids = ray.get([worker.prompt_ids.remote(p) for p in self.prompts])
-        expand = lambda requests, n, seed: self.rollouts.expand_steps(requests, n, seed, e.step_delimiter)  # noqa: E731
+        expand = lambda requests, n, seed: self.rollouts.expand_steps(requests, n, seed, e.step_delimiter,  # noqa: E731
+                                                                      e.beam_temperature)  # fmt: skip
         found = beam_search(prompt_ids, expand, score, beam, e.beam_candidates, e.beam_max_steps, self.max_new_tokens, EVAL_SEED)
         texts = ray.get(worker.decode.remote([r.response_ids for r in found]))
         version = ray.get(worker.call.remote(lambda engine: engine.policy_version))
