@@ -41,7 +41,7 @@ class LearnerGroup(ActorGroup):
 
     kind = "learner"
 
-    def __init__(self, model_path: str, cfg: Any, temperature: float = 1.0, needs_reference: bool = False,
+    def __init__(self, model_path: str, cfg: Any, needs_reference: bool = False,
                  needs_value: bool = False, supervisor: Any = None, wait: bool = True,
                  model: Any = None, reward_model: bool = False):  # fmt: skip
         self.cfg, self.gpu, self.shares_prompts = cfg, cluster_has_gpus(), None
@@ -56,7 +56,7 @@ class LearnerGroup(ActorGroup):
         except BaseException:
             self.placement.remove()
             raise
-        self.rank_args = (model_path, cfg, cfg.num_ranks, *self.address, temperature, needs_reference, needs_value,
+        self.rank_args = (model_path, cfg, cfg.num_ranks, *self.address, needs_reference, needs_value,
                           model, reward_model)  # model: the model settings (ModelConfig); reward_model: a scalar head
         self.start_workers(cfg.num_ranks, supervisor, wait)
 

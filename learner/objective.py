@@ -177,6 +177,8 @@ def compute_loss(
     totals: Totals | None = None,
     values: torch.Tensor | None = None,
     kl_tokens: torch.Tensor | None = None,
+    grpo_logps: torch.Tensor | None = None,
+    grpo_ref_logps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The policy's loss:
 
@@ -185,7 +187,9 @@ def compute_loss(
 
     ``logps``/``entropy``/``ref_logps`` are [N, T] per-token tensors aligned with input_ids;
     ``values`` the value model's V (OREO), ``kl_tokens`` the full-vocabulary KL(pi || ref) per
-    token (``kl_estimator: full``).
+    token (``kl_estimator: full``). ``grpo_logps``/``grpo_ref_logps``: the policy's and the
+    reference's log-probs at the GRPO term's temperature (``spec.grpo_temperature``, the
+    sampler's), where it differs from the others' (default: ``logps``/``ref_logps``).
     ``totals`` are the whole step's denominators when ``batch`` is a micro-batch of it (default:
     this batch's own). Returns the loss and float metrics, each normalized by the same totals,
     so micro-batch values add up to the whole batch's.
@@ -219,10 +223,12 @@ def compute_loss(
 
     if spec.grpo_weight:
         # Rows without behaviour log-probs (offline data) take the current policy's: ratio 1.
-        behaviour = torch.where(batch.has_behaviour[:, None], batch.behaviour_logps.to(logps.dtype), logps.detach())
+        lp = logps if grpo_logps is None else grpo_logps
+        ref_lp = ref_logps if grpo_ref_logps is None else grpo_ref_logps
+        behaviour = torch.where(batch.has_behaviour[:, None], batch.behaviour_logps.to(lp.dtype), lp.detach())
         grpo, stats = losses.grpo_loss(
-            logps, behaviour, batch.advantages, mask,
-            spec.clip_low, spec.clip_high, ref_logps, spec.kl_coef, totals.tokens,
+            lp, behaviour, batch.advantages, mask,
+            spec.clip_low, spec.clip_high, ref_lp, spec.kl_coef, totals.tokens,
         )  # fmt: skip
         loss = loss + spec.grpo_weight * grpo
         metrics["grpo_loss"] = grpo.item()
