@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", help="write the results as JSON here")
     ev.add_argument("--beam", type=int, nargs="+", default=[], metavar="B",
                     help="also value-guided beam search with these beam sizes (OREO's value model)")
-    ev.add_argument("--value", default=None, metavar="VALUE_DIR",
-                    help="the value model folder for --beam (default: each model's value/ folder)")
+    ev.add_argument("--value", nargs="?", const="", default=None, metavar="VALUE_DIR",
+                    help="the value model's diagnostics on the answers (AUC of V(s_0) and of V at the last "
+                         "state, MSE), and --beam's value model: this folder (no folder: each model's value/)")
     ev.add_argument("--candidates", type=int, default=None, metavar="K", help="next steps sampled per beam (default: B)")
     ev.add_argument("--beam-temperature", type=float, default=1.0, metavar="T",
                     help="--beam: the temperature candidate steps are sampled at (default 1)")

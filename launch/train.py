@@ -193,9 +193,10 @@ class Driver:
         self.state.steps_since_sync = 0
 
     def evaluate(self) -> None:
-        """Held-out accuracy of the engines' policy (and of value-guided beam search with the
-        learner's value model, with eval.beam_size), logged."""
-        self.log.eval(self.state.step, self.evaluator(), self.controller)
+        """Held-out accuracy of the engines' policy, with the diagnostics of the learner's value
+        model (OREO) on those answers (and value-guided beam search with it, with eval.beam_size), logged."""
+        score = self.learners.score_states if any(a.loss.needs_value for a in self.algorithms) else None
+        self.log.eval(self.state.step, self.evaluator(score), self.controller)
         if self.cfg.eval.beam_size:
             self.log.eval(self.state.step, self.evaluator.beam(self.cfg.eval.beam_size, self.learners.score_states), self.controller)
 

@@ -385,7 +385,8 @@ class LearnerRank:
         if spec.needs_value:
             values = self._values(cb, packed).float()
         loss, metrics = compute_loss(spec, cb, logps.float(), entropy.float(), ref_logps, totals, values=values,
-                                     kl_tokens=kl_tokens, grpo_logps=grpo_logps, grpo_ref_logps=grpo_ref_logps)  # fmt: skip
+                                     kl_tokens=kl_tokens, grpo_logps=grpo_logps,
+                                     grpo_ref_logps=grpo_ref_logps)  # fmt: skip
         if spec.needs_value:
             value_loss, value_metrics = compute_value_loss(spec, cb, values, logps.float(), ref_logps, totals)
             metrics.update(value_metrics)

@@ -258,7 +258,8 @@ def make_algorithm(cfg: Any, seed: int = 0, token_texts: Callable[[list[int]], l
     ``sampling_temperature``: the rollout engines' (``rollout.temperature``); only a GRPO term
     takes its log-probs at it (its importance ratio compares them with the sampler's), every
     other term at 1 (``LossSpec.temperature``)."""
-    grpo_terms = dict(clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef, temperature=sampling_temperature)
+    grpo_terms = dict(clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef,
+                      temperature=sampling_temperature)  # fmt: skip
     dpo_terms = dict(beta=cfg.beta, ld_alpha=cfg.ld_alpha, nll_coef=cfg.nll_coef)
     common = dict(entropy_coef=cfg.entropy_coef)
     if cfg.name == "grpo":

@@ -87,7 +87,8 @@ def test_finished_answers_never_take_a_beam_slot():
     assert engine.calls[1] == [(102, NL), (103, NL)]  # B = 2 beams after the first finish, not 1
     assert engine.calls[2] == [(102, NL, 104, NL), (103, NL, 105, NL)]
     assert len(engine.calls) == 3  # then every beam has finished: the search stops
-    assert [b.response_ids for b in result.pool] == [[101, EOS], [102, NL, 104, NL, 106, EOS], [103, NL, 105, NL, 107, EOS]]
+    assert [b.response_ids for b in result.pool] == [[101, EOS], [102, NL, 104, NL, 106, EOS],
+                                                     [103, NL, 105, NL, 107, EOS]]  # fmt: skip
     assert result.response_ids == [101, EOS] and result.value == 5.0  # the highest-valued finished answer
 
 
@@ -209,9 +210,11 @@ def test_questions_advance_in_lockstep_with_one_call_per_step():
 def test_engine_steps_mark_an_end_of_sequence_token():
     """vLLM's completions as beam search's steps: the delimiter continues, EOS and the token limit
     finish; only a final EOS token is marked (a stop at the delimiter or a cut is valued whole)."""
-    out = lambda ids, reason, stop_reason=None: SimpleNamespace(token_ids=ids, finish_reason=reason, stop_reason=stop_reason)  # noqa: E731
-    steps = steps_of([out([5, 6, 10], "stop", "\n"), out([5, 2], "stop"), out([5, 6], "length"), out([5, 7], "stop", 7)],
-                     "\n", eos_ids={2, 7})  # fmt: skip
+    def out(ids, reason, stop_reason=None):
+        return SimpleNamespace(token_ids=ids, finish_reason=reason, stop_reason=stop_reason)
+
+    completions = [out([5, 6, 10], "stop", "\n"), out([5, 2], "stop"), out([5, 6], "length"), out([5, 7], "stop", 7)]
+    steps = steps_of(completions, "\n", eos_ids={2, 7})
     assert [(s.finished, s.eos, s.finish_reason) for s in steps] == [
         (False, False, "stop"), (True, True, "stop"), (True, False, "length"), (True, True, "stop")]
     assert steps[1].token_ids == [5, 2]

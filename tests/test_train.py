@@ -385,10 +385,12 @@ def test_learner_takes_grpo_log_probs_at_the_sampling_temperature_and_the_others
     from rollout.algorithms import build_group_dpo_batch, make_algorithm
     from rollout.records import Sample
 
-    samples = [Sample(prompt_id="g", prompt_ids=[1, 5, 6], response_ids=list(range(10 + k, 13 + k)), logprobs=[-4.0] * 3,
-                      finish_reason="stop", policy_version=0, reward=float(k % 2)) for k in range(4)]  # fmt: skip
+    samples = [Sample(prompt_id="g", prompt_ids=[1, 5, 6], response_ids=list(range(10 + k, 13 + k)),
+                      logprobs=[-4.0] * 3, finish_reason="stop", policy_version=0, reward=float(k % 2))
+               for k in range(4)]  # fmt: skip
     batch = build_group_dpo_batch(samples, with_advantages=True)
-    cfg = load_config("tiny-grpo", ["algorithm.name=group_dpo_grpo", "algorithm.nll_coef=0.1", "rollout.temperature=0.7"])
+    cfg = load_config("tiny-grpo", ["algorithm.name=group_dpo_grpo", "algorithm.nll_coef=0.1",
+                                    "rollout.temperature=0.7"])  # fmt: skip
     spec = make_algorithm(cfg.algorithm, sampling_temperature=cfg.rollout.temperature).loss
     group = LearnerGroup(tiny_llama, cfg.learner, needs_reference=True)
     try:
