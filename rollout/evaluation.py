@@ -138,8 +138,8 @@ VALUE_COLUMNS = ("value_auc_s0", "value_auc_last", "value_mse_last", "value_mse_
 def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
     """A plain-text table: one row per evaluated model/step, the main metrics as columns."""
     keys = ["accuracy", "accuracy_stderr", *sorted({k for _, r in rows for k in r if k.startswith("pass@")}),
+            *(k for k in VALUE_COLUMNS if any(k in r for _, r in rows)),  # a value model's diagnostics, when given
             "correct_any_format", "response_len_mean", "boxed_rate", "truncated_rate", "tokens_per_question", "questions"]  # fmt: skip
-    keys += [k for k in VALUE_COLUMNS if any(k in r for _, r in rows)]  # a value model's diagnostics, when given
     header = ["model", *keys]
     body = [[name, *(f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys)] for name, r in rows]
     widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]

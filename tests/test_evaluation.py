@@ -87,8 +87,9 @@ def test_value_diagnostics_by_hand():
     only_right = value_diagnostics([0.5, 0.4], [0.9, 0.8], [graded("a", True), graded("b", True)])
     assert "value_auc_last" not in only_right and only_right["value_mse_constant"] == 0.0
     table = format_table([("m", {**summarize(samples), **out}), ("n", summarize(samples))])
-    header = table.splitlines()[0].split()
-    assert header[-4:] == ["value_auc_s0", "value_auc_last", "value_mse_last", "value_mse_constant"]
+    header = table.splitlines()[0].split()  # beside accuracy
+    assert header[:7] == ["model", "accuracy", "accuracy_stderr", "pass@1", "value_auc_s0", "value_auc_last",
+                          "value_mse_last"] and header[7] == "value_mse_constant"  # fmt: skip
     assert "0.750" in table.splitlines()[1]
     assert "value_auc" not in format_table([("n", summarize(samples))])
     with pytest.raises(ValueError, match="per answer"):
