@@ -9,7 +9,7 @@ import ray
 from actors.common import ActorGroup, ActorMixin, serialize_tensors_zero_copy
 from actors.faults import ActorFailure, Supervisor
 from actors.placement import Ask, Placement, bundle_address, cluster_has_gpus, learner_bundle
-from learner.objective import Totals, split_batch
+from learner.objective import Totals, explained_variance, split_batch
 from learner.trainer import LearnerRank, rank_micro_batches
 from rollout.records import LossSpec, TrainBatch
 
@@ -41,7 +41,7 @@ class LearnerGroup(ActorGroup):
 
     kind = "learner"
 
-    def __init__(self, model_path: str, cfg: Any, temperature: float = 1.0, needs_reference: bool = False,
+    def __init__(self, model_path: str, cfg: Any, needs_reference: bool = False,
                  needs_value: bool = False, supervisor: Any = None, wait: bool = True,
                  model: Any = None, reward_model: bool = False):  # fmt: skip
         self.cfg, self.gpu, self.shares_prompts = cfg, cluster_has_gpus(), None
@@ -56,7 +56,7 @@ class LearnerGroup(ActorGroup):
         except BaseException:
             self.placement.remove()
             raise
-        self.rank_args = (model_path, cfg, cfg.num_ranks, *self.address, temperature, needs_reference, needs_value,
+        self.rank_args = (model_path, cfg, cfg.num_ranks, *self.address, needs_reference, needs_value,
                           model, reward_model)  # model: the model settings (ModelConfig); reward_model: a scalar head
         self.start_workers(cfg.num_ranks, supervisor, wait)
 
@@ -80,7 +80,7 @@ class LearnerGroup(ActorGroup):
         results = self.call(lambda w, i: w.train_step.remote(shards[i], spec, totals, num_micro))
         merged = {k: sum(r.get(k, 0.0) for r in results) for k in set().union(*results)}
         merged.update({k: results[0][k] for k in ("grad_norm", "value_grad_norm", "lr") if k in results[0]})  # global, not parts
-        return merged
+        return explained_variance(merged)
 
     def score_states(self, states: list) -> list[float]:
         """V of (prompt ids, response ids) states with the learner's value model (beam search's scorer)."""

@@ -192,7 +192,7 @@ def main() -> None:
              _temp_dir=tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp"))  # fmt: skip
     learners = rollouts = None
     try:
-        learners = LearnerGroup(path, cfg.learner, cfg.rollout.temperature, model=cfg.model)
+        learners = LearnerGroup(path, cfg.learner, model=cfg.model)
         version = 0
         for engines in args.engines:
             cfg.rollout.num_workers = engines

@@ -61,9 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", help="write the results as JSON here")
     ev.add_argument("--beam", type=int, nargs="+", default=[], metavar="B",
                     help="also value-guided beam search with these beam sizes (OREO's value model)")
-    ev.add_argument("--value", default=None, metavar="VALUE_DIR",
-                    help="the value model folder for --beam (default: each model's value/ folder)")
+    ev.add_argument("--value", nargs="?", const="", default=None, metavar="VALUE_DIR",
+                    help="the value model's diagnostics on the answers (AUC of V(s_0) and of V at the last "
+                         "state, MSE), and --beam's value model: this folder (no folder: each model's value/)")
     ev.add_argument("--candidates", type=int, default=None, metavar="K", help="next steps sampled per beam (default: B)")
+    ev.add_argument("--beam-temperature", type=float, default=1.0, metavar="T",
+                    help="--beam: the temperature candidate steps are sampled at (default 1)")
     ev.add_argument("--max-steps", type=int, default=16, help="at most this many steps per answer")
     ev.add_argument("--step-delimiter", default="\n", help="a reasoning step ends here (default: a newline)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.candidates:
                 overrides.append(f"eval.beam_candidates={args.candidates}")
             delimiter = codecs.decode(args.step_delimiter, "unicode_escape")  # a typed "\\n" is a newline
-            overrides += [f"eval.beam_max_steps={args.max_steps}", f"eval.step_delimiter={json.dumps(delimiter)}"]
+            overrides += [f"eval.beam_max_steps={args.max_steps}", f"eval.step_delimiter={json.dumps(delimiter)}",
+                          f"eval.beam_temperature={args.beam_temperature}"]  # fmt: skip
             cfg = load_config(args.recipe, [*overrides, *args.overrides])
             if any(b < 1 for b in args.beam):
                 raise ConfigError(f"--beam: beam sizes must be >= 1 (got {args.beam})")

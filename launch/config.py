@@ -342,10 +342,11 @@ class EvalConfig(Section):
     temperature: float = Field(0.0, ge=0)  # 0: greedy
     max_new_tokens: int | None = None  # default: rollout.max_new_tokens
     # Also value-guided beam search with the run's value model (OREO runs), at every evaluation:
-    # beam_size B (0: off), beam_candidates K next steps sampled per beam (None: B), at most
-    # beam_max_steps steps, a step ending at step_delimiter.
+    # beam_size B (0: off), beam_candidates K next steps sampled per beam (None: B) at
+    # beam_temperature, at most beam_max_steps steps, a step ending at step_delimiter.
     beam_size: int = Field(0, ge=0)
     beam_candidates: int | None = Field(None, ge=1)
+    beam_temperature: float = Field(1.0, gt=0)
     beam_max_steps: int = Field(16, ge=1)
     step_delimiter: str = Field("\n", min_length=1)
 

@@ -23,15 +23,16 @@ from actors.value import ValueGroup
 from launch.config import ConfigError, engine_settings
 from rollout.beam_search import beam_search
 from rollout.data import test_prompts
-from rollout.evaluation import format_table, summarize
+from rollout.evaluation import format_table, summarize, value_diagnostics
 from rollout.records import Prompt, Sample
 
 EVAL_SEED = 12345  # evaluations sample reproducibly (when not greedy)
 
 
 class Evaluator:
-    """Sampled (or greedy) answers to the held-out prompts, graded; ``beam(B, score)`` the
-    value-guided beam search's answers instead (``score``: V of states, e.g. a ValueGroup's)."""
+    """Sampled (or greedy) answers to the held-out prompts, graded, and with ``score`` (V of
+    states: a ValueGroup's or the learner's) the value model's diagnostics on those answers;
+    ``beam(B, score)`` the value-guided beam search's answers instead."""
 
     def __init__(self, rollouts: RolloutGroup, rewards: RewardGroup, prompts: list[Prompt], cfg: Any,
                  rollout_max_new_tokens: int, ks=(1,)):  # fmt: skip
@@ -39,18 +40,19 @@ class Evaluator:
         self.ks = tuple(k for k in ks if k <= cfg.samples_per_prompt) or (1,)
         self.max_new_tokens = cfg.max_new_tokens or rollout_max_new_tokens
 
-    def __call__(self) -> dict[str, float]:
+    def __call__(self, score=None) -> dict[str, float]:
         e = self.cfg
         sampling = dict(temperature=e.temperature, max_tokens=self.max_new_tokens)
         started = time.perf_counter()
         samples = self.rollouts.generate(self.prompts, n=e.samples_per_prompt, seed=EVAL_SEED, **sampling)
-        return self._result(samples, self.ks, started)
+        return self._result(samples, self.ks, started, score=score)
 
     def beam(self, beam: int, score) -> dict[str, float]:
         e, worker = self.cfg, self.rollouts.workers[0]
         started = time.perf_counter()
         prompt_ids = ray.get([worker.prompt_ids.remote(p) for p in self.prompts])
-        expand = lambda requests, n, seed: self.rollouts.expand_steps(requests, n, seed, e.step_delimiter)  # noqa: E731
+        expand = lambda requests, n, seed: self.rollouts.expand_steps(requests, n, seed, e.step_delimiter,  # noqa: E731
+                                                                      e.beam_temperature)  # fmt: skip
         found = beam_search(prompt_ids, expand, score, beam, e.beam_candidates, e.beam_max_steps, self.max_new_tokens, EVAL_SEED)
         texts = ray.get(worker.decode.remote([r.response_ids for r in found]))
         version = ray.get(worker.call.remote(lambda engine: engine.policy_version))
@@ -61,9 +63,14 @@ class Evaluator:
         result = self._result(samples, (1,), started, tokens)
         return {**result, "beam": beam, "finished_answers_mean": sum(r.finished_answers for r in found) / len(found)}
 
-    def _result(self, samples: list[Sample], ks, started: float, tokens: int | None = None) -> dict[str, float]:
-        """Graded summary; ``tokens``: the tokens generated (default: those of the samples)."""
-        result = summarize(self.rewards.score(samples), ks)
+    def _result(self, samples: list[Sample], ks, started: float, tokens: int | None = None,
+                score=None) -> dict[str, float]:  # fmt: skip
+        """Graded summary; ``tokens``: the tokens generated (default: those of the samples); with
+        ``score``, the value model's diagnostics on the graded answers (``value_diagnostics``)."""
+        samples = self.rewards.score(samples)
+        result = summarize(samples, ks)
+        if score is not None:
+            result.update(value_result(samples, score))
         generated = sum(s.response_len for s in samples) if tokens is None else tokens
         result["tokens_per_question"] = generated / len(self.prompts)
         result["policy_version"] = samples[0].policy_version
@@ -71,14 +78,34 @@ class Evaluator:
         return result
 
 
+def answer_state(sample: Sample) -> tuple[list[int], list[int]]:
+    """The last state of an answer, where its value is read: the prompt and the response without
+    its end-of-sequence token (an answer that stopped ends with it: vLLM keeps it, and training
+    never reads V there); an answer cut at the token limit whole."""
+    cut = sample.finish_reason == "stop" and sample.response_ids
+    return list(sample.prompt_ids), list(sample.response_ids[:-1] if cut else sample.response_ids)
+
+
+def value_result(samples: list[Sample], score) -> dict[str, float]:
+    """``value_diagnostics`` of graded answers: V(s_0) of each prompt (scored once) and V at each
+    answer's last state (``answer_state``), in one ``score`` call."""
+    prompts = list(dict.fromkeys(tuple(s.prompt_ids) for s in samples))
+    values = score([(list(p), []) for p in prompts] + [answer_state(s) for s in samples])
+    v_s0 = dict(zip(prompts, values[: len(prompts)]))
+    return value_diagnostics([v_s0[tuple(s.prompt_ids)] for s in samples], values[len(prompts) :], samples)
+
+
 def evaluate_models(model_dirs: list[str], cfg: Any, task: str | None, ks=(1,), beams: tuple[int, ...] = (),
                     value_dirs: list[str] | None = None) -> list[dict[str, float]]:  # fmt: skip
     """Evaluate each folder (on the Ray cluster found or a local one); engines start once per run
-    of interchangeable folders and stop at the end. With ``beams``, each folder is also searched
-    with value-guided beam search of each beam size, ranked by its value folder (``value_dirs``,
-    one per model); those results follow the folder's own, in the order of ``beams``."""
+    of interchangeable folders and stop at the end. With ``value_dirs`` (one value folder per
+    model), each folder's answers also get its value model's diagnostics (AUCs, MSE); with
+    ``beams``, each folder is also searched with value-guided beam search of each beam size,
+    ranked by its value folder; those results follow the folder's own, in the order of ``beams``."""
+    if beams and not value_dirs:
+        raise ValueError("beam search needs a value folder per model (value_dirs)")
     prompts = test_prompts(cfg, task)
-    check_cluster(cfg, learner=False, value=bool(beams))  # engines, reward workers (and the value worker) fit, before any starts
+    check_cluster(cfg, learner=False, value=bool(value_dirs))  # engines, reward and value workers fit, before any start
     supervisor = Supervisor(cfg.fault_tolerance)  # a dead or hung worker is replaced, as in training
     rewards, rollouts, loaded, base = RewardGroup(cfg.reward, supervisor), None, None, None
     results = []
@@ -95,13 +122,15 @@ def evaluate_models(model_dirs: list[str], cfg: Any, task: str | None, ks=(1,), 
                 rollouts.update_weights(folder_weights(folder), version)
             loaded = folder
             evaluator = Evaluator(rollouts, rewards, prompts, cfg.eval, cfg.rollout.max_new_tokens, ks)
-            results.append(evaluator())
-            if beams:
-                values = ValueGroup(value_dirs[version], supervisor, model=cfg.model)
-                try:
-                    results += [evaluator.beam(b, values.score) for b in beams]
-                finally:
-                    values.shutdown()
+            if not value_dirs:
+                results.append(evaluator())
+                continue
+            values = ValueGroup(value_dirs[version], supervisor, model=cfg.model)
+            try:
+                results.append(evaluator(values.score))
+                results += [evaluator.beam(b, values.score) for b in beams]
+            finally:
+                values.shutdown()
     finally:
         if rollouts is not None:
             rollouts.shutdown()
@@ -140,7 +169,8 @@ def value_folders(model_dirs: list[str], value: str | None) -> list[str]:
     folders = [value or str(Path(d, "value")) for d in model_dirs]
     for model, folder in zip(model_dirs, folders):
         if not Path(folder, "config.json").is_file():
-            raise ConfigError(f"--beam: no value model for {model}: {folder} is not a model folder (give --value DIR)")
+            raise ConfigError(f"--beam/--value: no value model for {model}: {folder} is not a model folder "
+                              "(give --value DIR)")
     return folders
 
 
@@ -150,7 +180,8 @@ def main(model_dirs: list[str], cfg: Any, task: str | None, ks: tuple[int, ...],
     from launch.models import resolve_model
 
     folders = [resolve_model(d) for d in model_dirs]
-    values = value_folders(folders, value and resolve_model(value)) if beams else None
+    # --value [DIR]: DIR, or each model's own value/ ("" or, with --beam, None)
+    values = value_folders(folders, value and resolve_model(value)) if beams or value is not None else None
     names = [name for d in model_dirs for name in [d, *(f"{d} beam={b}" for b in beams)]]
     with ray_session(cfg):
         results = list(zip(names, evaluate_models(folders, cfg, task, ks, beams, values)))

@@ -16,6 +16,7 @@ import ray
 
 from actors.controller import eval_prefix, metric_values, scalar_tag
 from launch.config import interval_text
+from rollout.evaluation import VALUE_COLUMNS
 from rollout.records import Sample, TrainBatch
 
 
@@ -204,7 +205,8 @@ class MetricsLog:
         search = f" beam {result['beam']}" if "beam" in result else ""
         print(f"eval{search} at step {step} (policy v{result['policy_version']}): accuracy {result['accuracy']:.3f} "
               f"+- {result['accuracy_stderr']:.3f} over {result['questions']} questions, "
-              f"boxed {result['boxed_rate']:.2f}, len {result['response_len_mean']:.1f}", flush=True)  # fmt: skip
+              f"boxed {result['boxed_rate']:.2f}, len {result['response_len_mean']:.1f}"
+              + "".join(f", {k} {result[k]:.3f}" for k in VALUE_COLUMNS if k in result), flush=True)  # fmt: skip
 
     def event(self, text: str) -> None:
         print(f"[controller] {text}", flush=True)

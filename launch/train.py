@@ -52,7 +52,8 @@ class Driver:
         tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code)
         texts = TokenTexts(self.model_path, tokenizer=tokenizer)  # OREO's step level finds steps with it
         reward_ids = lambda s: reward_token_ids(tokenizer, s.messages, s.response_text)  # noqa: E731  (reward_model)
-        self.algorithms = [make_algorithm(s.algorithm, cfg.seed + i, texts, reward_ids) for i, s in enumerate(self.stages)]
+        self.algorithms = [make_algorithm(s.algorithm, cfg.seed + i, texts, reward_ids, cfg.rollout.temperature)
+                           for i, s in enumerate(self.stages)]  # fmt: skip
         data = data or read_run_data(cfg)  # bad data fails here, before any actor starts
         self.data = training_items(cfg, data, tokenizer)
         self.state = state or self.initial_state()
@@ -136,7 +137,7 @@ class Driver:
         needs = dict(needs_reference=any(a.loss.needs_reference for a in self.algorithms),
                      needs_value=any(a.loss.needs_value for a in self.algorithms),
                      reward_model=any(a.loss.scalar_head for a in self.algorithms))  # fmt: skip
-        self.learners = LearnerGroup(self.model_path, self.cfg.learner, self.cfg.rollout.temperature, **needs,
+        self.learners = LearnerGroup(self.model_path, self.cfg.learner, **needs,
                                      supervisor=self.supervisor, wait=False, model=self.cfg.model)  # fmt: skip
         return self.learners
 
@@ -212,9 +213,10 @@ class Driver:
         return s
 
     def evaluate(self) -> None:
-        """Held-out accuracy of the engines' policy (and of value-guided beam search with the
-        learner's value model, with eval.beam_size), logged."""
-        self.log.eval(self.state.step, self.evaluator(), self.controller)
+        """Held-out accuracy of the engines' policy, with the diagnostics of the learner's value
+        model (OREO) on those answers (and value-guided beam search with it, with eval.beam_size), logged."""
+        score = self.learners.score_states if any(a.loss.needs_value for a in self.algorithms) else None
+        self.log.eval(self.state.step, self.evaluator(score), self.controller)
         if self.cfg.eval.beam_size:
             self.log.eval(self.state.step, self.evaluator.beam(self.cfg.eval.beam_size, self.learners.score_states), self.controller)
 

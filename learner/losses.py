@@ -198,9 +198,25 @@ def oreo_value_loss(
     over the K_i actions of row i (token level: every response token). ``rewards`` is [N].
     """
     states = starts * mask
-    _, future = action_log_ratios((logps - ref_logps).detach(), mask, states)
-    residual = values - rewards.to(values.dtype)[:, None] + beta * future
+    residual = values - oreo_value_target(logps, ref_logps, rewards, mask, starts, beta).to(values.dtype)
     return _per_state_mean(residual.square(), states, num_rows)
+
+
+def oreo_value_target(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    starts: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """What OREO's value loss regresses V(s_k) on, at each state k of row i (no gradient):
+
+        y_k = R_i - beta * sg(sum_{j >= k} A_j)
+
+    [N, T]; meaningful where an action begins (``starts * mask``)."""
+    _, future = action_log_ratios((logps - ref_logps).detach(), mask, starts * mask)
+    return rewards.to(future.dtype)[:, None] - beta * future
 
 
 def oreo_policy_loss(

@@ -177,6 +177,8 @@ def compute_loss(
     totals: Totals | None = None,
     values: torch.Tensor | None = None,
     kl_tokens: torch.Tensor | None = None,
+    grpo_logps: torch.Tensor | None = None,
+    grpo_ref_logps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The policy's loss:
 
@@ -185,7 +187,9 @@ def compute_loss(
 
     ``logps``/``entropy``/``ref_logps`` are [N, T] per-token tensors aligned with input_ids;
     ``values`` the value model's V (OREO), ``kl_tokens`` the full-vocabulary KL(pi || ref) per
-    token (``kl_estimator: full``).
+    token (``kl_estimator: full``). ``grpo_logps``/``grpo_ref_logps``: the policy's and the
+    reference's log-probs at the GRPO term's temperature (``spec.grpo_temperature``, the
+    sampler's), where it differs from the others' (default: ``logps``/``ref_logps``).
     ``totals`` are the whole step's denominators when ``batch`` is a micro-batch of it (default:
     this batch's own). Returns the loss and float metrics, each normalized by the same totals,
     so micro-batch values add up to the whole batch's.
@@ -219,10 +223,12 @@ def compute_loss(
 
     if spec.grpo_weight:
         # Rows without behaviour log-probs (offline data) take the current policy's: ratio 1.
-        behaviour = torch.where(batch.has_behaviour[:, None], batch.behaviour_logps.to(logps.dtype), logps.detach())
+        lp = logps if grpo_logps is None else grpo_logps
+        ref_lp = ref_logps if grpo_ref_logps is None else grpo_ref_logps
+        behaviour = torch.where(batch.has_behaviour[:, None], batch.behaviour_logps.to(lp.dtype), lp.detach())
         grpo, stats = losses.grpo_loss(
-            logps, behaviour, batch.advantages, mask,
-            spec.clip_low, spec.clip_high, ref_logps, spec.kl_coef, totals.tokens,
+            lp, behaviour, batch.advantages, mask,
+            spec.clip_low, spec.clip_high, ref_lp, spec.kl_coef, totals.tokens,
         )  # fmt: skip
         loss = loss + spec.grpo_weight * grpo
         metrics["grpo_loss"] = grpo.item()
@@ -276,7 +282,9 @@ def compute_value_loss(
     totals: Totals | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The value model's loss, value_weight * L_OREO_V (no gradient reaches the policy), and how
-    well V(s_0), the value of the prompt alone, predicts the reward: its mean and mean |V(s_0) - R|."""
+    well V(s_0), the value of the prompt alone, predicts the reward: its mean and mean |V(s_0) - R|.
+    Also the sums (``EV_SUMS``) from which ``explained_variance`` gives V's explained variance on
+    the whole step's batch (sums of micro-batches and ranks add up)."""
     mask = batch.loss_mask.to(values.dtype)
     totals = totals or own_totals(batch)
     loss = spec.value_weight * losses.oreo_value_loss(values, logps, ref_logps, batch.rewards, mask,
@@ -284,11 +292,38 @@ def compute_value_loss(
     has_response = mask.sum(-1) > 0
     v0 = values.detach().gather(1, mask.argmax(-1, keepdim=True)).squeeze(1) * has_response
     rows = max(totals.rows, 1)
+    states = (batch.action_starts * mask).double()
+    target = losses.oreo_value_target(logps, ref_logps, batch.rewards, mask, batch.action_starts, spec.beta).double()
+    error = target - values.detach().double()
     return loss, {
         "value_loss": loss.item(),
         "value_s0_mean": v0.sum().item() / rows,
         "value_s0_abs_err": ((v0 - batch.rewards.to(v0.dtype)).abs() * has_response).sum().item() / rows,
+        **dict(zip(EV_SUMS, (float((x * states).sum()) for x in (1.0, target, target**2, error, error**2)))),
     }
+
+
+# Sums over the value model's states of 1, y, y^2, e and e^2 (y: the value target, e = y - V).
+EV_SUMS = ("value_ev_states", "value_ev_y", "value_ev_y2", "value_ev_err", "value_ev_err2")
+
+
+def explained_variance(metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` with the ``EV_SUMS`` (summed over a step's micro-batches and ranks) replaced by
+    the value model's explained variance on the step's batch, over every state its loss trains:
+
+        value_explained_variance = 1 - Var(y - V) / Var(y),   Var(x) = mean(x^2) - mean(x)^2
+
+    y_k = R - beta * sum_{j >= k} A_j the value target (``losses.oreo_value_target``): 1 when V
+    predicts every state's target, 0 for a V no better than the batch's mean target (a constant),
+    negative for worse. Left out where Var(y) = 0 (undefined) or there are no sums."""
+    if EV_SUMS[0] not in metrics:
+        return metrics
+    n, y, y2, e, e2 = (metrics.get(k, 0.0) for k in EV_SUMS)
+    out = {k: v for k, v in metrics.items() if k not in EV_SUMS}
+    var_y = y2 / n - (y / n) ** 2 if n else 0.0
+    if var_y > 1e-12:
+        out["value_explained_variance"] = 1.0 - (e2 / n - (e / n) ** 2) / var_y
+    return out
 
 
 def compute_reward_model_loss(

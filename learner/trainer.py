@@ -246,14 +246,14 @@ class LearnerRank:
     last token, in place of the LM head) on a ``LossSpec`` with a Bradley-Terry term."""
 
     def __init__(self, model_path: str, cfg: Any, rank: int, world_size: int, master_addr: str, master_port: int,
-                 temperature: float = 1.0, needs_reference: bool = False, needs_value: bool = False,
+                 needs_reference: bool = False, needs_value: bool = False,
                  model: Any = None, reward_model: bool = False):  # fmt: skip
         self.phases = phases = Phases()
         with imports_without_gc():
             import deepspeed
             from transformers import AutoModelForCausalLM
         phases.mark("imports")
-        self.rank, self.world_size, self.cfg, self.temperature = rank, world_size, cfg, temperature
+        self.rank, self.world_size, self.cfg = rank, world_size, cfg
         self.backend = init_distributed(rank, world_size, master_addr, master_port)
         phases.mark("process group")
         self.gpu = torch.cuda.is_available()
@@ -358,18 +358,23 @@ class LearnerRank:
         return unpack(values, packed, cb.input_ids.shape)
 
     def _logps(self, module: torch.nn.Module, cb: CollatedBatch, packed: Packed | None = None,
-               keep_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
-        """Per-token log-probs and entropies [N, T] of a padded batch (0 off the response tokens),
-        computed padded or packed (learner.packing); with ``keep_logits`` also the logits that
-        predict each token ([N, T-1, V] padded, [M, V] packed)."""
+               keep_logits: bool = False, temperatures: tuple[float, ...] = (1.0,),
+               ) -> tuple[dict[float, tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:  # fmt: skip
+        """Per-token log-probs and entropies [N, T] of a padded batch (0 off the response tokens)
+        at each of ``temperatures`` (the logits divided by it), from one forward, computed padded
+        or packed (learner.packing); with ``keep_logits`` also the logits that predict each token
+        ([N, T-1, V] padded, [M, V] packed)."""
         if packed is None:
             logits = module(**self._inputs(cb, None), use_cache=False).logits[:, :-1]
             targets = cb.input_ids[:, 1:]
         else:
             logits = module(**self._inputs(cb, packed), logits_to_keep=packed.pred, use_cache=False).logits[0]
             targets = packed.target
-        logps, entropy = logprobs_and_entropy(logits, targets, self.temperature)
-        return self._place(logps, cb, packed), self._place(entropy, cb, packed), logits if keep_logits else None
+        out = {}
+        for t in temperatures:
+            logps, entropy = logprobs_and_entropy(logits, targets, t)
+            out[t] = self._place(logps, cb, packed), self._place(entropy, cb, packed)
+        return out, logits if keep_logits else None
 
     def _values(self, cb: CollatedBatch, packed: Packed | None) -> torch.Tensor:
         """The value model's V [N, T]: column t holds V of the state before token t (the prompt
@@ -424,18 +429,25 @@ class LearnerRank:
             loss, metrics = compute_reward_model_loss(spec, cb, scores.float(), totals)
             return loss, None, metrics
         packed = self._pack(cb)
-        logps, entropy, logits = self._logps(self.engine, cb, packed, keep_logits=spec.needs_full_logits)
-        ref_logps = kl_tokens = values = value_loss = None
+        temps, t_grpo = spec.temperatures, spec.grpo_temperature  # the GRPO term's: the sampler's; the others': 1
+        policy, logits = self._logps(self.engine, cb, packed, keep_logits=spec.needs_full_logits, temperatures=temps)
+        main = 1.0 if 1.0 in temps else t_grpo  # the other terms' temperature (GRPO's when it is the only term)
+        logps, entropy = policy[main][0], policy[t_grpo][1]  # the entropy: the sampler's distribution with GRPO
+        grpo_logps = policy[t_grpo][0].float() if spec.grpo_weight else None
+        ref_logps = grpo_ref_logps = kl_tokens = values = value_loss = None
         if self.reference is not None:
             with torch.no_grad():
-                ref_logps, _, ref_logits = self._logps(self.reference, cb, packed, keep_logits=spec.needs_full_logits)
-                ref_logps = ref_logps.float()
-            if logits is not None:
-                kl_tokens = self._place(kl_full_vocab(logits, ref_logits, self.temperature), cb, packed)
+                ref, ref_logits = self._logps(self.reference, cb, packed, keep_logits=spec.needs_full_logits,
+                                              temperatures=temps)  # fmt: skip
+                ref_logps = ref[main][0].float()
+                grpo_ref_logps = ref[t_grpo][0].float() if spec.grpo_weight else None
+            if logits is not None:  # KL regularization (OREO): temperature 1
+                kl_tokens = self._place(kl_full_vocab(logits, ref_logits), cb, packed)
         if spec.needs_value:
             values = self._values(cb, packed).float()
         loss, metrics = compute_loss(spec, cb, logps.float(), entropy.float(), ref_logps, totals, values=values,
-                                     kl_tokens=kl_tokens)  # fmt: skip
+                                     kl_tokens=kl_tokens, grpo_logps=grpo_logps,
+                                     grpo_ref_logps=grpo_ref_logps)  # fmt: skip
         if spec.needs_value:
             value_loss, value_metrics = compute_value_loss(spec, cb, values, logps.float(), ref_logps, totals)
             metrics.update(value_metrics)

@@ -249,12 +249,17 @@ class Algorithm:
 
 
 def make_algorithm(cfg: Any, seed: int = 0, token_texts: Callable[[list[int]], list[str]] | None = None,
-                   reward_ids: Callable[[Sample], list[int]] | None = None) -> Algorithm:  # fmt: skip
+                   reward_ids: Callable[[Sample], list[int]] | None = None,
+                   sampling_temperature: float = 1.0) -> Algorithm:  # fmt: skip
     """Build the algorithm an ``AlgorithmConfig`` names (duck-typed: rollout does not import launch).
     ``token_texts`` maps token ids to their texts (OREO's step level finds steps with it);
     ``reward_ids`` gives the token ids a reward model reads for a sample (reward_model; the driver
-    makes it with ``rewards.reward_model.reward_token_ids``, which the reward worker scores)."""
-    grpo_terms = dict(clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef)
+    makes it with ``rewards.reward_model.reward_token_ids``, which the reward worker scores).
+    ``sampling_temperature``: the rollout engines' (``rollout.temperature``); only a GRPO term
+    takes its log-probs at it (its importance ratio compares them with the sampler's), every
+    other term at 1 (``LossSpec.temperature``)."""
+    grpo_terms = dict(clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef,
+                      temperature=sampling_temperature)  # fmt: skip
     dpo_terms = dict(beta=cfg.beta, ld_alpha=cfg.ld_alpha, nll_coef=cfg.nll_coef)
     common = dict(entropy_coef=cfg.entropy_coef)
     if cfg.name == "grpo":

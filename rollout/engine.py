@@ -231,10 +231,10 @@ class RolloutEngine:
 
     def expand_steps(self, requests: list[tuple[list[int], list[int], int]], n: int, seed: int, stop: str,
                      temperature: float = 1.0) -> list[list[Step]]:  # fmt: skip
-        """``n`` sampled next steps of each (prompt ids, response ids so far, tokens left): a step
-        ends at the ``stop`` string (kept in the step), at end of sequence or at the token limit
-        (these two end the response). Request i is sampled with seed + i. The requests share
-        their prefixes (a question's beams), which vLLM's prefix cache computes once."""
+        """``n`` sampled next steps of each (prompt ids, response ids so far, tokens left) at
+        ``temperature``: a step ends at the ``stop`` string (kept in the step), at end of sequence
+        or at the token limit (these two end the response). Request i is sampled with seed + i.
+        The requests share their prefixes (a question's beams), which vLLM's prefix cache computes once."""
         from vllm.inputs import TokensPrompt
 
         self._check_weights()
@@ -243,8 +243,21 @@ class RolloutEngine:
                   for i, (_, _, left) in enumerate(requests)]  # fmt: skip
         prompts = [TokensPrompt(prompt_token_ids=list(p) + list(r)) for p, r, _ in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [[Step(list(c.token_ids), finished=c.finish_reason == "length" or c.stop_reason != stop,
-                      finish_reason=c.finish_reason or "stop") for c in out.outputs] for out in outputs]  # fmt: skip
+        return [steps_of(out.outputs, stop, self.eos_ids()) for out in outputs]
+
+    def eos_ids(self) -> set[int]:
+        """The end-of-sequence token ids: the tokenizer's and the model's generation config's."""
+        if getattr(self, "_eos_ids", None) is None:
+            ids = {self.tokenizer.eos_token_id} - {None}
+            try:
+                from transformers import GenerationConfig
+
+                found = GenerationConfig.from_pretrained(self.llm.llm_engine.model_config.model).eos_token_id
+                ids |= set(found if isinstance(found, list) else [found]) - {None}
+            except OSError:  # no generation_config.json
+                pass
+            self._eos_ids = ids
+        return self._eos_ids
 
     def _check_weights(self) -> None:
         if self.incomplete_update:
@@ -323,6 +336,19 @@ class RolloutEngine:
 
     def weights_checksum(self) -> str:
         return self.llm.collective_rpc("syncrl_weights_checksum")[0]
+
+
+def steps_of(completions: Iterable[Any], stop: str, eos_ids: set[int]) -> list[Step]:
+    """Beam search's steps from vLLM's completions of one request: a completion ends the response
+    unless it stopped at the ``stop`` string; ``eos`` when it ended with an end-of-sequence token
+    (vLLM keeps that token in ``token_ids``)."""
+    steps = []
+    for c in completions:
+        ids = list(c.token_ids)
+        finished = c.finish_reason == "length" or c.stop_reason != stop
+        eos = finished and c.finish_reason == "stop" and bool(ids) and ids[-1] in eos_ids
+        steps.append(Step(ids, finished=finished, finish_reason=c.finish_reason or "stop", eos=eos))
+    return steps
 
 
 def _last_user_message(prompt: Prompt) -> str:

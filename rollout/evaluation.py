@@ -4,6 +4,8 @@ accuracy: mean over questions of the share of a question's samples graded correc
 standard error over questions; pass@k by the unbiased estimator of Chen et al. (2021); mean
 response length; the share of answers written inside \\boxed{}; the share cut at the token limit.
 Per reward-route source (``Sample.source``) of the questions: accuracy, mean reward and counts.
+A value model's diagnostics on graded answers: the AUC of V(s_0) and of V at the last state
+against correctness, and V's mean squared error beside a constant predictor's.
 """
 
 from __future__ import annotations
@@ -76,9 +78,67 @@ def per_source(groups: list[list[Sample]]) -> dict[str, float]:
     return out
 
 
+def auc(scores: list[float], labels: list[bool]) -> float | None:
+    """Area under the ROC curve of ``scores`` for the binary ``labels``: the probability that a
+    random positive scores above a random negative, a tie counting one half. By ranks
+    (Mann-Whitney): with ranks 1..n of the scores in ascending order, tied scores sharing the mean
+    of their ranks, and n_1 positives, n_0 negatives,
+
+        AUC = (sum of the positives' ranks - n_1 (n_1 + 1) / 2) / (n_1 n_0)
+
+    None when either class is empty (undefined)."""
+    if len(scores) != len(labels):
+        raise ValueError(f"{len(scores)} scores for {len(labels)} labels")
+    n1 = sum(map(bool, labels))
+    n0 = len(labels) - n1
+    if not n1 or not n0:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1  # the mean of ranks i+1 .. j+1
+        i = j + 1
+    positives = sum(r for r, y in zip(ranks, labels) if y)
+    return (positives - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def value_diagnostics(v_s0: list[float], v_last: list[float], samples: list[Sample]) -> dict[str, float]:
+    """How well a value model's V predicts the outcome of graded answers (``samples``, with V of
+    each one's prompt alone, ``v_s0``, and of its whole response, ``v_last``):
+
+    - ``value_auc_s0``, ``value_auc_last``: ``auc`` of V against correctness (left out when all
+      answers are correct or all wrong);
+    - ``value_mse_s0``, ``value_mse_last``: mean (V - R)^2 over the answers, R the reward;
+    - ``value_mse_constant``: the same for the best constant, the answers' own mean reward (their
+      variance): a V that knows nothing but the mean reward scores this, at best;
+    - ``value_s0_mean``, ``value_last_mean``, ``value_answers``."""
+    if not (len(v_s0) == len(v_last) == len(samples)) or not samples:
+        raise ValueError(f"value diagnostics need one V(s_0) and one V(last) per answer: {len(v_s0)}, {len(v_last)}, "
+                         f"{len(samples)} answers")  # fmt: skip
+    rewards = [s.reward or 0.0 for s in samples]
+    correct = [is_correct(s) for s in samples]
+    n, mean = len(samples), sum(rewards) / len(samples)
+    mse = lambda values: sum((v - r) ** 2 for v, r in zip(values, rewards)) / n  # noqa: E731
+    out = {"value_answers": n, "value_s0_mean": sum(v_s0) / n, "value_last_mean": sum(v_last) / n,
+           "value_mse_s0": mse(v_s0), "value_mse_last": mse(v_last), "value_mse_constant": mse([mean] * n)}  # fmt: skip
+    for key, values in (("value_auc_s0", v_s0), ("value_auc_last", v_last)):
+        if (area := auc(values, correct)) is not None:
+            out[key] = area
+    return out
+
+
+VALUE_COLUMNS = ("value_auc_s0", "value_auc_last", "value_mse_last", "value_mse_constant")
+
+
 def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
     """A plain-text table: one row per evaluated model/step, the main metrics as columns."""
     keys = ["accuracy", "accuracy_stderr", *sorted({k for _, r in rows for k in r if k.startswith("pass@")}),
+            *(k for k in VALUE_COLUMNS if any(k in r for _, r in rows)),  # a value model's diagnostics, when given
             "correct_any_format", "response_len_mean", "boxed_rate", "truncated_rate", "tokens_per_question", "questions"]  # fmt: skip
     header = ["model", *keys]
     body = [[name, *(f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys)] for name, r in rows]

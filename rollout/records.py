@@ -112,6 +112,11 @@ class LossSpec:
         and, for the value model (its own optimizer): value_weight * OREO_V(beta);
     or, for a reward model (a scalar head instead of the LM head: the learner loads a sequence
     classifier): L = bradley_terry_weight * mean_k BT_k(reward_margin).
+
+    Temperature: every term takes the policy's and the reference's log-probs at temperature 1 (the
+    model's own distribution, as the DPO, OREO and SFT objectives define them), except the GRPO
+    term (its importance ratio against the sampler's log-probs, its KL to the reference and the
+    entropy), which takes them at ``temperature``, the sampler's (logits divided by it).
     """
 
     dpo_weight: float = 0.0
@@ -130,6 +135,21 @@ class LossSpec:
     kl_estimator: str = "full"  # "full": over the vocabulary; "k3": the sampled token's estimate
     bradley_terry_weight: float = 0.0
     reward_margin: float = 0.0
+    temperature: float = 1.0  # the sampler's temperature: the GRPO term's log-probs divide the logits by it
+
+    @property
+    def grpo_temperature(self) -> float:
+        """The temperature of the GRPO term's log-probs and of the entropy: the sampler's with a
+        GRPO term, else 1."""
+        return self.temperature if self.grpo_weight else 1.0
+
+    @property
+    def temperatures(self) -> tuple[float, ...]:
+        """Every temperature the learner takes log-probs at for this loss: the GRPO term's, and 1
+        for the other terms (DPO, NLL, SFT, OREO, KL regularization) when the loss has any."""
+        others = self.dpo_weight or self.sft_weight or self.bellman_weight or self.value_weight or self.kl_reg
+        grpo = [self.grpo_temperature] if self.grpo_weight else []
+        return tuple(dict.fromkeys(grpo + ([1.0] if others or not self.grpo_weight else [])))
 
     @property
     def scalar_head(self) -> bool:

@@ -81,3 +81,17 @@ def test_make_algorithm_loss_spec(name, dpo_weight, grpo_weight):
     batch = algo.build([sample("a", r, i) for i, r in enumerate([1.0, 0.0, 0.0])])
     assert len(batch.sequences) >= 2
     assert make_algorithm(SimpleNamespace(**AlgorithmConfig(name=name).model_dump())).name == name
+
+
+@pytest.mark.parametrize(
+    "name,temperatures",
+    [("grpo", (0.7,)), ("group_dpo_grpo", (0.7, 1.0)), ("dpo", (1.0,)), ("group_dpo", (1.0,)), ("oreo", (1.0,)),
+     ("rejection_sampling", (1.0,))],
+)  # fmt: skip
+def test_only_the_grpo_term_takes_log_probs_at_the_sampling_temperature(name, temperatures):
+    from launch.config import AlgorithmConfig
+
+    spec = make_algorithm(AlgorithmConfig(name=name), sampling_temperature=0.7).loss
+    assert spec.temperatures == temperatures
+    assert spec.grpo_temperature == (0.7 if spec.grpo_weight else 1.0)
+    assert make_algorithm(AlgorithmConfig(name=name)).loss.temperatures == (1.0,)  # a sampler at temperature 1

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from rollout.evaluation import format_table, pass_at_k, summarize
+from rollout.evaluation import auc, format_table, pass_at_k, summarize, value_diagnostics
 from rollout.records import Sample
 
 
@@ -54,6 +54,46 @@ def test_summarize_per_source():
     assert list(out).index("accuracy/arith") < list(out).index("accuracy/gsm/8k v1")
     table = format_table([("m", out)])
     assert table.splitlines()[0].split()[:2] == ["model", "accuracy"] and "accuracy/" not in table
+
+
+def test_auc_by_hand_and_by_counting_pairs():
+    # ranks 1..4 of 0.1, 0.35, 0.4, 0.8; positives 0.35 and 0.8: (2 + 4 - 3) / (2 * 2)
+    assert auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == pytest.approx(0.75)
+    # ties share their ranks: each positive 0.5 against the negative 0.5 counts one half, against 0.2 one
+    assert auc([0.5, 0.5, 0.5, 0.2], [True, False, True, False]) == pytest.approx(0.75)
+    assert auc([0.3] * 5, [True, False, True, False, False]) == pytest.approx(0.5)  # a constant: chance
+    assert auc([0.9, 0.1], [True, False]) == 1.0 and auc([0.9, 0.1], [False, True]) == 0.0
+    assert auc([0.2, 0.4], [True, True]) is None and auc([], []) is None  # one class: undefined
+    import random
+
+    rng = random.Random(0)
+    scores = [rng.choice([0.0, 0.25, 0.5, 0.75, 1.0]) for _ in range(60)]  # many ties
+    labels = [rng.random() < 0.4 for _ in range(60)]
+    pos, neg = [s for s, y in zip(scores, labels) if y], [s for s, y in zip(scores, labels) if not y]
+    counted = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+    assert auc(scores, labels) == pytest.approx(counted)
+    with pytest.raises(ValueError, match="labels"):
+        auc([0.1], [True, False])
+
+
+def test_value_diagnostics_by_hand():
+    samples = [graded("a", True), graded("a", False), graded("b", True), graded("b", False)]
+    out = value_diagnostics([0.5] * 4, [0.9, 0.2, 0.6, 0.7], samples)
+    assert out["value_auc_s0"] == 0.5  # V(s_0) the same for every answer: no information
+    assert out["value_auc_last"] == pytest.approx(0.75)  # 0.9 > 0.2, 0.9 > 0.7, 0.6 > 0.2, 0.6 < 0.7
+    assert out["value_mse_last"] == pytest.approx((0.01 + 0.04 + 0.16 + 0.49) / 4)
+    assert out["value_mse_s0"] == pytest.approx(0.25) and out["value_mse_constant"] == pytest.approx(0.25)
+    assert out["value_answers"] == 4 and out["value_last_mean"] == pytest.approx(0.6)
+    only_right = value_diagnostics([0.5, 0.4], [0.9, 0.8], [graded("a", True), graded("b", True)])
+    assert "value_auc_last" not in only_right and only_right["value_mse_constant"] == 0.0
+    table = format_table([("m", {**summarize(samples), **out}), ("n", summarize(samples))])
+    header = table.splitlines()[0].split()  # beside accuracy
+    assert header[:7] == ["model", "accuracy", "accuracy_stderr", "pass@1", "value_auc_s0", "value_auc_last",
+                          "value_mse_last"] and header[7] == "value_mse_constant"  # fmt: skip
+    assert "0.750" in table.splitlines()[1]
+    assert "value_auc" not in format_table([("n", summarize(samples))])
+    with pytest.raises(ValueError, match="per answer"):
+        value_diagnostics([0.5], [0.9, 0.2], samples[:2])
 
 
 @pytest.mark.system
@@ -117,3 +157,24 @@ def test_interchangeable_folders(tiny_llama, tiny_qwen2, tmp_path):
     assert {n for n, _ in folder_weights(str(copy))} == {n for n, _ in folder_weights(tiny_llama)}
     with pytest.raises(FileNotFoundError, match="no .safetensors"):
         folder_weights(str(tmp_path))
+
+
+def test_eval_cli_passes_the_beam_temperature_and_the_value_folder(tiny_llama, monkeypatch, capsys):
+    import launch.evaluate
+    from launch.cli import main
+
+    seen = []
+
+    def evaluate(*args):
+        seen.append(args)
+        return 0
+
+    monkeypatch.setattr(launch.evaluate, "main", evaluate)
+    assert main(["eval", tiny_llama, "--task", "add-1digit", "--beam", "2", "--beam-temperature", "0.6", "--value"]) == 0
+    models, cfg, task, ks, output, beams, value = seen[-1]
+    assert cfg.eval.beam_temperature == 0.6 and beams == (2,) and value == ""  # "": each model's own value/
+    assert main(["eval", tiny_llama, "--task", "add-1digit", "--value", tiny_llama]) == 0
+    assert seen[-1][5:] == ((), tiny_llama) and seen[-1][1].eval.beam_temperature == 1.0
+    assert main(["eval", tiny_llama, "--task", "add-1digit"]) == 0 and seen[-1][6] is None  # no value model
+    assert main(["eval", tiny_llama, "--task", "add-1digit", "--beam", "2", "--beam-temperature", "0"]) != 0
+    assert "beam_temperature" in capsys.readouterr().err and len(seen) == 3

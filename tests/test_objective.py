@@ -52,6 +52,28 @@ def test_combined_loss_is_group_dpo_plus_alpha_grpo():
     assert tb.num_pairs == 4 and metrics["loss"] == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_the_grpo_term_takes_its_own_log_probs_and_the_others_theirs():
+    """The learner passes the GRPO term log-probs at the sampler's temperature (grpo_logps,
+    grpo_ref_logps) and the DPO and NLL terms log-probs at temperature 1 (logps, ref_logps)."""
+    torch.manual_seed(1)
+    cb = collate(_batch(), pad_token_id=0)
+    logps = -torch.rand(cb.input_ids.shape) * cb.attention_mask
+    hot = logps * 0.6 - 0.2 * torch.rand(logps.shape) * cb.attention_mask  # as if at another temperature
+    ref, hot_ref = logps + 0.3 * torch.randn(logps.shape), hot + 0.2 * torch.randn(logps.shape)
+    spec = LossSpec(dpo_weight=1.0, grpo_weight=0.5, beta=0.2, nll_coef=0.1, kl_coef=0.05, temperature=0.7)
+    total, metrics = compute_loss(spec, cb, logps, None, ref, grpo_logps=hot, grpo_ref_logps=hot_ref)
+    m, c, r = cb.loss_mask, cb.chosen, cb.rejected
+    pc, pr = losses.ld_sequence_logps(logps[c], m[c], logps[r], m[r], 1.0)
+    rc, rr = losses.ld_sequence_logps(ref[c], m[c], ref[r], m[r], 1.0)
+    dpo = losses.dpo_loss(pc, pr, rc, rr, 0.2).mean()
+    nll = losses.nll_loss(logps[[0, 2]], m[[0, 2]])
+    grpo, _ = losses.grpo_loss(hot, cb.behaviour_logps, cb.advantages, m, 0.2, 0.2, hot_ref, 0.05)
+    torch.testing.assert_close(total, dpo + 0.1 * nll + 0.5 * grpo)
+    assert metrics["grpo_loss"] == pytest.approx(grpo.item(), rel=1e-5)
+    assert metrics["grpo_loss"] != pytest.approx(losses.grpo_loss(logps, cb.behaviour_logps, cb.advantages, m, 0.2, 0.2,
+                                                                  ref, 0.05)[0].item(), rel=1e-3)  # fmt: skip
+
+
 def test_reference_required_for_dpo():
     cb = collate(_batch(), pad_token_id=0)
     with pytest.raises(ValueError, match="reference"):

@@ -8,7 +8,7 @@ import torch
 
 from launch.config import load_config
 from learner import losses
-from learner.objective import collate, compute_loss, compute_value_loss
+from learner.objective import collate, compute_loss, compute_value_loss, explained_variance
 from rollout.algorithms import build_oreo_batch, build_rejection_sampling_batch, make_algorithm, step_starts
 from rollout.records import LossSpec, Sample, TrainBatch, TrainSequence
 
@@ -260,3 +260,46 @@ def test_value_scorer_packs_states_by_prompt_and_scores_each_alone(tiny_llama, t
         alone = [model(torch.tensor([p + r]))[0, -1].item() for p, r in states]
     assert got == pytest.approx(alone, rel=1e-5, abs=1e-6)
     assert len(set(round(v, 4) for v in got)) == len(states)
+
+
+def test_explained_variance_by_hand():
+    """Token level, log pi = log ref (the target is R): y = [1, 1, 0], V = [0.8, 0.6, 0.2], so
+    e = y - V = [0.2, 0.4, -0.2]; Var(y) = 2/3 - 4/9 = 2/9, Var(e) = 0.08 - (0.4/3)^2 = 0.0622...;
+    EV = 1 - 0.0622... / 0.2222... = 0.72."""
+    cb = collate(TrainBatch([TrainSequence([1], [4, 5], reward=1.0), TrainSequence([1], [6], reward=0.0)]), 0)
+    logps = torch.tensor([[0.0, -1.0, -2.0], [0.0, -0.5, 0.0]]) * cb.loss_mask
+    values = torch.tensor([[0.0, 0.8, 0.6], [0.0, 0.2, 0.0]])
+    _, metrics = compute_value_loss(LossSpec(value_weight=1.0, beta=BETA), cb, values, logps, logps)
+    assert explained_variance(metrics)["value_explained_variance"] == pytest.approx(0.72)
+    assert not any(k.startswith("value_ev_") for k in explained_variance(metrics))
+    constant = torch.full_like(values, 2 / 3) * cb.loss_mask  # the mean target at every state: EV 0
+    _, flat = compute_value_loss(LossSpec(value_weight=1.0, beta=BETA), cb, constant, logps, logps)
+    assert explained_variance(flat)["value_explained_variance"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_explained_variance_of_parts_is_that_of_the_whole_batch():
+    """With log-ratios (the target is R - beta * sum of the log-ratios from the state on, computed
+    here by loops) and at step level; micro-batches' sums add up to the whole batch's."""
+    batch = build_oreo_batch(_samples(), "response")
+    batch = TrainBatch([TrainSequence(s.prompt_ids, s.response_ids, reward=s.reward, action_starts=[0, 2, 4])
+                        for s in batch.sequences])  # fmt: skip
+    cb = collate(batch, 0)
+    torch.manual_seed(3)
+    logps, ref = -torch.rand(cb.input_ids.shape) * cb.loss_mask, -torch.rand(cb.input_ids.shape) * cb.loss_mask
+    values = torch.randn(cb.input_ids.shape) * cb.loss_mask
+    spec = LossSpec(value_weight=1.0, beta=0.5)
+    ys, vs = [], []
+    for i in range(cb.input_ids.shape[0]):
+        cols = [t for t in range(cb.input_ids.shape[1]) if cb.action_starts[i, t] and cb.loss_mask[i, t]]
+        for t in cols:
+            future = sum(float(logps[i, j] - ref[i, j]) for j in range(t, cb.input_ids.shape[1]) if cb.loss_mask[i, j])
+            ys.append(float(cb.rewards[i]) - 0.5 * future)
+            vs.append(float(values[i, t]))
+    y, v = torch.tensor(ys, dtype=torch.float64), torch.tensor(vs, dtype=torch.float64)
+    expected = 1 - (y - v).var(unbiased=False) / y.var(unbiased=False)
+    _, whole = compute_value_loss(spec, cb, values, logps, ref)
+    assert explained_variance(whole)["value_explained_variance"] == pytest.approx(expected.item(), rel=1e-6)
+    parts = [compute_value_loss(spec, collate(TrainBatch(batch.sequences[a:b]), 0), values[a:b], logps[a:b],
+                                ref[a:b])[1] for a, b in [(0, 1), (1, len(batch.sequences))]]  # fmt: skip
+    summed = {k: parts[0][k] + parts[1][k] for k in parts[0]}
+    assert explained_variance(summed)["value_explained_variance"] == pytest.approx(expected.item(), rel=1e-6)

@@ -67,7 +67,10 @@ def test_value_model_learns_beside_the_policy_and_zero3_matches_one_rank(ray_clu
     assert steps[-1]["value_loss"] < 0.2 * steps[0]["value_loss"]
     assert 0.5 < steps[-1]["value_s0_mean"] < 1.1  # moved from 0 toward the batch's mean reward, 0.75
     assert steps[-1]["value_s0_abs_err"] < steps[0]["value_s0_abs_err"]
-    for key in ("loss", "value_loss", "policy_bellman_loss", "kl_reg_term", "value_s0_mean"):
+    # explained variance of V against its target: 0 for the all-zero V, above 0 once V tells rows apart
+    assert steps[0]["value_explained_variance"] == pytest.approx(0.0, abs=1e-6)
+    assert steps[-1]["value_explained_variance"] > 0.05 and not any(k.startswith("value_ev_") for k in steps[-1])
+    for key in ("loss", "value_loss", "policy_bellman_loss", "kl_reg_term", "value_s0_mean", "value_explained_variance"):
         assert [s[key] for s in runs["zero3 packed"]] == pytest.approx([s[key] for s in steps], rel=1e-4, abs=1e-7), key
 
 
@@ -102,6 +105,8 @@ def test_oreo_stage_after_grpo_killed_and_resumed_ends_with_the_same_weights(ray
     assert [r["engine_version"] for r in oreo] == [2, 4, 4, 6]
     greedy, beam = read_jsonl(tmp_path / "whole" / "eval.jsonl")  # the end: greedy, then beam search with the learner's V
     assert "beam" not in greedy and beam["beam"] == 2 and beam["questions"] == greedy["questions"] == 6
+    assert greedy["value_answers"] == 6 and "value_mse_last" in greedy and "value_answers" not in beam  # V's diagnostics
+    assert all("value_explained_variance" in r for r in oreo)
     assert beam["policy_version"] == 6 and beam["tokens_per_question"] > greedy["tokens_per_question"]
 
     killed = tmp_path / "killed"
@@ -134,6 +139,7 @@ def test_oreo_stage_after_grpo_killed_and_resumed_ends_with_the_same_weights(ray
     final = str(tmp_path / "whole" / "final")
     results = evaluate_models([final], cfg, None, beams=(1, 2), value_dirs=[str(value_dir)])
     assert [r.get("beam") for r in results] == [None, 1, 2]
+    assert results[0]["value_answers"] == 6 and results[0]["value_mse_constant"] >= 0  # syncrl eval --value
     for r in results:
         assert r["questions"] == 6 and 0 <= r["accuracy"] <= 1 and r["response_len_mean"] > 0
     assert results[2]["tokens_per_question"] > results[1]["tokens_per_question"]  # a wider search samples more

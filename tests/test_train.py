@@ -481,6 +481,47 @@ def test_reference_sync_makes_the_reference_the_policy(ray_cluster, tiny_llama, 
     assert saved == (["reference-zero3-rank0-of-2.pt", "reference-zero3-rank1-of-2.pt"] if stage == 3 else ["reference.pt"])
 
 
+def test_learner_takes_grpo_log_probs_at_the_sampling_temperature_and_the_others_at_1(ray_cluster, tiny_llama):
+    """GroupDPO + NLL + GRPO with the sampler at temperature 0.7: the learner's NLL is that of the
+    model's own distribution (temperature 1), its GRPO loss and entropy those of the sampler's
+    (logits / 0.7); all computed here from a plain Hugging Face forward of the same weights."""
+    from transformers import AutoModelForCausalLM
+
+    from actors.learner import LearnerGroup
+    from learner import losses
+    from learner.logprobs import token_logprobs_and_entropy
+    from learner.objective import collate
+    from rollout.algorithms import build_group_dpo_batch, make_algorithm
+    from rollout.records import Sample
+
+    samples = [Sample(prompt_id="g", prompt_ids=[1, 5, 6], response_ids=list(range(10 + k, 13 + k)),
+                      logprobs=[-4.0] * 3, finish_reason="stop", policy_version=0, reward=float(k % 2))
+               for k in range(4)]  # fmt: skip
+    batch = build_group_dpo_batch(samples, with_advantages=True)
+    cfg = load_config("tiny-grpo", ["algorithm.name=group_dpo_grpo", "algorithm.nll_coef=0.1",
+                                    "rollout.temperature=0.7"])  # fmt: skip
+    spec = make_algorithm(cfg.algorithm, sampling_temperature=cfg.rollout.temperature).loss
+    group = LearnerGroup(tiny_llama, cfg.learner, needs_reference=True)
+    try:
+        got = group.train_step(batch, spec)
+    finally:
+        group.shutdown()
+    cb = collate(batch, pad_token_id=0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(input_ids=cb.input_ids, attention_mask=cb.attention_mask).logits
+    m = cb.loss_mask
+    at1, _ = token_logprobs_and_entropy(logits, cb.input_ids, 1.0)
+    hot, hot_entropy = token_logprobs_and_entropy(logits, cb.input_ids, 0.7)
+    rows = torch.unique(cb.chosen)
+    assert got["nll_loss"] == pytest.approx(losses.nll_loss(at1[rows] * m[rows], m[rows]).item(), rel=1e-4)
+    grpo, _ = losses.grpo_loss(hot * m, cb.behaviour_logps, cb.advantages, m, spec.clip_low, spec.clip_high, hot * m,
+                               spec.kl_coef)  # fmt: skip
+    assert got["grpo_loss"] == pytest.approx(grpo.item(), rel=1e-4)
+    assert got["entropy"] == pytest.approx(((hot_entropy * m).sum() / m.sum()).item(), rel=1e-4)
+    assert losses.nll_loss(hot[rows] * m[rows], m[rows]).item() != pytest.approx(got["nll_loss"], rel=1e-2)
+
+
 def test_a_crashed_worker_is_reported_and_nothing_is_left(ray_cluster, tiny_llama, tmp_path):
     """A rollout worker that dies mid-run, with no restart allowed, ends the run with an error
     naming it, and the run's other actors (and its named Controller) are stopped."""
