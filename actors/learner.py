@@ -16,18 +16,19 @@ from rollout.records import LossSpec, TrainBatch
 
 @ray.remote
 class LearnerWorker(ActorMixin, LearnerRank):
-    """A LearnerRank as a Ray actor. The weights it pushes live in the object store: one copy,
-    which the engines read zero-copy; rank 0 holds the ObjectRef, which keeps them there."""
+    """A LearnerRank as a Ray actor. The weights it pushes live in the object store, one object per
+    bucket, which the engines read zero-copy one at a time; rank 0 holds the ObjectRefs, which keep
+    them there."""
 
     def __init__(self, *args: Any) -> None:
         serialize_tensors_zero_copy()
         super().__init__(*args)
 
-    def store_weights(self, weights: list) -> ray.ObjectRef:
-        return ray.put(weights)
+    def store_weights(self, bucket: list) -> ray.ObjectRef:
+        return ray.put(bucket)
 
-    def load_stored(self, stored: ray.ObjectRef) -> list:
-        return ray.get(stored)
+    def load_stored(self, stored: list[ray.ObjectRef]) -> list:
+        return [named for ref in stored for named in ray.get(ref)]
 
 
 class LearnerGroup(ActorGroup):

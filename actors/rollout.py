@@ -17,6 +17,13 @@ from rollout.records import Prompt, Sample
 class RolloutWorker(ActorMixin, RolloutEngine):
     """A RolloutEngine as a Ray actor: every public method of the engine is a remote method."""
 
+    def update_weights(self, weights: list, version: int) -> int:
+        """``weights``: (name, tensor) pairs, or the learner's stored buckets (ObjectRefs), each
+        fetched from the object store as it is loaded."""
+        if weights and isinstance(weights[0], ray.ObjectRef):
+            return self.load_buckets((ray.get(ref) for ref in weights), version)
+        return super().update_weights(weights, version)
+
 
 class RolloutGroup(ActorGroup):
     """N rollout workers. Prompts are spread across them; samples come back in prompt order.

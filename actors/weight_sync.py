@@ -30,7 +30,7 @@ import ray
 from actors.faults import DEATHS, ActorFailure, death_cause
 from actors.learner import LearnerGroup
 from actors.rollout import RolloutGroup
-from rollout.engine import BUCKET_BYTES
+from rollout.records import BUCKET_BYTES
 from rollout.vllm_worker import open_weight_group
 
 

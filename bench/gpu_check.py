@@ -157,8 +157,8 @@ def check(model: Path, device: torch.device, attn: str, zero_stage: int, baselin
     batch = make_batch(rank.engine.module.config.vocab_size)
     cb = rank._collate(batch)
     with torch.no_grad():
-        padded = rank._logps(rank.engine, cb, None)[0].float()
-        packed = rank._logps(rank.engine, cb, rank._pack(cb))[0].float()
+        padded = rank._logps(rank.engine, cb, None)[0][1.0][0].float()
+        packed = rank._logps(rank.engine, cb, rank._pack(cb))[0][1.0][0].float()
     mask = cb.loss_mask.bool()
     diff = (packed - padded)[mask].abs()
     tol_max, tol_mean = (0.25, 0.03) if dtype == "bfloat16" else (1e-4, 1e-5)  # bf16: logits rounded to 8 bits

@@ -93,25 +93,14 @@ class PeakAnon:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
 
 
-def _receive_object_store(engine, refs: list, version: int, bucket_bytes: int) -> dict[str, float]:
-    """``RolloutEngine.update_weights`` of a ref (what ``ObjectStoreTransport`` calls), its steps
-    timed, and the engine process's peak extra resident memory during it."""
-    import ray
-
-    from rollout.vllm_worker import buckets
-
+def _receive_object_store(engine, stored: list, version: int, bucket_bytes: int) -> dict[str, float]:
+    """``RolloutWorker.update_weights`` of the learner's stored buckets (what ``ObjectStoreTransport``
+    calls: each bucket fetched from the object store as it is loaded), timed, with the engine
+    process's peak extra memory. ``bucket_bytes`` is the learner's (``BUCKET_BYTES``) here."""
     with PeakAnon() as memory:
         t0 = time.perf_counter()
-        weights = ray.get(refs[0])
-        t1 = time.perf_counter()
-        engine.begin_weight_update()
-        for bucket in buckets(weights, bucket_bytes):
-            engine.load_weights(bucket)
-        t2 = time.perf_counter()
-        engine.finish_weight_update(version, expected=len(weights))
-        t3 = time.perf_counter()
-    return {"ray.get of the weights (fetch, deserialize)": t1 - t0, "load bucket by bucket": t2 - t1,
-            "finish (layers processed, lm_head repack, prefix cache reset)": t3 - t2,
+        engine.update_weights(stored, version)
+    return {"fetch and load bucket by bucket, finish": time.perf_counter() - t0,
             "peak extra resident bytes": memory.extra}  # fmt: skip
 
 
@@ -142,7 +131,7 @@ def breakdown(kind: str, transport, learners, rollouts, version: int, bucket_byt
         stored, t_export = ray.get(learners.workers[0].call.remote(_export_timed))
         phases = [("learner: export_weights (into the object store)", t_export),
                   ("learner: the call and its return", time.perf_counter() - t0 - t_export)]  # fmt: skip
-        engines = ray.get([w.call.remote(_receive_object_store, [stored], version, bucket_bytes) for w in rollouts.workers])
+        engines = ray.get([w.call.remote(_receive_object_store, stored, version, bucket_bytes) for w in rollouts.workers])
     else:
         send = learners.workers[0].call.remote(_send_timed, version)
         receives = [w.call.remote(_receive_gloo, transport.meta, version, bucket_bytes) for w in rollouts.workers]
@@ -161,7 +150,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed pushes per case (after one warm-up)")
     ap.add_argument("--kv-gib", type=float, default=0.5, help="KV cache per engine (rollout.cpu_kv_cache_gib)")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the instrumented push")
-    ap.add_argument("--bucket-mib", type=float, default=256, help="the instrumented push's bucket size")
+    ap.add_argument("--bucket-mib", type=float, default=256, help="the instrumented gloo push's bucket size "
+                    "(an object-store push comes in the learner's buckets, rollout.records.BUCKET_BYTES)")
     ap.add_argument("--verbose", action="store_true", help="show the Ray workers' logs")
     args = ap.parse_args()
 
@@ -175,6 +165,7 @@ def main() -> None:
     from actors.weight_sync import make_transport
     from launch.config import SyncRLConfig, engine_settings
     from launch.models import resolve_model
+    from rollout.records import BUCKET_BYTES
 
     path = resolve_model(args.model)
     print(machine(), flush=True)
@@ -212,8 +203,9 @@ def main() -> None:
                     version += 1
                     for phase, value in breakdown(kind, transport, learners, rollouts, version, int(args.bucket_mib * 2**20)):
                         if phase.endswith("bytes"):  # memory: against the model's bytes and the bucket's
-                            memory.append([args.model, engines, kind, args.bucket_mib, value / 1e6, value / nbytes,
-                                           value / (args.bucket_mib * 2**20)])  # fmt: skip
+                            mib = args.bucket_mib if kind == "gloo" else BUCKET_BYTES / 2**20  # the learner's buckets
+                            memory.append([args.model, engines, kind, mib, value / 1e6, value / nbytes,
+                                           value / (mib * 2**20)])  # fmt: skip
                         else:
                             parts.append([args.model, engines, kind, phase, value, value / t_copy])
             rollouts.shutdown()

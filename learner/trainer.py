@@ -33,7 +33,7 @@ from learner.objective import (
 from learner.packing import Packed, pack, packed_mask, unpack, use_block_attention
 from learner.value import ValueModel, save_value_folder
 from rollout.phases import Phases, imports_without_gc
-from rollout.records import LossSpec, TrainBatch, TrainSequence, weights_checksum
+from rollout.records import BUCKET_BYTES, LossSpec, TrainBatch, TrainSequence, buckets, weights_checksum
 
 DUMMY = TrainBatch([TrainSequence(prompt_ids=[0], response_ids=[0], behaviour_logps=[0.0])])
 
@@ -498,31 +498,36 @@ class LearnerRank:
                 yield name, param.detach(), False
 
     def export_weights(self, version: int, keep: bool = True) -> Any:
-        """The full weights, stored once (``store_weights``) on rank 0, and with ``keep`` kept as the
-        weights pushed as ``version``; None on the other ranks (which take part in ZeRO-3's gathers)."""
-        weights = self.host_weights()  # each to CPU as it comes (views on CPU)
-        if weights is None:
+        """The full weights stored on rank 0, bucket by bucket as the gathers come
+        (``store_weights``: the actor puts each bucket in the object store, so rank 0 holds one
+        bucket beyond what it stored), and with ``keep`` kept as the weights pushed as ``version``;
+        None on the other ranks (which take part in ZeRO-3's gathers)."""
+        gathered = self.gathered_weights()
+        if self.rank != 0:
+            for _ in gathered:
+                pass
             return None
-        stored = self.store_weights(list(weights.items()))
+        named = ((n, t.to("cpu", copy=True) if partitioned else t.cpu()) for n, t, partitioned in gathered)
+        stored = [self.store_weights(bucket) for bucket in buckets(named, BUCKET_BYTES)]
         if keep:
             self.keep_pushed(version, stored)
         return stored
 
     def keep_weights(self, version: int, weights: list[tuple[str, torch.Tensor]]) -> Any:
-        """Store ``weights`` once, on CPU, and keep them as the weights pushed as ``version``;
-        returns what was stored."""
-        stored = self.store_weights([(n, t.cpu()) for n, t in weights])
+        """Store ``weights`` on CPU, bucket by bucket, and keep them as the weights pushed as
+        ``version``; returns what was stored."""
+        stored = [self.store_weights([(n, t.cpu()) for n, t in bucket]) for bucket in buckets(weights, BUCKET_BYTES)]
         self.keep_pushed(version, stored)
         return stored
 
-    def store_weights(self, weights: list[tuple[str, torch.Tensor]]) -> Any:
-        """A copy of ``weights`` that later steps do not change (the actor's: one copy, into the
-        object store, where the engines read it; the stored value is its ObjectRef)."""
-        return [(n, t.clone()) for n, t in weights]
+    def store_weights(self, bucket: list[tuple[str, torch.Tensor]]) -> Any:
+        """A copy of one bucket that later steps do not change (the actor's: into the object store,
+        where the engines read it; the stored bucket is its ObjectRef)."""
+        return [(n, t.clone()) for n, t in bucket]
 
-    def load_stored(self, stored: Any) -> list[tuple[str, torch.Tensor]]:
-        """The tensors of what ``store_weights`` returned."""
-        return stored
+    def load_stored(self, stored: list) -> list[tuple[str, torch.Tensor]]:
+        """The tensors of what ``export_weights``/``keep_weights`` stored (a list of stored buckets)."""
+        return [named for bucket in stored for named in bucket]
 
     # The weights pushed to the engines (rank 0), by version, the newest ``pushed_kept`` of them: a
     # checkpoint taken while the engines lag the learner stores them, so a resumed run gives the

@@ -17,11 +17,10 @@ import torch
 
 from rollout.beam_search import Step
 from rollout.phases import Phases, imports_without_gc
-from rollout.records import Prompt, Sample
-from rollout.vllm_worker import WorkerError, buckets
+from rollout.records import BUCKET_BYTES, Prompt, Sample, buckets
+from rollout.vllm_worker import WorkerError
 
 EXTENSION = "rollout.vllm_worker.WeightUpdateExtension"
-BUCKET_BYTES = 256 * 2**20  # an update reaches the workers, and is loaded, in buckets of about this size
 
 
 def cpu_threads_bind(setting: str, worker_index: int, num_workers: int, tensor_parallel_size: int = 1) -> str:
@@ -291,17 +290,23 @@ class RolloutEngine:
 
     def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]], version: int,
                        bucket_bytes: int = BUCKET_BYTES) -> int:  # fmt: skip
-        """The whole update in one call (the object-store transport: ``named_tensors`` are views
-        of the store), handed to the workers bucket by bucket."""
+        """The whole update in one call, handed to the workers bucket by bucket."""
+        return self.load_buckets(buckets(named_tensors, bucket_bytes), version)
+
+    def load_buckets(self, parts: Iterable[list[tuple[str, torch.Tensor]]], version: int) -> int:
+        """An update from buckets of (name, tensor), each loaded as it comes (e.g. fetched from the
+        object store one at a time); every tensor must arrive."""
         self.begin_weight_update()
+        count = 0
         try:
-            for bucket in buckets(named_tensors, bucket_bytes):
+            for bucket in parts:
                 self.load_weights(bucket)
+                count += len(bucket)
         except BaseException:
             with contextlib.suppress(Exception):
                 self._on_workers("syncrl_finish_update")
             raise
-        return self.finish_weight_update(version, expected=len(named_tensors))
+        return self.finish_weight_update(version, expected=count)
 
     def weight_receivers(self) -> int:
         """Ranks this engine takes in a weight group: one per vLLM worker (tensor-parallel rank)."""

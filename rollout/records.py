@@ -205,3 +205,19 @@ def parse_interval(value: Any) -> float | int:
 def interval_text(value: float) -> str | int:
     """A sync interval as written in recipes, metrics and status: an int, or "inf"."""
     return "inf" if math.isinf(value) else int(value)
+
+
+BUCKET_BYTES = 256 * 2**20  # a push travels, is stored and is loaded in buckets of about this size
+
+
+def buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], nbytes: int):
+    """Consecutive lists of (name, tensor) of about ``nbytes`` each (a tensor is never split)."""
+    bucket, size = [], 0
+    for name, tensor in named_tensors:
+        bucket.append((name, tensor))
+        size += tensor.numel() * tensor.element_size()
+        if size >= nbytes:
+            yield bucket
+            bucket, size = [], 0
+    if bucket:
+        yield bucket

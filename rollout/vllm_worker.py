@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from rollout.records import weights_checksum
+from rollout.records import buckets, weights_checksum
 
 RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"  # where reload_weights warns
 UNLOADED = "%s: Failed to load weights"  # its message, with the layer's class name
@@ -99,19 +99,6 @@ def open_weight_group(host: str, port: int, rank: int, world: int, backend: str,
         options._timeout = timeout
         return dist.ProcessGroupNCCL(store, rank, world, options)
     return dist.ProcessGroupGloo(store, rank, world, timeout)
-
-
-def buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], nbytes: int):
-    """Consecutive lists of (name, tensor) of about ``nbytes`` each (a tensor is never split)."""
-    bucket, size = [], 0
-    for name, tensor in named_tensors:
-        bucket.append((name, tensor))
-        size += tensor.numel() * tensor.element_size()
-        if size >= nbytes:
-            yield bucket
-            bucket, size = [], 0
-    if bucket:
-        yield bucket
 
 
 class WorkerError:

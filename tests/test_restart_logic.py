@@ -121,7 +121,7 @@ def test_dpo_ties_depend_on_the_batch_not_on_the_batches_before():
 def test_rank_zero_keeps_the_newest_pushed_versions():
     from learner.trainer import LearnerRank
 
-    rank = SimpleNamespace(pushed={}, pushed_kept=2)
+    rank = SimpleNamespace(pushed={}, pushed_kept=2, version=6)
     for version in (2, 4, 6):
         LearnerRank.keep_pushed(rank, version, f"w{version}")
     assert list(rank.pushed) == [4, 6]
@@ -130,3 +130,5 @@ def test_rank_zero_keeps_the_newest_pushed_versions():
     with pytest.raises(RuntimeError, match="version 4 are not kept"):
         LearnerRank.pushed_weights(rank, 4)
     assert json.dumps(sorted(rank.pushed)) == "[2, 6]"
+    rank.version = 8  # pushed with nothing kept (s = 1), and still the learner's weights: the group exports them
+    assert LearnerRank.pushed_weights(rank, 8) is None
