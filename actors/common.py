@@ -177,16 +177,18 @@ class ActorGroup:
             return False
         return False
 
-    def replace(self, i: int, cause: str, version: int | None = None) -> None:
+    def replace(self, i: int, cause: str, version: int | None = None, restore: bool = True) -> None:
         """Worker i died or hung: charge the budget (which raises when it is spent), replace it
-        (with the weights of ``version``, by default those the workers hold)."""
+        (with the weights of ``version``, by default those the workers hold; ``restore`` False: as
+        started, for a caller that brings it up to date itself)."""
         from actors.faults import ActorFailure
 
         failure = ActorFailure(self.kind, self.name(i), cause)
         self.supervisor.charge(failure)
         t0 = time.perf_counter()
         self.restart(i)
-        self._restore(i, version)
+        if restore:
+            self._restore(i, version)
         self.supervisor.record(failure, time.perf_counter() - t0)
 
     def restart(self, i: int) -> None:

@@ -69,7 +69,7 @@ class LearnerGroup(ActorGroup):
         options = self.placement.options(rank)  # no runtime env of its own: a prestarted worker process fits
         return LearnerWorker.options(**options).remote(model_path, cfg, rank, world, host, port, *rest)
 
-    def replace(self, i: int, cause: str, version: int | None = None) -> None:
+    def replace(self, i: int, cause: str, version: int | None = None, restore: bool = True) -> None:
         raise ActorFailure(self.kind, self.name(i), cause)
 
     def train_step(self, batch: TrainBatch, spec: LossSpec) -> dict[str, float]:

@@ -22,14 +22,14 @@ CPU, where every test runs it, and NCCL on GPUs.
 
 from __future__ import annotations
 
-import time
 from typing import Protocol
 
 import ray
 
-from actors.faults import DEATHS, ActorFailure, death_cause
+from actors.faults import DEATHS, death_cause
 from actors.learner import LearnerGroup
 from actors.rollout import RolloutGroup
+from learner.trainer import host_copy
 from rollout.records import BUCKET_BYTES
 from rollout.vllm_worker import open_weight_group
 
@@ -62,7 +62,7 @@ def _send(learner, with_group: bool, version: int = 0, keep: bool = True) -> lis
             except Exception as err:  # noqa: BLE001 - raised below, after the last gather
                 failed = err
             if keep:  # a gathered tensor is freed at the next one: copied to the host now
-                sent.append((name, tensor.to("cpu", copy=True) if partitioned else tensor.cpu()))
+                sent.append((name, host_copy(tensor, partitioned)))
     if learner.rank != 0:
         return None
     if failed is not None:  # a plain error: torch's DistBackendError does not pickle
@@ -142,11 +142,7 @@ class CollectiveTransport:
         except ray.exceptions.RayTaskError:  # the broadcast that failed with the lost engine
             pass
         for i, cause in lost.items():
-            failure = ActorFailure(rollouts.kind, rollouts.name(i), cause)
-            rollouts.supervisor.charge(failure)
-            t0 = time.perf_counter()
-            rollouts.restart(i)
-            rollouts.supervisor.record(failure, time.perf_counter() - t0)
+            rollouts.replace(i, cause, restore=False)
         self._join(learners, rollouts)
 
 

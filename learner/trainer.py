@@ -502,12 +502,11 @@ class LearnerRank:
         (``store_weights``: the actor puts each bucket in the object store, so rank 0 holds one
         bucket beyond what it stored), and with ``keep`` kept as the weights pushed as ``version``;
         None on the other ranks (which take part in ZeRO-3's gathers)."""
-        gathered = self.gathered_weights()
+        named = self.host_named()
         if self.rank != 0:
-            for _ in gathered:
+            for _ in named:  # the gathers
                 pass
             return None
-        named = ((n, t.to("cpu", copy=True) if partitioned else t.cpu()) for n, t, partitioned in gathered)
         stored = [self.store_weights(bucket) for bucket in buckets(named, BUCKET_BYTES)]
         if keep:
             self.keep_pushed(version, stored)
@@ -658,11 +657,21 @@ class LearnerRank:
         gathers. Under ZeRO-3 rank 0 copies each gathered parameter straight to the host and every
         rank frees it before the next: beyond the host copy a rank holds one gathered parameter at
         a time, and the device never a copy of it. (ZeRO 0-2 on the CPU: the parameters themselves.)"""
-        weights = {}
+        weights = dict(self.host_named(engine))
+        return weights if self.rank == 0 else None
+
+    def host_named(self, engine=None) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, full tensor on the host) of each parameter, gathered one at a time, on rank 0; the
+        other ranks take part in the gathers and get nothing (they must still iterate)."""
         for name, tensor, partitioned in self.gathered_weights(engine):
             if self.rank == 0:
-                weights[name] = tensor.to("cpu", copy=True) if partitioned else tensor.cpu()
-        return weights if self.rank == 0 else None
+                yield name, host_copy(tensor, partitioned)
+
+
+def host_copy(tensor: torch.Tensor, partitioned: bool) -> torch.Tensor:
+    """A gathered weight (``gathered_weights``) on the host: a ZeRO-3 gather is freed at the next
+    parameter, so it is copied even on CPU; a whole parameter is moved (on CPU: itself)."""
+    return tensor.to("cpu", copy=True) if partitioned else tensor.cpu()
 
 
 def own_partition(param: torch.Tensor, name: str) -> torch.Tensor:

@@ -129,11 +129,6 @@ class WeightUpdateExtension:
     # Method names carry a prefix: the worker class must not already have them. Those the engine
     # calls return their errors (``returns_errors``).
 
-    def _syncrl_config(self):
-        from vllm.config import set_current_vllm_config
-
-        return set_current_vllm_config(self.vllm_config)
-
     @returns_errors
     def syncrl_begin_update(self) -> None:
         """Start an update session: the layers wait for their new tensors (vLLM's layerwise reload)."""

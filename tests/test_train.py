@@ -104,15 +104,38 @@ def check_startup(run_dir, first_step: dict, reference: bool) -> None:
     assert first["parts"]["gen"] == first_step["time_gen_s"]
 
 
+def train_one_step(rollouts, learners, prompts, seed: int) -> None:
+    """One GRPO step of the learner on the engines' samples (alternate rewards 1, 0)."""
+    from rollout.algorithms import build_grpo_batch
+
+    samples = rollouts.generate(prompts, seed=seed)
+    for i, s in enumerate(samples):
+        s.reward = float(i % 2)
+    learners.train_step(build_grpo_batch(samples), LossSpec(grpo_weight=1.0))
+
+
+def assert_engines_are_the_learner(rollouts, learners, prompts, version: int, folder: Path, before: list, cfg) -> list:
+    """After a push of ``version``: the engines' greedy output equals HF greedy decoding of the
+    learner's weights (saved as a HF folder in ``folder``) and differs from ``before``; returns it."""
+    from transformers import AutoModelForCausalLM
+
+    learners.on_all("save_hf", str(folder))
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    after = rollouts.generate(prompts, n=1, temperature=0)
+    assert all(s.policy_version == version for s in after)
+    for s in after:
+        out = hf.generate(torch.tensor([s.prompt_ids]), max_new_tokens=cfg.rollout.max_new_tokens, do_sample=False)
+        assert s.response_ids == out[0, len(s.prompt_ids):].tolist(), folder.name
+    assert [s.response_ids for s in after] != before, f"{folder.name}: the weights did not change"
+    return [s.response_ids for s in after]
+
+
 def test_push_is_exact_with_each_transport(ray_cluster, tiny_llama, tmp_path):
     """After a train step and a push, the engine's greedy output equals HF greedy decoding of the
     learner's current weights (saved by the learner as a HF folder)."""
-    from transformers import AutoModelForCausalLM
-
     from actors.learner import LearnerGroup
     from actors.rollout import RolloutGroup
     from actors.weight_sync import CollectiveTransport, ObjectStoreTransport
-    from rollout.algorithms import build_grpo_batch
     from rollout.tasks import make_task
 
     cfg = tiny_config("tiny-grpo", tiny_llama, "learner.lr=0.05")
@@ -127,20 +150,9 @@ def test_push_is_exact_with_each_transport(ray_cluster, tiny_llama, tmp_path):
         for version, (name, transport) in enumerate(transports.items(), start=1):
             if name == "regrouped":
                 gloo._join(learners, rollouts)
-            samples = rollouts.generate(prompts[:2], seed=version)
-            for i, s in enumerate(samples):
-                s.reward = float(i % 2)
-            learners.train_step(build_grpo_batch(samples), LossSpec(grpo_weight=1.0))
+            train_one_step(rollouts, learners, prompts[:2], seed=version)
             transport.push(learners, rollouts, version)
-            learners.on_all("save_hf", str(tmp_path / name))
-            hf = AutoModelForCausalLM.from_pretrained(tmp_path / name, dtype=torch.float32).eval()
-            after = rollouts.generate(prompts, n=1, temperature=0)
-            assert all(s.policy_version == version for s in after)
-            for s in after:
-                out = hf.generate(torch.tensor([s.prompt_ids]), max_new_tokens=cfg.rollout.max_new_tokens, do_sample=False)
-                assert s.response_ids == out[0, len(s.prompt_ids):].tolist(), name
-            assert [s.response_ids for s in after] != before, f"{name}: the weights did not change"
-            before = [s.response_ids for s in after]
+            before = assert_engines_are_the_learner(rollouts, learners, prompts, version, tmp_path / name, before, cfg)
     finally:
         rollouts.shutdown()
         learners.shutdown()
@@ -151,13 +163,10 @@ def test_push_into_tensor_parallel_engines_and_past_an_engine_lost_at_a_push(ray
     per worker (5 in all), and after a push both engines' greedy output equals HF greedy decoding of
     the learner's weights. Then engine 1 is killed and the next push replaces it, regroups and
     pushes again, naming it in the restart event; nothing is kept on the host (keep=False)."""
-    from transformers import AutoModelForCausalLM
-
     from actors.faults import Supervisor
     from actors.learner import LearnerGroup
     from actors.rollout import RolloutGroup
     from actors.weight_sync import CollectiveTransport
-    from rollout.algorithms import build_grpo_batch
     from rollout.tasks import make_task
 
     cfg = tiny_config("tiny-grpo", tiny_llama, "learner.lr=0.05", "rollout.num_workers=2",
@@ -170,23 +179,13 @@ def test_push_into_tensor_parallel_engines_and_past_an_engine_lost_at_a_push(ray
         transport = CollectiveTransport(learners, rollouts, "gloo", timeout_s=10)
         before = [s.response_ids for s in rollouts.generate(prompts, n=1, temperature=0)]
         for version in (1, 2):
-            samples = rollouts.generate(prompts[:2], seed=version)
-            for i, s in enumerate(samples):
-                s.reward = float(i % 2)
-            learners.train_step(build_grpo_batch(samples), LossSpec(grpo_weight=1.0))
+            train_one_step(rollouts, learners, prompts[:2], seed=version)
             if version == 2:
                 pid = __import__("ray").get(rollouts.workers[1].call.remote(lambda actor: os.getpid()))
                 os.kill(pid, signal.SIGKILL)
             transport.push(learners, rollouts, version, keep=False)
-            learners.on_all("save_hf", str(tmp_path / str(version)))
-            hf = AutoModelForCausalLM.from_pretrained(tmp_path / str(version), dtype=torch.float32).eval()
-            after = rollouts.generate(prompts, n=1, temperature=0)
-            assert all(s.policy_version == version for s in after)
-            for s in after:
-                out = hf.generate(torch.tensor([s.prompt_ids]), max_new_tokens=cfg.rollout.max_new_tokens, do_sample=False)
-                assert s.response_ids == out[0, len(s.prompt_ids):].tolist(), version
-            assert [s.response_ids for s in after] != before, f"push {version}: the weights did not change"
-            before = [s.response_ids for s in after]
+            before = assert_engines_are_the_learner(rollouts, learners, prompts, version, tmp_path / str(version),
+                                                    before, cfg)  # fmt: skip
         assert rollouts.call(lambda w, i: w.weight_receivers.remote()) == [2, 2]
         assert [(e["actor"], e["cause"].split(" ")[0]) for e in supervisor.events] == [("rollout-1", "died")]
         assert "during a weight push" in supervisor.events[0]["cause"]
