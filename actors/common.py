@@ -202,8 +202,10 @@ class ActorGroup:
         try:
             ray.get(self.workers[i].__ray_ready__.remote(), timeout=timeout)
         except ray.exceptions.GetTimeoutError:
-            raise RuntimeError(f"{self.name(i)}: its replacement did not start within {timeout:g} s "
-                               "(is there room for it on the cluster? `ray status` shows what is free)") from None  # fmt: skip
+            raise RuntimeError(
+                f"{self.name(i)}: its replacement did not start within {timeout:g} s "
+                "(is there room for it on the cluster? `ray status` shows what is free)"
+            ) from None
 
     def probe(self) -> None:
         """Ping every worker; replace the dead ones (the driver calls this between steps)."""
@@ -235,8 +237,10 @@ def wait_ready(*groups: Any) -> None:
         ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
         if pending:
             names = ", ".join(refs[r] for r in pending)
-            raise TimeoutError(f"{names} did not start within {timeout:g} s (fault_tolerance.start_timeout_s); "
-                               "`ray status` shows whether the cluster has room for them")  # fmt: skip
+            raise TimeoutError(
+                f"{names} did not start within {timeout:g} s (fault_tolerance.start_timeout_s); "
+                "`ray status` shows whether the cluster has room for them"
+            )
         ray.get(ready)  # raises the error of an actor whose constructor failed
     except BaseException:
         for group in groups:

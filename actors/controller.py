@@ -26,28 +26,51 @@ DEFAULT_NAME = "syncrl-controller"
 # reports them. A per-source field ``<field>/<source>`` (``reward_mean/gsm8k``) is the gauge
 # ``syncrl_<field>_<source>``, its source's characters but [a-zA-Z0-9_] written ``_`` (``metric_name``).
 DESCRIPTIONS = {
-    "step": "steps done", "policy_version": "learner (policy) version", "engine_version": "version the engines hold",
+    "step": "steps done",
+    "policy_version": "learner (policy) version",
+    "engine_version": "version the engines hold",
     "sync_interval": "learner steps between weight pushes (0: inf, offline)",
     "staleness_mean": "mean staleness of the step's samples (learner version - generating version)",
-    "staleness_max": "largest staleness of the step's samples", "reward_mean": "mean reward of the step's samples",
-    "response_len_mean": "mean response length (tokens)", "truncated_frac": "share of responses cut at max_new_tokens",
-    "grader_timeouts": "samples scored 0 after the grader's time limit", "entropy_mean": "mean token entropy",
-    "loss": "training loss", "kl": "KL to the reference", "sequences": "sequences trained",
-    "tokens_generated": "response tokens generated", "tokens_trained": "tokens the learner ran forward and backward",
-    "trained": "1 when the step trained", "time_gen_s": "generation time (s)", "time_score_s": "scoring time (s)",
-    "time_train_s": "training time (s)", "time_sync_s": "weight push time (s)",
-    "tokens_per_s": "tokens trained per second of the step", "time": "Unix time the step was logged",
+    "staleness_max": "largest staleness of the step's samples",
+    "reward_mean": "mean reward of the step's samples",
+    "response_len_mean": "mean response length (tokens)",
+    "truncated_frac": "share of responses cut at max_new_tokens",
+    "grader_timeouts": "samples scored 0 after the grader's time limit",
+    "entropy_mean": "mean token entropy",
+    "loss": "training loss",
+    "kl": "KL to the reference",
+    "sequences": "sequences trained",
+    "tokens_generated": "response tokens generated",
+    "tokens_trained": "tokens the learner ran forward and backward",
+    "trained": "1 when the step trained",
+    "time_gen_s": "generation time (s)",
+    "time_score_s": "scoring time (s)",
+    "time_train_s": "training time (s)",
+    "time_sync_s": "weight push time (s)",
+    "tokens_per_s": "tokens trained per second of the step",
+    "time": "Unix time the step was logged",
     "time_wall_s": "wall time since the previous step (s)",
-}  # fmt: skip
+}
 GAUGES = tuple(DESCRIPTIONS)  # the step gauges every run sets (the README names some of them)
-EVAL_GAUGES = ("accuracy", "accuracy_stderr", "boxed_rate", "correct_any_format", "truncated_rate",
-               "response_len_mean", "questions", "policy_version", "time_s")  # fmt: skip
+EVAL_GAUGES = (
+    "accuracy",
+    "accuracy_stderr",
+    "boxed_rate",
+    "correct_any_format",
+    "truncated_rate",
+    "response_len_mean",
+    "questions",
+    "policy_version",
+    "time_s",
+)
 
 
 # The per-source fields of a step record (launch.metrics.step_record: ``<field>/<source>``).
-SOURCE_DESCRIPTIONS = {"reward_mean": "mean reward of the step's samples from source",
-                       "response_len_mean": "mean response length (tokens) of the step's samples from source",
-                       "samples": "samples of the step from source"}  # fmt: skip
+SOURCE_DESCRIPTIONS = {
+    "reward_mean": "mean reward of the step's samples from source",
+    "response_len_mean": "mean response length (tokens) of the step's samples from source",
+    "samples": "samples of the step from source",
+}
 
 
 def metric_name(field: str) -> str:
@@ -112,8 +135,11 @@ class Controller:
         if export_metrics:
             from ray.util.metrics import Counter
 
-            self.restart_counter = Counter("syncrl_restarts", description="actors replaced (kind: rollout, reward, learner)",
-                                           tag_keys=("run", "kind"))  # fmt: skip
+            self.restart_counter = Counter(
+                "syncrl_restarts",
+                description="actors replaced (kind: rollout, reward, learner)",
+                tag_keys=("run", "kind"),
+            )
             for key in GAUGES:
                 self._gauge(f"syncrl_{key}", DESCRIPTIONS[key])
             for key in EVAL_GAUGES:
@@ -173,9 +199,15 @@ class Controller:
         self._event(f"restart: {event['actor']} {event['cause']}, replaced in {event['recovery_s']:.1f} s")
 
     def get_status(self) -> dict[str, Any]:
-        return {"run": self.run_name, **self.settings(), "sync_interval": interval_text(self.sync_interval),
-                "status": self.status, "last_eval": self.last_eval, "restarts": self.restarts,
-                "events": self.events[-10:]}  # fmt: skip
+        return {
+            "run": self.run_name,
+            **self.settings(),
+            "sync_interval": interval_text(self.sync_interval),
+            "status": self.status,
+            "last_eval": self.last_eval,
+            "restarts": self.restarts,
+            "events": self.events[-10:],
+        }
 
     def drain_events(self) -> list[str]:
         """Events since the last call (the driver logs them)."""
@@ -198,8 +230,10 @@ def start_controller(name: str, sync_interval: float, run_name: str, export_metr
     except ValueError:
         pass
     else:
-        raise RuntimeError(f"a Controller named {name!r} already runs on this cluster: is another syncrl job running? "
-                           "Give this run another logging.controller_name.")  # fmt: skip
+        raise RuntimeError(
+            f"a Controller named {name!r} already runs on this cluster: is another syncrl job running? "
+            "Give this run another logging.controller_name."
+        )
     return ControllerActor.options(name=name, namespace=NAMESPACE, lifetime=None).remote(
         sync_interval, run_name, export_metrics
     )

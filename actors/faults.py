@@ -37,8 +37,10 @@ class RestartBudgetSpent(RuntimeError):
     """An actor failed and its kind's (or the run's) restart budget is spent: the run stops."""
 
     def __init__(self, failure: ActorFailure, budget: str, used: int):
-        super().__init__(f"{failure.name} {failure.cause}; no restart left: fault_tolerance.{budget} is {used} "
-                         f"and {used} restart(s) were used")  # fmt: skip
+        super().__init__(
+            f"{failure.name} {failure.cause}; no restart left: fault_tolerance.{budget} is {used} "
+            f"and {used} restart(s) were used"
+        )
         self.failure = failure
 
 
@@ -79,10 +81,19 @@ class Supervisor:
         self.used[failure.kind] += 1
 
     def record(self, failure: ActorFailure, seconds: float, **extra: Any) -> None:
-        event = {"actor": failure.name, "kind": failure.kind, "cause": failure.cause, "recovery_s": round(seconds, 2), **extra}
+        event = {
+            "actor": failure.name,
+            "kind": failure.kind,
+            "cause": failure.cause,
+            "recovery_s": round(seconds, 2),
+            **extra,
+        }
         self.events.append(event)
-        print(f"[restart] {failure.name} {failure.cause}: replaced in {seconds:.1f} s "
-              f"({self.used[failure.kind]} {failure.kind} restart(s) so far)", flush=True)  # fmt: skip
+        print(
+            f"[restart] {failure.name} {failure.cause}: replaced in {seconds:.1f} s "
+            f"({self.used[failure.kind]} {failure.kind} restart(s) so far)",
+            flush=True,
+        )
         if self.on_event is not None:
             self.on_event(event)
 
@@ -99,8 +110,9 @@ class Calls:
     version the engines hold now.
     """
 
-    def __init__(self, group: Any, submit: Callable[[Any, int], ray.ObjectRef], indices: list[int],
-                 version: int | None = None):  # fmt: skip
+    def __init__(
+        self, group: Any, submit: Callable[[Any, int], ray.ObjectRef], indices: list[int], version: int | None = None
+    ):
         self.group, self.submit, self.version = group, submit, version
         self.refs: dict[int, ray.ObjectRef] = {}
         self.started: dict[int, int] = {}  # worker index -> the group's replacement count at submit

@@ -42,9 +42,17 @@ class LearnerGroup(ActorGroup):
 
     kind = "learner"
 
-    def __init__(self, model_path: str, cfg: Any, needs_reference: bool = False,
-                 needs_value: bool = False, supervisor: Any = None, wait: bool = True,
-                 model: Any = None, reward_model: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        model_path: str,
+        cfg: Any,
+        needs_reference: bool = False,
+        needs_value: bool = False,
+        supervisor: Any = None,
+        wait: bool = True,
+        model: Any = None,
+        reward_model: bool = False,
+    ):
         self.cfg, self.gpu, self.shares_prompts = cfg, cluster_has_gpus(), None
         # The ranks' bundles first: the rendezvous (MASTER_ADDR, MASTER_PORT) is rank 0's node
         # and a port free there, which only a placed bundle 0 can tell.
@@ -57,8 +65,16 @@ class LearnerGroup(ActorGroup):
         except BaseException:
             self.placement.remove()
             raise
-        self.rank_args = (model_path, cfg, cfg.num_ranks, *self.address, needs_reference, needs_value,
-                          model, reward_model)  # model: the model settings (ModelConfig); reward_model: a scalar head
+        self.rank_args = (
+            model_path,
+            cfg,
+            cfg.num_ranks,
+            *self.address,
+            needs_reference,
+            needs_value,
+            model,
+            reward_model,
+        )  # model: the model settings (ModelConfig); reward_model: a scalar head
         self.start_workers(cfg.num_ranks, supervisor, wait)
 
     def ask(self, count: int) -> Ask:
@@ -80,7 +96,9 @@ class LearnerGroup(ActorGroup):
         totals = Totals.of(batch)
         results = self.call(lambda w, i: w.train_step.remote(shards[i], spec, totals, num_micro))
         merged = {k: sum(r.get(k, 0.0) for r in results) for k in set().union(*results)}
-        merged.update({k: results[0][k] for k in ("grad_norm", "value_grad_norm", "lr") if k in results[0]})  # global, not parts
+        merged.update(
+            {k: results[0][k] for k in ("grad_norm", "value_grad_norm", "lr") if k in results[0]}
+        )  # global, not parts
         return explained_variance(merged)
 
     def score_states(self, states: list) -> list[float]:

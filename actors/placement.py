@@ -71,10 +71,20 @@ def run_asks(cfg: Any, gpu: bool, learner: bool = True, value: bool = False, eng
     """What a run (a ``SyncRLConfig``, duck-typed) asks for: engines and reward workers (unless
     ``engines`` is False: a run on data of scored responses), learner ranks, and (``value``) an
     evaluation's value worker."""
-    asks = [Ask("engines", cfg.rollout.num_workers, engine_bundle(cfg.rollout, gpu)),
-            Ask("reward workers", cfg.reward.num_workers, reward_bundle(cfg.reward))] if engines else []  # fmt: skip
+    asks = (
+        [
+            Ask("engines", cfg.rollout.num_workers, engine_bundle(cfg.rollout, gpu)),
+            Ask("reward workers", cfg.reward.num_workers, reward_bundle(cfg.reward)),
+        ]
+        if engines
+        else []
+    )
     if learner:
-        asks.append(Ask("learner ranks", cfg.learner.num_ranks, learner_bundle(cfg.learner, gpu), cfg.learner.placement_strategy))
+        asks.append(
+            Ask(
+                "learner ranks", cfg.learner.num_ranks, learner_bundle(cfg.learner, gpu), cfg.learner.placement_strategy
+            )
+        )
     if value:
         asks.append(Ask("value workers", 1, value_bundle(gpu)))
     return asks
@@ -95,7 +105,9 @@ def check_fits(asks: list[Ask], nodes: list[dict[str, float]]) -> None:
         need = sum(a.count * a.bundle.get(r, 0) for a in asks)
         have = sum(n.get(r, 0) for n in nodes)
         if need > have + 1e-9:
-            parts = " + ".join(f"{a.count} {a.group} ({_amount(a.bundle[r])} each)" for a in asks if a.bundle.get(r, 0) and a.count)
+            parts = " + ".join(
+                f"{a.count} {a.group} ({_amount(a.bundle[r])} each)" for a in asks if a.bundle.get(r, 0) and a.count
+            )
             problems.append(f"needs {_amount(need)} {r} for {parts}; the cluster has {_amount(have)}")
     for a in asks:
         if not a.count:
@@ -105,13 +117,18 @@ def check_fits(asks: list[Ask], nodes: list[dict[str, float]]) -> None:
         if not fits:
             problems.append(f"each of the {a.group} needs {wanted} on one node; no node has that")
         elif a.strategy == "STRICT_SPREAD" and len(fits) < a.count:
-            problems.append(f"{a.count} {a.group} on {a.count} different nodes (STRICT_SPREAD), but only "
-                            f"{len(fits)} node(s) can hold one ({wanted})")  # fmt: skip
-        elif a.strategy == "STRICT_PACK" and not any(all(n.get(r, 0) + 1e-9 >= a.count * v for r, v in a.bundle.items()) for n in nodes):
+            problems.append(
+                f"{a.count} {a.group} on {a.count} different nodes (STRICT_SPREAD), but only "
+                f"{len(fits)} node(s) can hold one ({wanted})"
+            )
+        elif a.strategy == "STRICT_PACK" and not any(
+            all(n.get(r, 0) + 1e-9 >= a.count * v for r, v in a.bundle.items()) for n in nodes
+        ):
             problems.append(f"{a.count} {a.group} on one node (STRICT_PACK), but no node holds {a.count} x ({wanted})")
     if problems:
-        raise PlacementError("the cluster cannot hold this run: " + "; ".join(problems)
-                             + " (`ray status` shows the cluster's resources)")  # fmt: skip
+        raise PlacementError(
+            "the cluster cannot hold this run: " + "; ".join(problems) + " (`ray status` shows the cluster's resources)"
+        )
 
 
 def cluster_nodes() -> list[dict[str, float]]:
@@ -141,9 +158,11 @@ class Placement:
         except ray.exceptions.GetTimeoutError:
             self.remove()
             wanted = ", ".join(f"{_amount(v)} {r}" for r, v in self.ask.bundle.items())
-            raise PlacementError(f"{self.name}: {self.ask.count} bundle(s) of ({wanted}), {self.ask.strategy}, not reserved "
-                                 f"within {timeout:g} s: the cluster can hold them but they are not free "
-                                 "(other jobs hold them? `ray status` shows what is used)") from None  # fmt: skip
+            raise PlacementError(
+                f"{self.name}: {self.ask.count} bundle(s) of ({wanted}), {self.ask.strategy}, not reserved "
+                f"within {timeout:g} s: the cluster can hold them but they are not free "
+                "(other jobs hold them? `ray status` shows what is used)"
+            ) from None
 
     def options(self, i: int) -> dict[str, Any]:
         """The actor options that put a worker in bundle i (its resources are the bundle's)."""
@@ -151,8 +170,12 @@ class Placement:
 
         bundle = self.ask.bundle
         custom = {r: v for r, v in bundle.items() if r not in ("CPU", "GPU")}
-        return dict(num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0), resources=custom,
-                    scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=i))  # fmt: skip
+        return dict(
+            num_cpus=bundle.get("CPU", 0),
+            num_gpus=bundle.get("GPU", 0),
+            resources=custom,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=i),
+        )
 
     def remove(self) -> None:
         from ray.util.placement_group import remove_placement_group
@@ -196,9 +219,11 @@ def check_visible(groups: list[Any], paths: dict[str, str], marker_dir: str, tim
         marker.unlink()
     if blind:
         lines = "; ".join(f"{name} on node {ip} cannot see {', '.join(m)}" for (name, _, m), ip in zip(blind, ips))
-        raise PlacementError(f"{lines}. The run directory and the model folders must be on a filesystem every node "
-                             "mounts at the same path (README, \"Running on a cluster\"); built-in models are built "
-                             "under SYNCRL_CACHE (default ~/.cache/syncrl): point it at a shared folder")  # fmt: skip
+        raise PlacementError(
+            f"{lines}. The run directory and the model folders must be on a filesystem every node "
+            'mounts at the same path (README, "Running on a cluster"); built-in models are built '
+            "under SYNCRL_CACHE (default ~/.cache/syncrl): point it at a shared folder"
+        )
 
 
 def where(groups: list[Any], timeout: float | None = None) -> dict[str, dict[str, str]]:

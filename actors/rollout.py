@@ -48,7 +48,9 @@ class RolloutGroup(ActorGroup):
         return Ask("engines", count, engine_bundle(self.cfg, self.gpu))
 
     def _start(self, i: int):
-        return RolloutWorker.options(**self.placement.options(i)).remote(self.model_path, self.cfg, i, self.cfg.num_workers)
+        return RolloutWorker.options(**self.placement.options(i)).remote(
+            self.model_path, self.cfg, i, self.cfg.num_workers
+        )
 
     def _restore(self, i: int, version: int | None) -> None:
         version = self.held() if version is None else version
@@ -61,7 +63,10 @@ class RolloutGroup(ActorGroup):
         if version == 0:
             self.restart(i)
             return
-        ray.get(self.workers[i].update_weights.remote(self.weights_of(version), version), timeout=self.supervisor.timeout(self.kind))
+        ray.get(
+            self.workers[i].update_weights.remote(self.weights_of(version), version),
+            timeout=self.supervisor.timeout(self.kind),
+        )
 
     def restart_all(self) -> None:
         """Every worker started again (the base model's weights), not counted as restarts."""
@@ -78,7 +83,9 @@ class RolloutGroup(ActorGroup):
             offset += len(chunk)
 
         def submit(worker, i):
-            return getattr(worker, method).remote(chunks[i], *args, seed=None if seed is None else seed + offsets[i], **kwargs)
+            return getattr(worker, method).remote(
+                chunks[i], *args, seed=None if seed is None else seed + offsets[i], **kwargs
+            )
 
         return self.calls(submit, list(chunks), version=self.held())
 
@@ -86,8 +93,9 @@ class RolloutGroup(ActorGroup):
         """Start generation on every worker; ``join(calls.collect())`` gives the samples in order."""
         return self._spread("generate", prompts, seed, n, **sampling)
 
-    def generate(self, prompts: list[Prompt], n: int | None = None, seed: int | None = None,
-                 **sampling: Any) -> list[Sample]:  # fmt: skip
+    def generate(
+        self, prompts: list[Prompt], n: int | None = None, seed: int | None = None, **sampling: Any
+    ) -> list[Sample]:
         return join(self.start_generate(prompts, n, seed, **sampling).collect())
 
     def expand_steps(self, requests: list, n: int, seed: int, stop: str, temperature: float = 1.0) -> list:

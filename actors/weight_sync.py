@@ -40,13 +40,17 @@ class WeightTransport(Protocol):
 
 class ObjectStoreTransport:
     def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int, keep: bool = True) -> None:
-        weights = learners.call(lambda w, i: w.export_weights.remote(version, keep))[0]  # rank 0's ref; the data stays put
+        weights = learners.call(lambda w, i: w.export_weights.remote(version, keep))[
+            0
+        ]  # rank 0's ref; the data stays put
         rollouts.call(lambda w, i: w.update_weights.remote(weights, version))
 
 
 # -- collective broadcast: code that runs inside the learner actors (through ActorMixin.call) ---
 def _join_group(learner, host: str, port: int, world: int, backend: str, timeout_s: float) -> None:
-    learner.weight_group = open_weight_group(host, port, 0, world, backend, timeout_s, getattr(learner, "weight_group", None))
+    learner.weight_group = open_weight_group(
+        host, port, 0, world, backend, timeout_s, getattr(learner, "weight_group", None)
+    )
 
 
 def _send(learner, with_group: bool, version: int = 0, keep: bool = True) -> list[tuple[str, tuple, str]] | None:
@@ -93,11 +97,15 @@ class CollectiveTransport:
 
     def _join(self, learners: LearnerGroup, rollouts: RolloutGroup) -> None:
         wait = rollouts.supervisor.timeout(rollouts.kind)
-        host, port = ray.get([learners.workers[0].node_ip.remote(), learners.workers[0].free_port.remote()], timeout=wait)
+        host, port = ray.get(
+            [learners.workers[0].node_ip.remote(), learners.workers[0].free_port.remote()], timeout=wait
+        )
         world, offsets = group_layout(rollouts.call(lambda w, i: w.weight_receivers.remote()))
         joins = [learners.workers[0].call.remote(_join_group, host, port, world, self.backend, self.timeout_s)]
-        joins += [w.join_weight_group.remote(host, port, offsets[i], world, self.backend, self.timeout_s)
-                  for i, w in enumerate(rollouts.workers)]  # fmt: skip
+        joins += [
+            w.join_weight_group.remote(host, port, offsets[i], world, self.backend, self.timeout_s)
+            for i, w in enumerate(rollouts.workers)
+        ]
         ray.get(joins, timeout=wait)
         if not hasattr(self, "meta"):  # names, shapes and dtypes do not change during a run: learn them once
             self.meta = ray.get([w.call.remote(_send, False) for w in learners.workers], timeout=wait)[0]
@@ -146,7 +154,9 @@ class CollectiveTransport:
         self._join(learners, rollouts)
 
 
-def make_transport(kind: str, learners: LearnerGroup, rollouts: RolloutGroup, timeout_s: float = 300.0) -> WeightTransport:
+def make_transport(
+    kind: str, learners: LearnerGroup, rollouts: RolloutGroup, timeout_s: float = 300.0
+) -> WeightTransport:
     """``auto``: NCCL broadcast on GPUs, the object store on CPU (zero-copy tensors: SmolLM2-135M
     0.8-1.0 s per push here against 1.5-1.9 s for a gloo broadcast, docs/PERFORMANCE.md).
     ``timeout_s``: a collective push's broadcast timeout (``fault_tolerance.push_timeout_s``)."""

@@ -65,16 +65,32 @@ def main() -> None:
     model, reward_model = build_tiny_model(tmp / "model", "llama", seed=0), build_tiny_reward_model(tmp / "rm", seed=0)
     kills = args.steps // args.every
     overrides = [
-        f"model.path={model}", f"steps={args.steps}", "data.prompts_per_step=4", "rollout.samples_per_prompt=4",
-        "rollout.max_new_tokens=12", "rollout.cpu_kv_cache_gib=0.25", "learner.lr=5e-3", "sync.interval=2",
-        f"learner.num_ranks={args.ranks}", "learner.zero_stage=2", "checkpoint.every_steps=2",
-        "logging.progress_bar=false", "reward.routes.default.kind=reward_model",
-        f"reward.routes.default.model_path={reward_model}", f"fault_tolerance.rollout_restarts={kills}",
-        f"fault_tolerance.reward_restarts={kills}", f"fault_tolerance.learner_restarts={kills}",
-        f"fault_tolerance.max_restarts={kills}", *args.overrides,
-    ]  # fmt: skip
+        f"model.path={model}",
+        f"steps={args.steps}",
+        "data.prompts_per_step=4",
+        "rollout.samples_per_prompt=4",
+        "rollout.max_new_tokens=12",
+        "rollout.cpu_kv_cache_gib=0.25",
+        "learner.lr=5e-3",
+        "sync.interval=2",
+        f"learner.num_ranks={args.ranks}",
+        "learner.zero_stage=2",
+        "checkpoint.every_steps=2",
+        "logging.progress_bar=false",
+        "reward.routes.default.kind=reward_model",
+        f"reward.routes.default.model_path={reward_model}",
+        f"fault_tolerance.rollout_restarts={kills}",
+        f"fault_tolerance.reward_restarts={kills}",
+        f"fault_tolerance.learner_restarts={kills}",
+        f"fault_tolerance.max_restarts={kills}",
+        *args.overrides,
+    ]
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
-    print(f"machine: {machine()}\nrun: tiny GRPO, {args.steps} steps, s=2, {args.ranks} learner ranks, checkpoints every 2 steps", flush=True)
+    print(
+        f"machine: {machine()}\nrun: tiny GRPO, {args.steps} steps, s=2, {args.ranks} learner ranks, "
+        "checkpoints every 2 steps",
+        flush=True,
+    )
 
     t0 = time.perf_counter()
     train(load_config("tiny-grpo", [*overrides, "logging.controller_name=chaos-clean"]), str(tmp / "clean"))
@@ -104,7 +120,9 @@ def main() -> None:
     events = [(r["step"], e) for r in rows for e in r["restarts"]]
     table, reruns = [], 0
     for step, actor in killed:
-        found = next(((s, e) for s, e in events if e["actor"] == actor), None)  # a learner's is logged at the re-run step
+        found = next(
+            ((s, e) for s, e in events if e["actor"] == actor), None
+        )  # a learner's is logged at the re-run step
         if found is None:
             table.append([step, actor, "none found", "", ""])
             continue
@@ -112,15 +130,20 @@ def main() -> None:
         s, e = found
         reruns += step - e.get("resumed_from_step", step)
         table.append([step, actor, e["cause"][:60], f"{e['recovery_s']:.1f}", s])
-    print_table(f"chaos: a kill every {args.every} steps (seed {args.seed})",
-                ["killed after step", "actor", "restart cause", "recovery s", "logged at step"], table)  # fmt: skip
+    print_table(
+        f"chaos: a kill every {args.every} steps (seed {args.seed})",
+        ["killed after step", "actor", "restart cause", "recovery s", "logged at step"],
+        table,
+    )
     by_kind: dict[str, int] = {}
     for r in rows:
         for e in r["restarts"]:
             by_kind[e["kind"]] = by_kind.get(e["kind"], 0) + 1
     same = weights_digest(tmp / "clean") == weights_digest(tmp / "chaos")
-    print(f"\nsteps completed: {len(rows)} of {args.steps}; restarts by kind: {by_kind or 'none'}; "
-          f"steps run twice (learner restarts): {reruns}")  # fmt: skip
+    print(
+        f"\nsteps completed: {len(rows)} of {args.steps}; restarts by kind: {by_kind or 'none'}; "
+        f"steps run twice (learner restarts): {reruns}"
+    )
     print(f"wall time: clean {clean_s:.0f} s, with kills {chaos_s:.0f} s ({chaos_s / clean_s:.2f}x)")
     print(f"final weights equal the clean run's: {same}")
     if not same or len(rows) != args.steps:

@@ -41,11 +41,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `pytho
 import torch
 
 SIZES = {  # LlamaConfig fields: "small" is a ~150M-parameter model (untied head), "tiny" for the CPU test
-    "small": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
-                  num_key_value_heads=4, vocab_size=32000),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1, vocab_size=512),
-}  # fmt: skip
+    "small": dict(
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        vocab_size=32000,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=512,
+    ),
+}
 FAILED: list[str] = []
 
 
@@ -58,10 +70,23 @@ def report(name: str, ok: bool, figures: str) -> None:
 
 def learner_config(zero_stage: int):
     """The learner settings a run's ``LearnerConfig`` holds (launch.config needs pydantic: not imported here)."""
-    return types.SimpleNamespace(num_ranks=1, zero_stage=zero_stage, lr=1e-4, value_lr=None, weight_decay=0.0,
-                                 betas=(0.9, 0.999), grad_clip=1.0, warmup_steps=0, micro_batch_size=16,
-                                 micro_batch_tokens=0, packing=True, share_prompts=True, gradient_checkpointing=False,
-                                 cpu_threads=0, seed=0)  # fmt: skip
+    return types.SimpleNamespace(
+        num_ranks=1,
+        zero_stage=zero_stage,
+        lr=1e-4,
+        value_lr=None,
+        weight_decay=0.0,
+        betas=(0.9, 0.999),
+        grad_clip=1.0,
+        warmup_steps=0,
+        micro_batch_size=16,
+        micro_batch_tokens=0,
+        packing=True,
+        share_prompts=True,
+        gradient_checkpointing=False,
+        cpu_threads=0,
+        seed=0,
+    )
 
 
 def build_model(folder: Path, size: str) -> Path:
@@ -80,7 +105,7 @@ def make_batch(vocab: int):
 
     rng = random.Random(0)
     rows = []
-    for g in range(4):
+    for _ in range(4):
         prompt = [rng.randrange(1, vocab) for _ in range(rng.randint(20, 40))]
         for k in range(4):
             response = [rng.randrange(1, vocab) for _ in range(rng.randint(10, 60))]
@@ -147,12 +172,16 @@ def check(model: Path, device: torch.device, attn: str, zero_stage: int, baselin
     label = f"{attn} zero{zero_stage} {dtype}"
     settings = types.SimpleNamespace(dtype=dtype, attn_implementation=attn, trust_remote_code=False)
     t0 = time.perf_counter()
-    rank = LearnerRank(str(model), learner_config(zero_stage), 0, 1, "127.0.0.1", free_port(), needs_reference=True,
-                       model=settings)  # fmt: skip
+    rank = LearnerRank(
+        str(model), learner_config(zero_stage), 0, 1, "127.0.0.1", free_port(), needs_reference=True, model=settings
+    )
     load_s = time.perf_counter() - t0
     got = rank.engine.module.config._attn_implementation
-    report(f"{label} load", got in (attn, "syncrl_block_sdpa") and rank.device.type == device.type,
-           f"attention {got}, device {rank.device}, {load_s:.1f} s")  # fmt: skip
+    report(
+        f"{label} load",
+        got in (attn, "syncrl_block_sdpa") and rank.device.type == device.type,
+        f"attention {got}, device {rank.device}, {load_s:.1f} s",
+    )
 
     batch = make_batch(rank.engine.module.config.vocab_size)
     cb = rank._collate(batch)
@@ -162,26 +191,39 @@ def check(model: Path, device: torch.device, attn: str, zero_stage: int, baselin
     mask = cb.loss_mask.bool()
     diff = (packed - padded)[mask].abs()
     tol_max, tol_mean = (0.25, 0.03) if dtype == "bfloat16" else (1e-4, 1e-5)  # bf16: logits rounded to 8 bits
-    report(f"{label} packed = padded log-probs", bool(diff.max() <= tol_max and diff.mean() <= tol_mean),
-           f"max |diff| {diff.max():.2e} (<= {tol_max}), mean {diff.mean():.2e} (<= {tol_mean}) over {int(mask.sum())} "
-           f"tokens; mean log-prob {padded[mask].mean():.3f}")  # fmt: skip
+    report(
+        f"{label} packed = padded log-probs",
+        bool(diff.max() <= tol_max and diff.mean() <= tol_mean),
+        f"max |diff| {diff.max():.2e} (<= {tol_max}), mean {diff.mean():.2e} (<= {tol_mean}) over {int(mask.sum())} "
+        f"tokens; mean log-prob {padded[mask].mean():.3f}",
+    )
     if attn in baseline:  # ZeRO-3 against ZeRO-0, same attention
         across = (padded - baseline[attn])[mask].abs()
-        report(f"{label} log-probs = zero0's", bool(across.max() <= tol_max and across.mean() <= tol_mean),
-               f"max |diff| {across.max():.2e}, mean {across.mean():.2e}")
+        report(
+            f"{label} log-probs = zero0's",
+            bool(across.max() <= tol_max and across.mean() <= tol_mean),
+            f"max |diff| {across.max():.2e}, mean {across.mean():.2e}",
+        )
     else:
         baseline[attn] = padded
 
-    total = sum(p.ds_numel * p.element_size() if hasattr(p, "ds_numel") else p.numel() * p.element_size()
-                for p in rank.engine.module.parameters())  # fmt: skip
-    largest = max(p.ds_numel * p.element_size() if hasattr(p, "ds_numel") else p.numel() * p.element_size()
-                  for p in rank.engine.module.parameters())  # fmt: skip
+    total = sum(
+        p.ds_numel * p.element_size() if hasattr(p, "ds_numel") else p.numel() * p.element_size()
+        for p in rank.engine.module.parameters()
+    )
+    largest = max(
+        p.ds_numel * p.element_size() if hasattr(p, "ds_numel") else p.numel() * p.element_size()
+        for p in rank.engine.module.parameters()
+    )
     extra, output = export_extra(rank)
     slack = 64 * 2**20 if device.type == "cpu" else 2**20  # CPU: the allocator's and the sampler's noise
-    report(f"{label} export memory", extra <= largest + slack,
-           f"peak extra {extra / 1e6:.1f} MB beyond the {output / 1e6:.1f} MB host copy; model {total / 1e6:.1f} MB, "
-           f"largest parameter {largest / 1e6:.1f} MB ({extra / total:.2f} of the model, {extra / largest:.2f} "
-           f"of the largest; at most 1 of it + {slack / 2**20:.0f} MiB)")  # fmt: skip
+    report(
+        f"{label} export memory",
+        extra <= largest + slack,
+        f"peak extra {extra / 1e6:.1f} MB beyond the {output / 1e6:.1f} MB host copy; model {total / 1e6:.1f} MB, "
+        f"largest parameter {largest / 1e6:.1f} MB ({extra / total:.2f} of the model, {extra / largest:.2f} "
+        f"of the largest; at most 1 of it + {slack / 2**20:.0f} MiB)",
+    )
 
     before = weights_checksum(rank.named_full_weights())
     spec = LossSpec(grpo_weight=1.0, kl_coef=0.05, clip_low=0.2, clip_high=0.28)
@@ -189,9 +231,12 @@ def check(model: Path, device: torch.device, attn: str, zero_stage: int, baselin
     metrics = rank.train_step(batch, spec, Totals.of(batch), rank.num_micro_batches(batch))
     step_s = time.perf_counter() - t0
     changed = weights_checksum(rank.named_full_weights()) != before
-    report(f"{label} train step", math.isfinite(metrics["loss"]) and changed,
-           f"loss {metrics['loss']:.4f}, kl {metrics.get('kl', float('nan')):.2e}, weights changed: {changed}, "
-           f"{step_s:.2f} s")  # fmt: skip
+    report(
+        f"{label} train step",
+        math.isfinite(metrics["loss"]) and changed,
+        f"loss {metrics['loss']:.4f}, kl {metrics.get('kl', float('nan')):.2e}, weights changed: {changed}, "
+        f"{step_s:.2f} s",
+    )
     del rank, cb, padded, packed
     gc.collect()
     if device.type == "cuda":
@@ -201,8 +246,9 @@ def check(model: Path, device: torch.device, attn: str, zero_stage: int, baselin
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--size", choices=sorted(SIZES), default=None,
-                    help="the built model (default: small on CUDA, tiny on CPU)")
+    ap.add_argument(
+        "--size", choices=sorted(SIZES), default=None, help="the built model (default: small on CUDA, tiny on CPU)"
+    )
     ap.add_argument("--model", help="a Hugging Face causal LM folder instead of a built model")
     args = ap.parse_args()
     if args.device == "cpu":
@@ -216,8 +262,11 @@ def main() -> int:
     import transformers
 
     gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "no GPU"
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, deepspeed {deepspeed.__version__}, "
-          f"{gpu}, Python {sys.version.split()[0]}", flush=True)  # fmt: skip
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, deepspeed {deepspeed.__version__}, "
+        f"{gpu}, Python {sys.version.split()[0]}",
+        flush=True,
+    )
     from learner.trainer import _has_flash_attn
 
     attns = ["sdpa"] + (["flash_attention_2"] if device.type == "cuda" and _has_flash_attn() else [])

@@ -92,15 +92,23 @@ def add_run_args(ap: argparse.ArgumentParser, steps: int, steps_help: str) -> No
     """The settings ``syncrl_config`` reads (shared with bench/overlap.py), and ``--set``."""
     ap.add_argument("--model", default="tiny-llama", help="tiny-llama, smollm2 or a Hugging Face folder")
     ap.add_argument("--task", default="add-1digit", help="a task of rollout.tasks")
-    ap.add_argument("--one-shot", action="store_true", help="prompts with a worked example (data.one_shot), as the demo's")
+    ap.add_argument(
+        "--one-shot", action="store_true", help="prompts with a worked example (data.one_shot), as the demo's"
+    )
     ap.add_argument("--prompts", type=int, default=4, help="prompts per step")
     ap.add_argument("--samples", type=int, default=4, help="samples per prompt (GRPO group size)")
     ap.add_argument("--max-new-tokens", type=int, default=32, help="maximum response length")
     ap.add_argument("--micro", type=int, default=16, help="sequences per forward/backward")
     ap.add_argument("--lr", type=float, default=1e-6)
     ap.add_argument("--steps", type=int, default=steps, help=steps_help)
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="an extra syncrl config override for every run, e.g. --set learner.cpu_threads=1 (repeatable)")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra syncrl config override for every run, e.g. --set learner.cpu_threads=1 (repeatable)",
+    )
 
 
 def syncrl_config(args: argparse.Namespace, *overrides: str):
@@ -109,16 +117,31 @@ def syncrl_config(args: argparse.Namespace, *overrides: str):
 
     global _RUNS
     _RUNS += 1
-    return load_config("tiny-grpo", [
-        "name=bench", f"model.path={args.model}", "model.dtype=float32", "rollout.dtype=float32",
-        f"steps={args.steps}", f"data.task={args.task}", f"data.one_shot={args.one_shot}",
-        f"data.prompts_per_step={args.prompts}",
-        f"rollout.samples_per_prompt={args.samples}", f"rollout.max_new_tokens={args.max_new_tokens}",
-        "rollout.temperature=1.0", "rollout.top_p=1.0", "rollout.top_k=-1",
-        f"learner.micro_batch_size={args.micro}", f"learner.lr={args.lr}", "algorithm.kl_coef=0",
-        "logging.progress_bar=false", "checkpoint.save_final_hf=false",
-        f"logging.controller_name=bench-{os.getpid()}-{_RUNS}", *overrides,
-    ])  # fmt: skip
+    return load_config(
+        "tiny-grpo",
+        [
+            "name=bench",
+            f"model.path={args.model}",
+            "model.dtype=float32",
+            "rollout.dtype=float32",
+            f"steps={args.steps}",
+            f"data.task={args.task}",
+            f"data.one_shot={args.one_shot}",
+            f"data.prompts_per_step={args.prompts}",
+            f"rollout.samples_per_prompt={args.samples}",
+            f"rollout.max_new_tokens={args.max_new_tokens}",
+            "rollout.temperature=1.0",
+            "rollout.top_p=1.0",
+            "rollout.top_k=-1",
+            f"learner.micro_batch_size={args.micro}",
+            f"learner.lr={args.lr}",
+            "algorithm.kl_coef=0",
+            "logging.progress_bar=false",
+            "checkpoint.save_final_hf=false",
+            f"logging.controller_name=bench-{os.getpid()}-{_RUNS}",
+            *overrides,
+        ],
+    )
 
 
 def ensure_ray(cfg) -> bool:
@@ -218,26 +241,55 @@ def run_trl(args: argparse.Namespace, model_path: str, out_dir: str) -> dict:
             stamps.append(time.perf_counter())
             loads.append(os.getloadavg()[0])
             gen, length = gen_times[-1] if gen_times else float("nan"), lengths[-1] if lengths else float("nan")
-            print(f"TRL step {state.global_step}: {stamps[-1] - stamps[-2]:.1f} s (generate + score {gen:.1f} s), "
-                  f"{length:.1f} tokens per response, 1-min load {loads[-1]:.2f}", flush=True)
+            print(
+                f"TRL step {state.global_step}: {stamps[-1] - stamps[-2]:.1f} s (generate + score {gen:.1f} s), "
+                f"{length:.1f} tokens per response, 1-min load {loads[-1]:.2f}",
+                flush=True,
+            )
 
     accumulation = rows // args.micro
     config = GRPOConfig(
-        output_dir=out_dir, use_cpu=True, bf16=False, fp16=False, seed=0,
-        per_device_train_batch_size=args.micro, gradient_accumulation_steps=accumulation,
-        steps_per_generation=accumulation, num_generations=args.samples,
+        output_dir=out_dir,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        seed=0,
+        per_device_train_batch_size=args.micro,
+        gradient_accumulation_steps=accumulation,
+        steps_per_generation=accumulation,
+        num_generations=args.samples,
         max_completion_length=args.max_new_tokens,
-        temperature=1.0, top_p=1.0, top_k=0, max_steps=args.steps, learning_rate=args.lr,
-        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        beta=0.0, epsilon=0.2, epsilon_high=0.28, num_iterations=1,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        beta=0.0,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        num_iterations=1,
         gradient_checkpointing=args.trl_gradient_checkpointing,  # TRL's default: on; syncrl's: off
-        report_to=[], logging_strategy="no", save_strategy="no", disable_tqdm=True, log_completions=False,
+        report_to=[],
+        logging_strategy="no",
+        save_strategy="no",
+        disable_tqdm=True,
+        log_completions=False,
         dataloader_num_workers=0,
-    )  # fmt: skip
+    )
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    trainer = GRPOTrainer(model=model, reward_funcs=math_verify, args=config, train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=[StepTimer()])  # fmt: skip
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=math_verify,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[StepTimer()],
+    )
     generate, gen_times = trainer._generate_and_score_completions, []
 
     def timed_generate(*a, **k):  # TRL's generation + scoring of a step, to split its step time
@@ -254,10 +306,16 @@ def run_trl(args: argparse.Namespace, model_path: str, out_dir: str) -> dict:
         verifier.close()
     wall = [b - a for a, b in zip(stamps, stamps[1:])]
     if len(wall) != args.steps or len(lengths) != args.steps:
-        raise RuntimeError(f"TRL ran {len(wall)} optimizer steps and {len(lengths)} generations, "
-                           f"expected {args.steps}")
-    return {"wall": wall[1:], "first": wall[0], "length": mean(lengths[1:]), "gen": mean(gen_times[1:]),
-            "load": mean(loads[1:]), "began": began[0], "first_gen": gen_times[0]}
+        raise RuntimeError(f"TRL ran {len(wall)} optimizer steps and {len(lengths)} generations, expected {args.steps}")
+    return {
+        "wall": wall[1:],
+        "first": wall[0],
+        "length": mean(lengths[1:]),
+        "gen": mean(gen_times[1:]),
+        "load": mean(loads[1:]),
+        "began": began[0],
+        "first_gen": gen_times[0],
+    }
 
 
 # -- the comparison ----------------------------------------------------------------------------
@@ -268,8 +326,11 @@ def main() -> None:
     add_run_args(ap, 6, "optimizer steps per system; step 1 is not timed")
     ap.add_argument("--systems", default="syncrl,trl", help="which to run, in this order")
     ap.add_argument("--run-dir", default=None, help="syncrl's run directory (default: a new folder in /tmp)")
-    ap.add_argument("--trl-gradient-checkpointing", action="store_true",
-                    help="keep TRL's default gradient checkpointing (default: off, as syncrl's learner)")
+    ap.add_argument(
+        "--trl-gradient-checkpointing",
+        action="store_true",
+        help="keep TRL's default gradient checkpointing (default: off, as syncrl's learner)",
+    )
     args = ap.parse_args()
     if args.steps < 2:
         raise SystemExit("--steps must be >= 2 (step 1 is not timed)")
@@ -279,9 +340,12 @@ def main() -> None:
     from launch.models import resolve_model
 
     path = resolve_model(args.model)
-    print(f"{machine()}\nmodel {args.model} ({path}): {args.prompts} prompts x {args.samples} samples, "
-          f"<= {args.max_new_tokens} new tokens, micro-batch {args.micro}, {args.steps} steps "
-          f"(steps 2..{args.steps} timed)", flush=True)  # fmt: skip
+    print(
+        f"{machine()}\nmodel {args.model} ({path}): {args.prompts} prompts x {args.samples} samples, "
+        f"<= {args.max_new_tokens} new tokens, micro-batch {args.micro}, {args.steps} steps "
+        f"(steps 2..{args.steps} timed)",
+        flush=True,
+    )
 
     results: dict[str, dict] = {}
     for system in systems:
@@ -297,8 +361,13 @@ def main() -> None:
                     ray.shutdown()
             records, wall = run.timed()
             parts = {k: mean(r[f"time_{k}_s"] for r in records) for k in ("gen", "score", "train", "sync")}
-            results["syncrl"] = {"wall": wall, "first": run.first, "parts": parts, "load": mean(run.loads[1:]),
-                                 "length": mean(r["response_len_mean"] for r in records)}  # fmt: skip
+            results["syncrl"] = {
+                "wall": wall,
+                "first": run.first,
+                "parts": parts,
+                "load": mean(run.loads[1:]),
+                "length": mean(r["response_len_mean"] for r in records),
+            }
         elif system == "trl":
             with tempfile.TemporaryDirectory(prefix="bench-trl-") as out:
                 results["trl"] = run_trl(args, path, out)
@@ -313,13 +382,40 @@ def main() -> None:
     rows = []
     for system, r in results.items():
         step, median = mean(r["wall"]), statistics.median(r["wall"])
-        rows.append([names[system], step, median, min(r["wall"]), max(r["wall"]), step / base, median / base_median,
-                     r["length"], r["first"], r["load"]])  # fmt: skip
-    title = (f"GRPO step, {args.model}: {args.prompts} prompts x {args.samples} samples, "
-             f"<= {args.max_new_tokens} new tokens (steps 2..{args.steps})")  # fmt: skip
-    print_table(title, ["system", "s/step (mean)", "median", "min", "max", "ratio TRL/syncrl (means)",
-                        "ratio (medians)", "mean response tokens", "step 1 (s; syncrl's with its actors' start)",
-                        "1-min load at step ends (mean)"], rows)  # fmt: skip
+        rows.append(
+            [
+                names[system],
+                step,
+                median,
+                min(r["wall"]),
+                max(r["wall"]),
+                step / base,
+                median / base_median,
+                r["length"],
+                r["first"],
+                r["load"],
+            ]
+        )
+    title = (
+        f"GRPO step, {args.model}: {args.prompts} prompts x {args.samples} samples, "
+        f"<= {args.max_new_tokens} new tokens (steps 2..{args.steps})"
+    )
+    print_table(
+        title,
+        [
+            "system",
+            "s/step (mean)",
+            "median",
+            "min",
+            "max",
+            "ratio TRL/syncrl (means)",
+            "ratio (medians)",
+            "mean response tokens",
+            "step 1 (s; syncrl's with its actors' start)",
+            "1-min load at step ends (mean)",
+        ],
+        rows,
+    )
     parts = []
     if "syncrl" in results:
         p = results["syncrl"]["parts"]
@@ -327,9 +423,18 @@ def main() -> None:
     if "trl" in results:
         t = results["trl"]
         parts.append(["TRL", t["gen"], mean(t["wall"]) - t["gen"], "-", "-", mean(t["wall"])])
-    print_table("Where a step goes (mean of the same steps, seconds)",
-                ["system", "generate + score", "train (TRL: loss, backward, optimizer)", "weight sync",
-                 "other (driver, logging)", "step"], parts)  # fmt: skip
+    print_table(
+        "Where a step goes (mean of the same steps, seconds)",
+        [
+            "system",
+            "generate + score",
+            "train (TRL: loss, backward, optimizer)",
+            "weight sync",
+            "other (driver, logging)",
+            "step",
+        ],
+        parts,
+    )
     print(f"1-min load average now: {os.getloadavg()[0]:.2f} (2 cores; others' jobs count too)")
 
 

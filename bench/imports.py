@@ -66,8 +66,11 @@ def main() -> None:
                 times[without_gc].append(child_seconds(body, without_gc))
         on, off = statistics.median(times[False]), statistics.median(times[True])
         rows.append([name, on, off, on / off])
-    print_table("Imports in a fresh process: the cyclic GC on against off (median seconds)",
-                ["import", "GC on (Python's default)", "GC off, then frozen (syncrl)", "ratio"], rows)  # fmt: skip
+    print_table(
+        "Imports in a fresh process: the cyclic GC on against off (median seconds)",
+        ["import", "GC on (Python's default)", "GC off, then frozen (syncrl)", "ratio"],
+        rows,
+    )
     print(f"1-min load average now: {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M')}")
 
 

@@ -16,15 +16,15 @@ before) and block by block (the learner's default).
 from __future__ import annotations
 
 import argparse
-import copy
 import random
 
+import torch
 from common import machine, print_table, timed
 
-import torch
 
-
-def make_batch(vocab: int, rows: int, prompt_len: tuple[int, int], response_len: tuple[int, int], seed: int, group: int = 1):
+def make_batch(
+    vocab: int, rows: int, prompt_len: tuple[int, int], response_len: tuple[int, int], seed: int, group: int = 1
+):
     """Random GRPO rows, ``group`` consecutive rows per prompt."""
     from rollout.records import TrainBatch, TrainSequence
 
@@ -34,10 +34,14 @@ def make_batch(vocab: int, rows: int, prompt_len: tuple[int, int], response_len:
         if i % group == 0:
             prompt = [rng.randrange(vocab) for _ in range(rng.randint(*prompt_len))]
         r = rng.randint(*response_len)
-        seqs.append(TrainSequence(prompt_ids=list(prompt),
-                                  response_ids=[rng.randrange(vocab) for _ in range(r)],
-                                  behaviour_logps=[-rng.random() * 3 for _ in range(r)],
-                                  advantage=rng.gauss(0, 1)))  # fmt: skip
+        seqs.append(
+            TrainSequence(
+                prompt_ids=list(prompt),
+                response_ids=[rng.randrange(vocab) for _ in range(r)],
+                behaviour_logps=[-rng.random() * 3 for _ in range(r)],
+                advantage=rng.gauss(0, 1),
+            )
+        )
     return TrainBatch(sequences=seqs)
 
 
@@ -90,24 +94,34 @@ def main() -> None:
     keep_freed_memory()  # as in the learner's actor, for both loops (both run in this process)
     threads = args.threads or len(os.sched_getaffinity(0))
     path = resolve_model(args.model)
-    batch = make_batch(AutoConfig.from_pretrained(path).vocab_size, args.rows, args.prompt_len, args.response_len, 0, args.group)
+    batch = make_batch(
+        AutoConfig.from_pretrained(path).vocab_size, args.rows, args.prompt_len, args.response_len, 0, args.group
+    )
     tokens = sum(len(s.prompt_ids) + len(s.response_ids) for s in batch.sequences)
     spec = LossSpec(grpo_weight=1.0, clip_low=0.2, clip_high=0.28)
-    print(f"{machine()}\nmodel {args.model}: {args.rows} rows ({args.group} per prompt), {tokens} tokens per step, "
-          f"micro-batch {args.micro}, {threads} threads")
+    print(
+        f"{machine()}\nmodel {args.model}: {args.rows} rows ({args.group} per prompt), {tokens} tokens per step, "
+        f"micro-batch {args.micro}, {threads} threads"
+    )
 
     raw = RawLoop(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), 1e-6, args.micro, threads)
     t_raw, _ = timed(lambda: raw.step(batch), args.steps)
-    del raw
+    raw = None  # free its model before the next loop
     rows = [["raw torch loop (padded)", t_raw, tokens / t_raw, 1.0]]
 
     from learner.objective import Totals
 
     rank = None
-    variants = {"padded": (False, False, False), "packed": (True, False, True),
-                "packed, shared prompts, whole-row mask": (True, True, False), "packed, shared prompts": (True, True, True)}
+    variants = {
+        "padded": (False, False, False),
+        "packed": (True, False, True),
+        "packed, shared prompts, whole-row mask": (True, True, False),
+        "packed, shared prompts": (True, True, True),
+    }
     for name, (packing, share, blocks) in variants.items():
-        cfg = LearnerConfig(micro_batch_size=args.micro, packing=packing, share_prompts=share, cpu_threads=threads, lr=1e-6)
+        cfg = LearnerConfig(
+            micro_batch_size=args.micro, packing=packing, share_prompts=share, cpu_threads=threads, lr=1e-6
+        )
         if rank is None:
             rank = LearnerRank(path, cfg, 0, 1, "127.0.0.1", free_port())
             assert use_block_attention(rank.engine.module)

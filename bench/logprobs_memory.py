@@ -55,16 +55,33 @@ def main() -> None:
     logits_gb = args.rows * args.tokens * args.vocab * 2 / 2**30  # bf16
     results = {}
     for name, chunk in (("at once", 2**62), ("pieces", CHUNK_BYTES)):
-        done = subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--tokens", str(args.tokens),
-                               "--vocab", str(args.vocab), "--child", str(chunk)], capture_output=True, text=True, check=True)  # fmt: skip
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--rows",
+                str(args.rows),
+                "--tokens",
+                str(args.tokens),
+                "--vocab",
+                str(args.vocab),
+                "--child",
+                str(chunk),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         results[name] = json.loads(done.stdout.strip().splitlines()[-1])
     once, pieces = results["at once"], results["pieces"]
     assert abs(once["logps_sum"] - pieces["logps_sum"]) <= 1e-3 * abs(once["logps_sum"]), (once, pieces)
     print(machine())
-    print_table(f"log-probs of {args.rows} x {args.tokens} tokens, vocabulary {args.vocab} (bf16 logits {logits_gb:.2f} GB)",
-                ["computed", "extra peak memory GB", "x logits", "forward + backward s"],
-                [[name, r["extra_gb"], r["extra_gb"] / logits_gb, r["seconds"]] for name, r in results.items()] +
-                [["pieces / at once", pieces["extra_gb"] / once["extra_gb"], "", pieces["seconds"] / once["seconds"]]])  # fmt: skip
+    print_table(
+        f"log-probs of {args.rows} x {args.tokens} tokens, vocabulary {args.vocab} (bf16 logits {logits_gb:.2f} GB)",
+        ["computed", "extra peak memory GB", "x logits", "forward + backward s"],
+        [[name, r["extra_gb"], r["extra_gb"] / logits_gb, r["seconds"]] for name, r in results.items()]
+        + [["pieces / at once", pieces["extra_gb"] / once["extra_gb"], "", pieces["seconds"] / once["seconds"]]],
+    )
 
 
 if __name__ == "__main__":

@@ -28,9 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import machine, print_table, timed
-
 import torch
+from common import machine, print_table, timed
 
 
 def make_batch(vocab: int):
@@ -64,8 +63,12 @@ def child(model: str, steps: int, keep: bool) -> dict:
         rank.train_step(batch, spec, Totals.of(batch), rank.num_micro_batches(batch))
         times.append(time.perf_counter() - t0)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    return {"zeros": zeros, "step": statistics.median(times[2:]), "faults": statistics.median(faults[2:]),
-            "first": times[0]}  # fmt: skip
+    return {
+        "zeros": zeros,
+        "step": statistics.median(times[2:]),
+        "faults": statistics.median(faults[2:]),
+        "first": times[0],
+    }
 
 
 def adamw(model: str) -> tuple[float, float]:
@@ -96,17 +99,26 @@ def main() -> None:
     results = {}
     for mode in ("default", "kept"):
         cmd = [sys.executable, __file__, "--model", args.model, "--steps", str(args.steps), "--child", mode]
-        results[mode] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        results[mode] = json.loads(
+            subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+        )
     d, k = results["default"], results["kept"]
-    print_table(f"Fresh and kept memory, {args.model} (each a child process)",
-                ["what", "glibc's default", "memory kept", "ratio"],
-                [["113 MB torch.zeros (ms)", d["zeros"] * 1e3, k["zeros"] * 1e3, d["zeros"] / k["zeros"]],
-                 ["train step, median (s)", d["step"], k["step"], d["step"] / k["step"]],
-                 ["minor page faults a step, median", d["faults"], k["faults"], "-"],
-                 ["first train step (s)", d["first"], k["first"], d["first"] / k["first"]]])  # fmt: skip
+    print_table(
+        f"Fresh and kept memory, {args.model} (each a child process)",
+        ["what", "glibc's default", "memory kept", "ratio"],
+        [
+            ["113 MB torch.zeros (ms)", d["zeros"] * 1e3, k["zeros"] * 1e3, d["zeros"] / k["zeros"]],
+            ["train step, median (s)", d["step"], k["step"], d["step"] / k["step"]],
+            ["minor page faults a step, median", d["faults"], k["faults"], "-"],
+            ["first train step (s)", d["first"], k["first"], d["first"] / k["first"]],
+        ],
+    )
     loop, fused = adamw(args.model)
-    print_table(f"AdamW step, {args.model}", ["optimizer", "s/step", "ratio"],
-                [["torch AdamW, per-tensor loop", loop, 1.0], ["torch AdamW, fused", fused, loop / fused]])
+    print_table(
+        f"AdamW step, {args.model}",
+        ["optimizer", "s/step", "ratio"],
+        [["torch AdamW, per-tensor loop", loop, 1.0], ["torch AdamW, fused", fused, loop / fused]],
+    )
 
 
 if __name__ == "__main__":

@@ -39,10 +39,15 @@ def main() -> None:
     cfg = LearnerConfig(micro_batch_size=16, packing=True, lr=1e-5)
     rank = LearnerRank(resolve_model(args.model), cfg, 0, 1, "127.0.0.1", free_port(), needs_reference=True)
     spec = LossSpec(grpo_weight=1.0, kl_coef=0.1)
-    print(f"{machine()}\nmodel {args.model}, prompt {args.prompt_len} tokens, groups of 4, reference on, "
-          f"attention {rank.engine.module.config._attn_implementation}")  # fmt: skip
+    print(
+        f"{machine()}\nmodel {args.model}, prompt {args.prompt_len} tokens, groups of 4, reference on, "
+        f"attention {rank.engine.module.config._attn_implementation}"
+    )
     rows, warm = [], False
-    for name, groups, response_len in [("short responses (20-30)", 8, (20, 30)), ("long responses (150-250)", 2, (150, 250))]:
+    for name, groups, response_len in [
+        ("short responses (20-30)", 8, (20, 30)),
+        ("long responses (150-250)", 2, (150, 250)),
+    ]:
         vocab = rank.engine.module.config.vocab_size
         batch, packed = shared_batch(4, groups, args.prompt_len, 0, response_len, token_range=(10, vocab))
         base = None
@@ -58,9 +63,19 @@ def main() -> None:
             step, warm = statistics.median(times[1 - warm :]), True
             base = base or step
             rows.append([name, packed, budget or "rows only", len(parts), longest, step, base / step])
-    print_table(f"Packed GRPO step by micro-batch token budget, {args.model}",
-                ["batch", "packed tokens", "micro_batch_tokens", "micro-batches", "longest (tokens)", "s/step",
-                 "speed-up vs rows only"], rows)  # fmt: skip
+    print_table(
+        f"Packed GRPO step by micro-batch token budget, {args.model}",
+        [
+            "batch",
+            "packed tokens",
+            "micro_batch_tokens",
+            "micro-batches",
+            "longest (tokens)",
+            "s/step",
+            "speed-up vs rows only",
+        ],
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -65,9 +65,12 @@ def main() -> None:
     from launch.models import resolve_model
 
     path = resolve_model(args.model)
-    print(f"{machine()}\nmodel {args.model} ({path}): {args.prompts} prompts x {args.samples} samples, "
-          f"<= {args.max_new_tokens} new tokens, micro-batch {args.micro}, {args.steps} steps per run "
-          f"(steps 2..{args.steps - 1} averaged)", flush=True)  # fmt: skip
+    print(
+        f"{machine()}\nmodel {args.model} ({path}): {args.prompts} prompts x {args.samples} samples, "
+        f"<= {args.max_new_tokens} new tokens, micro-batch {args.micro}, {args.steps} steps per run "
+        f"(steps 2..{args.steps - 1} averaged)",
+        flush=True,
+    )
     all_layouts = layouts()
     chosen = [name.strip() for name in args.layouts.split(",") if name.strip()]
     for name in chosen:
@@ -77,8 +80,13 @@ def main() -> None:
     runs = []  # (layout, label, overrides)
     for name in chosen:
         runs.append((name, "s=1", [*all_layouts[name], "sync.interval=1", "sync.overlap=false"]))
-        runs.append((name, f"s={args.interval} overlap",
-                     [*all_layouts[name], f"sync.interval={args.interval}", "sync.overlap=true"]))
+        runs.append(
+            (
+                name,
+                f"s={args.interval} overlap",
+                [*all_layouts[name], f"sync.interval={args.interval}", "sync.overlap=true"],
+            )
+        )
 
     started = False
     results = {}
@@ -108,12 +116,37 @@ def main() -> None:
     fmt = lambda v: "-" if v is None else v  # noqa: E731
     rows = []
     for (layout, label), r in results.items():
-        rows.append([f"{layout}, {label}", r["wall"], r["gen"], fmt(r["gen_bg"]), r["score"], r["train"], r["sync"],
-                     r["length"], r["staleness"], r["load"]])  # fmt: skip
-    print_table(f"syncrl GRPO steps, {args.model}: {args.prompts} x {args.samples}, <= {args.max_new_tokens} new "
-                f"tokens (mean of steps 2..{args.steps - 1}, seconds)",
-                ["run", "step (wall)", "time_gen_s (overlap: wait)", "gen in background", "score", "train", "sync",
-                 "response tokens", "max staleness", "1-min load"], rows)  # fmt: skip
+        rows.append(
+            [
+                f"{layout}, {label}",
+                r["wall"],
+                r["gen"],
+                fmt(r["gen_bg"]),
+                r["score"],
+                r["train"],
+                r["sync"],
+                r["length"],
+                r["staleness"],
+                r["load"],
+            ]
+        )
+    print_table(
+        f"syncrl GRPO steps, {args.model}: {args.prompts} x {args.samples}, <= {args.max_new_tokens} new "
+        f"tokens (mean of steps 2..{args.steps - 1}, seconds)",
+        [
+            "run",
+            "step (wall)",
+            "time_gen_s (overlap: wait)",
+            "gen in background",
+            "score",
+            "train",
+            "sync",
+            "response tokens",
+            "max staleness",
+            "1-min load",
+        ],
+        rows,
+    )
 
     serial = [r["wall"] for (_, label), r in results.items() if label == "s=1"]
     fastest = min(serial) if serial else float("nan")
@@ -123,19 +156,40 @@ def main() -> None:
         if ref is None:
             continue
         gen, train = ref["gen"], ref["train"]  # standalone times, from the non-overlapped run of this layout
-        row = [f"{layout}, {label}", r["wall"], gen, train, max(gen, train), gen + train,
-               r["wall"] / max(gen, train), r["wall"] / (gen + train)]
+        row = [
+            f"{layout}, {label}",
+            r["wall"],
+            gen,
+            train,
+            max(gen, train),
+            gen + train,
+            r["wall"] / max(gen, train),
+            r["wall"] / (gen + train),
+        ]
         row += [ref["wall"] / r["wall"], fastest / r["wall"]]
         if r["gen_bg"] is not None:  # what the overlapped step actually had to cover: contended times
             row.append(r["wall"] / max(r["gen_bg"], r["train"]))
         else:
             row.append("-")
         rows.append(row)
-    print_table("Overlap: step time against its generation and training time (gen, train: the s=1 run of the "
-                "same layout; means, seconds)",
-                ["run", "step", "gen", "train", "max(gen, train)", "gen + train", "step / max (goal <= 1.15 overlapped)",
-                 "step / sum", "speed-up vs s=1 (same layout)", "speed-up vs fastest s=1",
-                 "step / max(contended gen, train)"], rows)  # fmt: skip
+    print_table(
+        "Overlap: step time against its generation and training time (gen, train: the s=1 run of the "
+        "same layout; means, seconds)",
+        [
+            "run",
+            "step",
+            "gen",
+            "train",
+            "max(gen, train)",
+            "gen + train",
+            "step / max (goal <= 1.15 overlapped)",
+            "step / sum",
+            "speed-up vs s=1 (same layout)",
+            "speed-up vs fastest s=1",
+            "step / max(contended gen, train)",
+        ],
+        rows,
+    )
     cores = len(os.sched_getaffinity(0))
     print(f"1-min load average now: {os.getloadavg()[0]:.2f} ({cores} cores; others' jobs count too)")
 

@@ -51,9 +51,8 @@ import time
 import types
 from pathlib import Path
 
-from common import machine, print_table
-
 import torch
+from common import machine, print_table
 
 MB = 1e6
 
@@ -170,7 +169,7 @@ def model_sizes(path: str) -> tuple[int, int, str]:
     sizes = {}
     for file in Path(path).glob("*.safetensors"):
         with safe_open(str(file), "pt") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                 sizes[name] = math.prod(f.get_slice(name).get_shape())
     largest = max(sizes, key=sizes.get)
     return sum(sizes.values()), sizes[largest], largest
@@ -182,18 +181,33 @@ def build_deep(folder: Path) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=1024, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=16,
-                         num_key_value_heads=4, vocab_size=512, tie_word_embeddings=True)  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=1024,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        vocab_size=512,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     return str(folder)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="smollm2", help="smollm2, tiny-llama, deep (a random 12-layer Llama with a "
-                    "512-token vocabulary, ~430 MB fp32: no parameter near the model's size) or a Hugging Face folder")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                    help="the models' dtype on the ranks (model.dtype; bfloat16: a GPU learner's default)")
+    ap.add_argument(
+        "--model",
+        default="smollm2",
+        help="smollm2, tiny-llama, deep (a random 12-layer Llama with a "
+        "512-token vocabulary, ~430 MB fp32: no parameter near the model's size) or a Hugging Face folder",
+    )
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="the models' dtype on the ranks (model.dtype; bfloat16: a GPU learner's default)",
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -227,11 +241,31 @@ def main() -> None:
             for how, runs in (("zero.Init", init), ("none", plain)):
                 rows.append(load_row(f"from_pretrained of the {model_name}", how, r, *runs[r]["loads"][i]))
         for how, runs in (("zero.Init", init), ("none", plain)):
-            rows.append(load_row("LearnerRank start (both loads, DeepSpeed's engines)", how, r, runs[r]["load"],
-                                 runs[r]["load_rss"], runs[r]["load_kept"]))  # fmt: skip
-    print_table(f"ZeRO-3, 2 ranks on CPU, {args.model} in {args.dtype}: a rank's memory at load, above the start",
-                ["load", "zero.Init", "rank", "peak allocated MB", "/ model", "/ largest param",
-                 "peak with mapped checkpoint pages MB", "allocated after MB", "after / model"], rows)  # fmt: skip
+            rows.append(
+                load_row(
+                    "LearnerRank start (both loads, DeepSpeed's engines)",
+                    how,
+                    r,
+                    runs[r]["load"],
+                    runs[r]["load_rss"],
+                    runs[r]["load_kept"],
+                )
+            )
+    print_table(
+        f"ZeRO-3, 2 ranks on CPU, {args.model} in {args.dtype}: a rank's memory at load, above the start",
+        [
+            "load",
+            "zero.Init",
+            "rank",
+            "peak allocated MB",
+            "/ model",
+            "/ largest param",
+            "peak with mapped checkpoint pages MB",
+            "allocated after MB",
+            "after / model",
+        ],
+        rows,
+    )
 
     def row(what: str, rank: int, nbytes: int, output: int = 0) -> list:
         extra = nbytes - output
@@ -242,9 +276,11 @@ def main() -> None:
         rows.append(row("export for a push: host_weights()", r, init[r]["export"], init[r]["export_output"]))
         rows.append(row("collective push: _send's gather loop", r, init[r]["send"]))
         rows.append(row("save_hf", r, init[r]["save"], init[r].get("save_output", 0)))
-    print_table(f"ZeRO-3, 2 ranks on CPU, {args.model} in {args.dtype}: peak memory of a push's export and a save",
-                ["phase", "rank", "peak MB", "output MB", "extra MB", "extra / model", "extra / largest param"],
-                rows)  # fmt: skip
+    print_table(
+        f"ZeRO-3, 2 ranks on CPU, {args.model} in {args.dtype}: peak memory of a push's export and a save",
+        ["phase", "rank", "peak MB", "output MB", "extra MB", "extra / model", "extra / largest param"],
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -62,10 +62,22 @@ def make_samples(tokenizer, n: int, low: int, high: int, seed: int = 0) -> list:
     samples = []
     for i in range(n):
         text = tokenizer.decode([rng.choice(ids) for _ in range(high)], skip_special_tokens=True)
-        kept = tokenizer(text, add_special_tokens=False)["input_ids"][: rng.randint(low, high)]  # decoding re-tokenizes longer
+        kept = tokenizer(text, add_special_tokens=False)["input_ids"][
+            : rng.randint(low, high)
+        ]  # decoding re-tokenizes longer
         response = tokenizer.decode(kept, skip_special_tokens=True)
-        samples.append(Sample(prompt_id=str(i), prompt_ids=[], response_ids=[], logprobs=[], finish_reason="stop",
-                              policy_version=0, prompt_text=f"Question {i}: say something.", response_text=response))  # fmt: skip
+        samples.append(
+            Sample(
+                prompt_id=str(i),
+                prompt_ids=[],
+                response_ids=[],
+                logprobs=[],
+                finish_reason="stop",
+                policy_version=0,
+                prompt_text=f"Question {i}: say something.",
+                response_text=response,
+            )
+        )
     return samples
 
 
@@ -105,7 +117,9 @@ def main() -> None:
         scores = [0.0] * len(texts)
         with torch.inference_mode():
             for batch in batches:
-                enc = tokenizer([texts[i] for i in batch], add_special_tokens=special, padding=True, return_tensors="pt").to(device)
+                enc = tokenizer(
+                    [texts[i] for i in batch], add_special_tokens=special, padding=True, return_tensors="pt"
+                ).to(device)
                 logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
                 for i, v in zip(batch, logits[:, 0].float().tolist()):
                     scores[i] = v
@@ -129,22 +143,33 @@ def main() -> None:
         for mode, batch_tokens in [("padded", 0), ("by tokens", args.batch_tokens)]:
             batches = token_batches(lengths, args.batch_size, batch_tokens)
             padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-            route = RewardRoute(kind="reward_model", model_path=folder, batch_size=args.batch_size, batch_tokens=batch_tokens)
+            route = RewardRoute(
+                kind="reward_model", model_path=folder, batch_size=args.batch_size, batch_tokens=batch_tokens
+            )
             worker = RewardWorker.options(num_cpus=args.cpus, num_gpus=int(gpu)).remote({"default": route})
             ray.get(worker.stats.remote())  # started, model loaded
-            (t_base, ref), (t_worker, scored) = interleaved([lambda: baseline(batches),  # noqa: B023
-                                                             lambda: ray.get(worker.score.remote(samples))])  # noqa: B023
+            (t_base, ref), (t_worker, scored) = interleaved(
+                [
+                    lambda: baseline(batches),  # noqa: B023
+                    lambda: ray.get(worker.score.remote(samples)),
+                ]
+            )  # noqa: B023
             ray.kill(worker)
             diff = max(abs(s.reward - r) for s, r in zip(scored, ref, strict=True))
             label = f"{mode} ({len(batches)} batches, {sum(lengths) / padded:.0%} real tokens)"
             rows.append([label, args.samples / t_base, args.samples / t_worker, t_base / t_worker, f"{diff:.1e}"])
     finally:
         ray.shutdown()
-    print(f"machine: {machine()}; {args.samples} samples of {min(lengths)}-{max(lengths)} tokens with the chat template "
-          f"({sum(lengths) / len(lengths):.0f} mean), batch_size {args.batch_size}, {args.cpus} CPU(s), "
-          f"{'cuda bf16' if gpu else 'cpu fp32'}; load average {os.getloadavg()[0]:.2f}")  # fmt: skip
-    print_table(f"reward-model scoring, {args.model}", ["batches", "plain forward samples/s", "reward worker samples/s",
-                                                         "worker / plain", "max |score diff|"], rows)  # fmt: skip
+    print(
+        f"machine: {machine()}; {args.samples} samples of {min(lengths)}-{max(lengths)} tokens with the chat template "
+        f"({sum(lengths) / len(lengths):.0f} mean), batch_size {args.batch_size}, {args.cpus} CPU(s), "
+        f"{'cuda bf16' if gpu else 'cpu fp32'}; load average {os.getloadavg()[0]:.2f}"
+    )
+    print_table(
+        f"reward-model scoring, {args.model}",
+        ["batches", "plain forward samples/s", "reward worker samples/s", "worker / plain", "max |score diff|"],
+        rows,
+    )
     by_tokens = rows[1][2] / rows[0][2]
     print(f"reward worker, by tokens vs padded: {by_tokens:.2f}x")
 

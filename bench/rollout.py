@@ -46,8 +46,10 @@ def _threads(engine) -> tuple[int, str]:
     import torch
 
     n = torch.get_num_threads()
-    return n, (f"torch threads {n}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
-               f"VLLM_CPU_OMP_THREADS_BIND={os.environ.get('VLLM_CPU_OMP_THREADS_BIND')}")  # fmt: skip
+    return n, (
+        f"torch threads {n}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+        f"VLLM_CPU_OMP_THREADS_BIND={os.environ.get('VLLM_CPU_OMP_THREADS_BIND')}"
+    )
 
 
 def main() -> None:
@@ -60,8 +62,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed generate calls per variant (after one warm-up)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kv-gib", type=float, default=0.5, help="KV cache per engine (rollout.cpu_kv_cache_gib)")
-    ap.add_argument("--all-cores", action="store_true",
-                    help="also time the bare engine with all the machine's cores as torch threads")
+    ap.add_argument(
+        "--all-cores",
+        action="store_true",
+        help="also time the bare engine with all the machine's cores as torch threads",
+    )
     ap.add_argument("--verbose", action="store_true", help="show the Ray workers' logs")
     args = ap.parse_args()
 
@@ -77,8 +82,11 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     path = resolve_model(args.model)
     prompts = make_task(args.task, args.prompts, 0, seed=args.seed)[0][: args.prompts]
-    print(f"{machine()}\nmodel {args.model}: {len(prompts)} prompts x {args.n} samples, up to {args.max_tokens} "
-          f"new tokens, temperature {r.temperature}", flush=True)  # fmt: skip
+    print(
+        f"{machine()}\nmodel {args.model}: {len(prompts)} prompts x {args.n} samples, up to {args.max_tokens} "
+        f"new tokens, temperature {r.temperature}",
+        flush=True,
+    )
     results = {}
 
     # -- syncrl first: RolloutGroup of Ray RolloutWorker actors (the environment left as syncrl finds it)
@@ -86,8 +94,13 @@ def main() -> None:
 
     from actors.rollout import RolloutGroup
 
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=args.verbose,
-             _temp_dir=tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp"))  # fmt: skip
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        log_to_driver=args.verbose,
+        _temp_dir=tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp"),
+    )
     try:
         t0 = time.perf_counter()
         group = RolloutGroup(path, r)
@@ -121,11 +134,21 @@ def main() -> None:
     set_threads = torch._C.set_num_threads  # vLLM's CPU worker turns torch.set_num_threads into a no-op
     gpu = on_gpu()
     dtype = r.dtype if r.dtype != "auto" else ("bfloat16" if gpu else "float32")
-    memory = (dict(gpu_memory_utilization=r.gpu_memory_utilization) if gpu
-              else dict(kv_cache_memory_bytes=int(r.cpu_kv_cache_gib * 2**30)))  # fmt: skip
+    memory = (
+        dict(gpu_memory_utilization=r.gpu_memory_utilization)
+        if gpu
+        else dict(kv_cache_memory_bytes=int(r.cpu_kv_cache_gib * 2**30))
+    )
     t0 = time.perf_counter()
-    llm = LLM(model=path, dtype=dtype, max_model_len=r.max_model_len, enforce_eager=eager(r, gpu), seed=r.seed,
-              logprobs_mode="processed_logprobs", **memory)  # fmt: skip
+    llm = LLM(
+        model=path,
+        dtype=dtype,
+        max_model_len=r.max_model_len,
+        enforce_eager=eager(r, gpu),
+        seed=r.seed,
+        logprobs_mode="processed_logprobs",
+        **memory,
+    )
     start_bare = time.perf_counter() - t0
     tokenizer = llm.get_tokenizer()
     bare_ids: list[list[int]] = []
@@ -133,11 +156,22 @@ def main() -> None:
     def bare(logprobs: int | None, threads: int):
         def run() -> int:
             set_threads(threads)
-            ids = [tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-                   for p in prompts]  # fmt: skip
-            params = [SamplingParams(n=args.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                                     max_tokens=r.max_new_tokens, seed=args.seed + i, logprobs=logprobs)
-                      for i in range(len(prompts))]  # fmt: skip
+            ids = [
+                tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+                for p in prompts
+            ]
+            params = [
+                SamplingParams(
+                    n=args.n,
+                    temperature=r.temperature,
+                    top_p=r.top_p,
+                    top_k=r.top_k,
+                    max_tokens=r.max_new_tokens,
+                    seed=args.seed + i,
+                    logprobs=logprobs,
+                )
+                for i in range(len(prompts))
+            ]
             outs = llm.generate([TokensPrompt(prompt_token_ids=list(i)) for i in ids], params, use_tqdm=False)
             bare_ids[:] = [list(c.token_ids) for o in outs for c in o.outputs]
             return sum(len(c.token_ids) for o in outs for c in o.outputs)
@@ -149,27 +183,42 @@ def main() -> None:
     results["bare_nolp"] = timed_tokens(bare(None, actor_threads), args.repeat)
     if args.all_cores and cores != actor_threads:
         results["bare_cores"] = timed_tokens(bare(0, cores), args.repeat)
-    del llm, tokenizer
+    llm = tokenizer = None  # free the bare engine before syncrl's
     gc.collect()
 
     base_t, _, base_tok = results["bare"]
     base = base_tok / base_t
     t = lambda n: f"{n} thread{'s' if n > 1 else ''}"  # noqa: E731
-    labels = {"syncrl": f"syncrl RolloutGroup.generate (1 Ray worker, {t(actor_threads)})",
-              "bare": f"bare vLLM LLM.generate (logprobs=0, {t(actor_threads)})",
-              "bare_nolp": f"bare vLLM LLM.generate (no logprobs, {t(actor_threads)})",
-              "bare_cores": f"bare vLLM LLM.generate (logprobs=0, {t(cores)})"}  # fmt: skip
+    labels = {
+        "syncrl": f"syncrl RolloutGroup.generate (1 Ray worker, {t(actor_threads)})",
+        "bare": f"bare vLLM LLM.generate (logprobs=0, {t(actor_threads)})",
+        "bare_nolp": f"bare vLLM LLM.generate (no logprobs, {t(actor_threads)})",
+        "bare_cores": f"bare vLLM LLM.generate (logprobs=0, {t(cores)})",
+    }
     rows = []
     for key in ("bare", "syncrl", "bare_nolp", "bare_cores"):
         if key in results:
             secs, times, tok = results[key]
             rows.append([labels[key], tok, secs, tok / secs, (tok / secs) / base, " ".join(f"{x:.2f}" for x in times)])
-    print_table(f"Rollout, {args.model} ({len(prompts)} prompts x {args.n}, max {args.max_tokens} tokens)",
-                ["path", "tokens/call", "s/call (median)", "tokens/s", "ratio vs bare (same threads, logprobs=0)",
-                 "all s/call"], rows)  # fmt: skip
-    print(f"syncrl / bare = {rows[1][4]:.3f} (goal >= 0.97); engine start: syncrl RolloutGroup {start_syncrl:.1f} s, "
-          f"bare {start_bare:.1f} s; identical samples (token ids) syncrl vs bare: {same}\n"
-          f"syncrl's engine actor: {actor_env}", flush=True)  # fmt: skip
+    print_table(
+        f"Rollout, {args.model} ({len(prompts)} prompts x {args.n}, max {args.max_tokens} tokens)",
+        [
+            "path",
+            "tokens/call",
+            "s/call (median)",
+            "tokens/s",
+            "ratio vs bare (same threads, logprobs=0)",
+            "all s/call",
+        ],
+        rows,
+    )
+    print(
+        f"syncrl / bare = {rows[1][4]:.3f} (goal >= 0.97); engine start: syncrl RolloutGroup {start_syncrl:.1f} s, "
+        f"bare {start_bare:.1f} s; identical samples (token ids) syncrl vs bare: {same}\n"
+        f"syncrl's engine actor: {actor_env}",
+        flush=True,
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -37,9 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine, print_table
-
 import grpo_vs_trl
+from common import machine, print_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +56,9 @@ def syncrl_rows(startup: dict, t0: float) -> tuple[list[list], float, float]:
             rows.append([worker, "new worker process", w["submitted"] - t0, w["process"] - w["submitted"]])
             rows.append([worker, "Python, Ray and the actor's imports", w["process"] - t0, w["start"] - w["process"]])
         else:
-            rows.append([worker, "the actor's imports (a prestarted process)", w["submitted"] - t0, w["start"] - w["submitted"]])
+            rows.append(
+                [worker, "the actor's imports (a prestarted process)", w["submitted"] - t0, w["start"] - w["submitted"]]
+            )
         rows += [[worker, name, began - t0, seconds] for name, began, seconds in w["phases"]]
     first = startup["first_step"]
     at = first["start"]
@@ -77,8 +78,11 @@ def run_syncrl(args: argparse.Namespace) -> tuple[list[list], float, float]:
         config.write_text(dump_config(cfg))
         print(f"syncrl train: 1-min load average before it {os.getloadavg()[0]:.2f}", flush=True)
         launched = time.time()
-        subprocess.run([sys.executable, "-m", "launch", "train", str(config), "--output", str(run_dir)], check=True,
-                       env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})  # the current folder's checkout
+        subprocess.run(
+            [sys.executable, "-m", "launch", "train", str(config), "--output", str(run_dir)],
+            check=True,
+            env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"},
+        )  # the current folder's checkout
         if not (run_dir / "startup.json").is_file():  # a checkout from before startup.json: the total only
             end = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["time"] - launched
             return [], float("nan"), end
@@ -101,24 +105,46 @@ def trl_child(args: argparse.Namespace) -> None:
     args.steps, args.trl_gradient_checkpointing = 1, False
     with tempfile.TemporaryDirectory(prefix="bench-startup-trl-") as out:
         result = grpo_vs_trl.run_trl(args, resolve_model(args.model), out)
-    marks = {"start": started, "imports": imported, "began": result["began"], "first": result["first"],
-             "first_gen": result["first_gen"]}  # fmt: skip
+    marks = {
+        "start": started,
+        "imports": imported,
+        "began": result["began"],
+        "first": result["first"],
+        "first_gen": result["first_gen"],
+    }
     print(json.dumps(marks), flush=True)
 
 
 def run_trl(args: argparse.Namespace) -> tuple[list[list], float, float]:
     print(f"TRL: 1-min load average before it {os.getloadavg()[0]:.2f}", flush=True)
-    argv = ["--model", args.model, "--task", args.task, "--prompts", str(args.prompts), "--samples", str(args.samples),
-            "--max-new-tokens", str(args.max_new_tokens), "--micro", str(args.micro), "--lr", str(args.lr),
-            *(["--one-shot"] if args.one_shot else [])]  # fmt: skip
-    out = subprocess.run([sys.executable, __file__, "--trl-child", *argv], cwd=ROOT, check=True,
-                         stdout=subprocess.PIPE, text=True).stdout  # fmt: skip
+    argv = [
+        "--model",
+        args.model,
+        "--task",
+        args.task,
+        "--prompts",
+        str(args.prompts),
+        "--samples",
+        str(args.samples),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--micro",
+        str(args.micro),
+        "--lr",
+        str(args.lr),
+        *(["--one-shot"] if args.one_shot else []),
+    ]
+    out = subprocess.run(
+        [sys.executable, __file__, "--trl-child", *argv], cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True
+    ).stdout
     m = json.loads(out.strip().splitlines()[-1])
     t0 = m["start"]
-    rows = [["TRL", "command (Python, imports)", 0.0, m["imports"] - t0],
-            ["TRL", "model, dataset and GRPOTrainer", m["imports"] - t0, m["began"] - m["imports"]],
-            ["TRL", "step 1: generate + score", m["began"] - t0, m["first_gen"]],
-            ["TRL", "step 1: loss, backward, optimizer", m["began"] - t0 + m["first_gen"], m["first"] - m["first_gen"]]]  # fmt: skip
+    rows = [
+        ["TRL", "command (Python, imports)", 0.0, m["imports"] - t0],
+        ["TRL", "model, dataset and GRPOTrainer", m["imports"] - t0, m["began"] - m["imports"]],
+        ["TRL", "step 1: generate + score", m["began"] - t0, m["first_gen"]],
+        ["TRL", "step 1: loss, backward, optimizer", m["began"] - t0 + m["first_gen"], m["first"] - m["first_gen"]],
+    ]
     return rows, m["began"] - t0, m["began"] - t0 + m["first"]
 
 
@@ -132,8 +158,11 @@ def main() -> None:
         trl_child(args)
         return
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    print(f"{machine()}\nmodel {args.model}: {args.prompts} prompts x {args.samples} samples, "
-          f"<= {args.max_new_tokens} new tokens, micro-batch {args.micro}", flush=True)  # fmt: skip
+    print(
+        f"{machine()}\nmodel {args.model}: {args.prompts} prompts x {args.samples} samples, "
+        f"<= {args.max_new_tokens} new tokens, micro-batch {args.micro}",
+        flush=True,
+    )
     results = {}
     for system in systems:
         if system == "syncrl":
@@ -143,12 +172,18 @@ def main() -> None:
         else:
             raise SystemExit(f"--systems: unknown system {system!r} (syncrl, trl)")
     for system, (rows, _, _) in results.items():
-        print_table(f"{system}: start-up phases, {args.model} (seconds from the command's start)",
-                    ["who", "phase", "began at (s)", "seconds"], rows)  # fmt: skip
+        print_table(
+            f"{system}: start-up phases, {args.model} (seconds from the command's start)",
+            ["who", "phase", "began at (s)", "seconds"],
+            rows,
+        )
     base = results["trl"][2] if "trl" in results else float("nan")
     summary = [[system, start, end - start, end, end / base] for system, (_, start, end) in results.items()]
-    print_table(f"Start-up + step 1, {args.model}", ["system", "to step 1 (s)", "step 1 (s)",
-                "start-up + step 1 (s)", "ratio to TRL"], summary)  # fmt: skip
+    print_table(
+        f"Start-up + step 1, {args.model}",
+        ["system", "to step 1 (s)", "step 1 (s)", "start-up + step 1 (s)", "ratio to TRL"],
+        summary,
+    )
     print(f"1-min load average now: {os.getloadavg()[0]:.2f} (2 cores; others' jobs count too)")
 
 

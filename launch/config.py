@@ -31,7 +31,6 @@ from rollout.records import interval_text, parse_interval
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
-
 # A sync interval: a positive int, or math.inf (written "inf" in YAML and on the command line).
 SyncInterval = Annotated[
     float | int,
@@ -175,15 +174,28 @@ def engine_settings(cfg: SyncRLConfig) -> EngineSettings:
         rollout["dtype"] = cfg.model.dtype
     sequences = -(-cfg.data.prompts_per_step // r.num_workers) * r.samples_per_prompt
     longest = min(r.max_model_len, cfg.data.max_prompt_tokens + r.max_new_tokens)
-    return EngineSettings.model_validate({**rollout, "trust_remote_code": cfg.model.trust_remote_code,
-                                          "kv_cache_tokens": max(r.max_model_len, sequences * longest)})  # fmt: skip
+    return EngineSettings.model_validate(
+        {
+            **rollout,
+            "trust_remote_code": cfg.model.trust_remote_code,
+            "kv_cache_tokens": max(r.max_model_len, sequences * longest),
+        }
+    )
 
 
 # The route fields only some kinds read (the others: every kind).
-ROUTE_FIELD_KINDS = {"model_path": ("reward_model",), "batch_size": ("reward_model",), "batch_tokens": ("reward_model",),
-                     "dtype": ("reward_model",), "label_index": ("reward_model",), "function": ("python",),
-                     "weights": ("python",), "on_error": ("python",), "require_boxed": ("math_verify",),
-                     "timeout_s": ("math_verify", "python")}  # fmt: skip
+ROUTE_FIELD_KINDS = {
+    "model_path": ("reward_model",),
+    "batch_size": ("reward_model",),
+    "batch_tokens": ("reward_model",),
+    "dtype": ("reward_model",),
+    "label_index": ("reward_model",),
+    "function": ("python",),
+    "weights": ("python",),
+    "on_error": ("python",),
+    "require_boxed": ("math_verify",),
+    "timeout_s": ("math_verify", "python"),
+}
 
 
 class RewardRoute(Section):
@@ -218,8 +230,11 @@ class RewardRoute(Section):
             raise ValueError("kind 'reward_model' needs model_path")
         if self.kind == "python" and not self.function:
             raise ValueError("kind 'python' needs function: 'pkg.module:name' or 'path/to/file.py:name' (or a list)")
-        foreign = sorted(f for f, kinds in ROUTE_FIELD_KINDS.items()
-                         if self.kind not in kinds and getattr(self, f) != type(self).model_fields[f].default)
+        foreign = sorted(
+            f
+            for f, kinds in ROUTE_FIELD_KINDS.items()
+            if self.kind not in kinds and getattr(self, f) != type(self).model_fields[f].default
+        )
         if foreign:  # a field the route's kind never reads, set: a mistake (a saved config.yaml holds the defaults)
             kinds = "; ".join(f"{f}: {' or '.join(ROUTE_FIELD_KINDS[f])}" for f in foreign)
             raise ValueError(f"kind {self.kind!r} reads no {', '.join(foreign)} (which kinds do: {kinds})")
@@ -318,7 +333,6 @@ class LoggingConfig(Section):
     dashboard: bool = True
     weight_checksums: bool = False  # log the learner's and each engine's weight checksum every step (slow)
     wandb: WandbConfig | None = None  # also log to Weights & Biases (None: not at all, wandb not imported)
-
 
     @field_validator("output_dir")
     @classmethod
@@ -425,11 +439,15 @@ class SyncRLConfig(Section):
             raise ValueError(f"stages {rm} train a reward model and the others a policy: a run trains one model")
         online = [s.name for s in stages if not math.isinf(s.sync.interval)]
         if online:
-            raise ValueError(f"algorithm reward_model: sync.interval must be inf (the engines keep the base policy that "
-                             f"generates; a reward model is never pushed to them); finite in stages {online}")  # fmt: skip
+            raise ValueError(
+                f"algorithm reward_model: sync.interval must be inf (the engines keep the base policy that "
+                f"generates; a reward model is never pushed to them); finite in stages {online}"
+            )
         if self.eval.enabled:
-            raise ValueError("eval: a reward_model run has no policy to evaluate; its pair accuracy (and "
-                             "heldout_accuracy, with algorithm.heldout_share) is logged every step")  # fmt: skip
+            raise ValueError(
+                "eval: a reward_model run has no policy to evaluate; its pair accuracy (and "
+                "heldout_accuracy, with algorithm.heldout_share) is logged every step"
+            )
         return self
 
     def resolved_stages(self) -> list[StageConfig]:

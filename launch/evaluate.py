@@ -15,10 +15,10 @@ from typing import Any
 
 import ray
 
-from actors.reward import RewardGroup
-from actors.rollout import RolloutGroup
 from actors.faults import Supervisor
 from actors.placement import check_cluster
+from actors.reward import RewardGroup
+from actors.rollout import RolloutGroup
 from actors.value import ValueGroup
 from launch.config import ConfigError, engine_settings
 from rollout.beam_search import beam_search
@@ -34,8 +34,15 @@ class Evaluator:
     states: a ValueGroup's or the learner's) the value model's diagnostics on those answers;
     ``beam(B, score)`` the value-guided beam search's answers instead."""
 
-    def __init__(self, rollouts: RolloutGroup, rewards: RewardGroup, prompts: list[Prompt], cfg: Any,
-                 rollout_max_new_tokens: int, ks=(1,)):  # fmt: skip
+    def __init__(
+        self,
+        rollouts: RolloutGroup,
+        rewards: RewardGroup,
+        prompts: list[Prompt],
+        cfg: Any,
+        rollout_max_new_tokens: int,
+        ks=(1,),
+    ):
         self.rollouts, self.rewards, self.prompts, self.cfg = rollouts, rewards, prompts, cfg
         self.ks = tuple(k for k in ks if k <= cfg.samples_per_prompt) or (1,)
         self.max_new_tokens = cfg.max_new_tokens or rollout_max_new_tokens
@@ -51,20 +58,36 @@ class Evaluator:
         e, worker = self.cfg, self.rollouts.workers[0]
         started = time.perf_counter()
         prompt_ids = ray.get([worker.prompt_ids.remote(p) for p in self.prompts])
-        expand = lambda requests, n, seed: self.rollouts.expand_steps(requests, n, seed, e.step_delimiter,  # noqa: E731
-                                                                      e.beam_temperature)  # fmt: skip
-        found = beam_search(prompt_ids, expand, score, beam, e.beam_candidates, e.beam_max_steps, self.max_new_tokens, EVAL_SEED)
+
+        def expand(requests, n, seed):
+            return self.rollouts.expand_steps(requests, n, seed, e.step_delimiter, e.beam_temperature)
+
+        found = beam_search(
+            prompt_ids, expand, score, beam, e.beam_candidates, e.beam_max_steps, self.max_new_tokens, EVAL_SEED
+        )
         texts = ray.get(worker.decode.remote([r.response_ids for r in found]))
         version = ray.get(worker.call.remote(lambda engine: engine.policy_version))
-        samples = [Sample(prompt_id=p.id, prompt_ids=ids, response_ids=r.response_ids, logprobs=[], finish_reason=r.finish_reason,
-                          policy_version=version, response_text=text, answer=p.answer, source=p.source)
-                   for p, ids, r, text in zip(self.prompts, prompt_ids, found, texts)]  # fmt: skip
+        samples = [
+            Sample(
+                prompt_id=p.id,
+                prompt_ids=ids,
+                response_ids=r.response_ids,
+                logprobs=[],
+                finish_reason=r.finish_reason,
+                policy_version=version,
+                response_text=text,
+                answer=p.answer,
+                source=p.source,
+            )
+            for p, ids, r, text in zip(self.prompts, prompt_ids, found, texts)
+        ]
         tokens = sum(r.tokens_generated for r in found)  # every sampled token, kept or not
         result = self._result(samples, (1,), started, tokens)
         return {**result, "beam": beam, "finished_answers_mean": sum(r.finished_answers for r in found) / len(found)}
 
-    def _result(self, samples: list[Sample], ks, started: float, tokens: int | None = None,
-                score=None) -> dict[str, float]:  # fmt: skip
+    def _result(
+        self, samples: list[Sample], ks, started: float, tokens: int | None = None, score=None
+    ) -> dict[str, float]:
         """Graded summary; ``tokens``: the tokens generated (default: those of the samples); with
         ``score``, the value model's diagnostics on the graded answers (``value_diagnostics``)."""
         samples = self.rewards.score(samples)
@@ -95,8 +118,14 @@ def value_result(samples: list[Sample], score) -> dict[str, float]:
     return value_diagnostics([v_s0[tuple(s.prompt_ids)] for s in samples], values[len(prompts) :], samples)
 
 
-def evaluate_models(model_dirs: list[str], cfg: Any, task: str | None, ks=(1,), beams: tuple[int, ...] = (),
-                    value_dirs: list[str] | None = None) -> list[dict[str, float]]:  # fmt: skip
+def evaluate_models(
+    model_dirs: list[str],
+    cfg: Any,
+    task: str | None,
+    ks=(1,),
+    beams: tuple[int, ...] = (),
+    value_dirs: list[str] | None = None,
+) -> list[dict[str, float]]:
     """Evaluate each folder (on the Ray cluster found or a local one); engines start once per run
     of interchangeable folders and stop at the end. With ``value_dirs`` (one value folder per
     model), each folder's answers also get its value model's diagnostics (AUCs, MSE); with
@@ -169,13 +198,21 @@ def value_folders(model_dirs: list[str], value: str | None) -> list[str]:
     folders = [value or str(Path(d, "value")) for d in model_dirs]
     for model, folder in zip(model_dirs, folders):
         if not Path(folder, "config.json").is_file():
-            raise ConfigError(f"--beam/--value: no value model for {model}: {folder} is not a model folder "
-                              "(give --value DIR)")
+            raise ConfigError(
+                f"--beam/--value: no value model for {model}: {folder} is not a model folder (give --value DIR)"
+            )
     return folders
 
 
-def main(model_dirs: list[str], cfg: Any, task: str | None, ks: tuple[int, ...], output: str | None,
-         beams: tuple[int, ...] = (), value: str | None = None) -> int:  # fmt: skip
+def main(
+    model_dirs: list[str],
+    cfg: Any,
+    task: str | None,
+    ks: tuple[int, ...],
+    output: str | None,
+    beams: tuple[int, ...] = (),
+    value: str | None = None,
+) -> int:
     from launch.cluster import ray_session
     from launch.models import resolve_model
 

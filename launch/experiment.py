@@ -39,7 +39,11 @@ def merge(base: dict, update: dict) -> dict:
     """``update`` over ``base``: mappings merge key by key, anything else replaces."""
     out = copy.deepcopy(base)
     for key, value in update.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
+        out[key] = (
+            merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else copy.deepcopy(value)
+        )
     return out
 
 
@@ -62,7 +66,9 @@ def for_experiment(spec: dict, experiment: str) -> dict:
     return {**spec, **{key: own[key] for key in ("recipe", "transfer") if key in own}}
 
 
-def arm_configs(spec: dict, experiment: str, seeds: list[int], overrides: dict | None = None) -> dict[tuple[str, int], SyncRLConfig]:
+def arm_configs(
+    spec: dict, experiment: str, seeds: list[int], overrides: dict | None = None
+) -> dict[tuple[str, int], SyncRLConfig]:
     """Every (arm, seed) configuration in run order (seed by seed), validated before anything runs."""
     if experiment not in spec["experiments"]:
         raise ConfigError(f"unknown experiment {experiment!r}; known: {', '.join(spec['experiments'])}")
@@ -71,8 +77,9 @@ def arm_configs(spec: dict, experiment: str, seeds: list[int], overrides: dict |
     for seed in seeds:
         for arm, settings in spec["experiments"][experiment]["arms"].items():
             tree = merge(merge(base, settings or {}), overrides or {})
-            tree = merge(tree, {"name": f"{arm}-seed{seed}", "seed": seed,
-                                "rollout": {"seed": seed}, "learner": {"seed": seed}})  # fmt: skip
+            tree = merge(
+                tree, {"name": f"{arm}-seed{seed}", "seed": seed, "rollout": {"seed": seed}, "learner": {"seed": seed}}
+            )
             configs[arm, seed] = config_from_dict(tree, f"experiment {experiment}, arm {arm}")
     return configs
 
@@ -81,8 +88,11 @@ def arm_run_dir(out: Path, arm: str, cfg: SyncRLConfig) -> Path:
     """``OUT/runs/ARM-FINGERPRINT/seedN``: the fingerprint hashes the settings that differ from
     the defaults, without the name and seeds, so equal arms of different experiments share their
     runs (and a new option with a default does not orphan the runs made before it)."""
-    tree = cfg.model_dump(mode="json", exclude_defaults=True,
-                          exclude={"name": True, "seed": True, "rollout": {"seed"}, "learner": {"seed"}})  # fmt: skip
+    tree = cfg.model_dump(
+        mode="json",
+        exclude_defaults=True,
+        exclude={"name": True, "seed": True, "rollout": {"seed"}, "learner": {"seed"}},
+    )
     fingerprint = hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
     return out / "runs" / f"{arm}-{fingerprint}" / f"seed{cfg.seed}"
 
@@ -103,7 +113,9 @@ def run_arms(configs: dict[tuple[str, int], SyncRLConfig], out: Path) -> None:
         print(f"[experiment] {arm} seed {seed} -> {path}", flush=True)
         run(cfg, output=str(path))
         steps = read_jsonl(path / "metrics.jsonl")
-        (path / FINISHED).write_text(json.dumps({"arm": arm, "seed": seed, "steps": len(steps), "time": steps[-1]["time"]}) + "\n")
+        (path / FINISHED).write_text(
+            json.dumps({"arm": arm, "seed": seed, "steps": len(steps), "time": steps[-1]["time"]}) + "\n"
+        )
 
 
 def transfer_config(spec: dict, overrides: dict | None = None) -> SyncRLConfig | None:
@@ -125,9 +137,9 @@ def transfer_file(cfg: SyncRLConfig) -> str:
 
 def run_transfer(cfg: SyncRLConfig, runs: list[Path], out: Path) -> None:
     """Evaluate the base model and each run's final model on the transfer task, those not done."""
+    from launch.cluster import ray_session
     from launch.evaluate import evaluate_models
     from launch.models import resolve_model
-    from launch.cluster import ray_session
 
     targets = [(out / "runs" / "base", resolve_model(cfg.model.path))] + [(r, str(r / "final")) for r in runs]
     todo = [(d, model) for d, model in targets if not (d / transfer_file(cfg)).is_file()]
@@ -135,8 +147,10 @@ def run_transfer(cfg: SyncRLConfig, runs: list[Path], out: Path) -> None:
         return
     for d, model in todo:
         if not Path(model, "config.json").is_file():
-            raise ConfigError(f"transfer: run {d} has no {transfer_file(cfg)} and no final model to evaluate "
-                              f"(records kept without models): delete {d} to run it again")  # fmt: skip
+            raise ConfigError(
+                f"transfer: run {d} has no {transfer_file(cfg)} and no final model to evaluate "
+                f"(records kept without models): delete {d} to run it again"
+            )
     print(f"[experiment] transfer: {cfg.eval.task} on {len(todo)} models", flush=True)
     with ray_session(cfg):
         results = evaluate_models([model for _, model in todo], cfg, cfg.eval.task)
@@ -179,15 +193,39 @@ def mean_pm_se(values: list[float], fmt: str = "{:.3f}") -> str:
     return fmt.format(mean) if math.isnan(se) else f"{fmt.format(mean)} +- {fmt.format(se)}"
 
 
-def summarize(spec: dict, experiment: str, configs: dict[tuple[str, int], SyncRLConfig], out: Path, command: str,
-              transfer: SyncRLConfig | None = None) -> str:  # fmt: skip
+def summarize(
+    spec: dict,
+    experiment: str,
+    configs: dict[tuple[str, int], SyncRLConfig],
+    out: Path,
+    command: str,
+    transfer: SyncRLConfig | None = None,
+) -> str:
     """The experiment's Markdown table ``OUT/EXPERIMENT.md`` (and a plot next to it), from the runs."""
     exp = spec["experiments"][experiment]
     out.mkdir(parents=True, exist_ok=True)
-    header = ["arm", "seeds", "accuracy before", "accuracy after", "change", "steps trained", "train len first -> last",
-              "eval len after", "generated tokens", "trained tokens"]  # fmt: skip
-    lines = [f"## {exp['title']}", "", f"Claim tested: {exp['claim']}.", "", f"Command: `{command}`", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+    header = [
+        "arm",
+        "seeds",
+        "accuracy before",
+        "accuracy after",
+        "change",
+        "steps trained",
+        "train len first -> last",
+        "eval len after",
+        "generated tokens",
+        "trained tokens",
+    ]
+    lines = [
+        f"## {exp['title']}",
+        "",
+        f"Claim tested: {exp['claim']}.",
+        "",
+        f"Command: `{command}`",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     curves = {}
     for arm in exp["arms"]:
         runs = [arm_run_dir(out, a, cfg) for (a, _), cfg in configs.items() if a == arm]
@@ -196,10 +234,23 @@ def summarize(spec: dict, experiment: str, configs: dict[tuple[str, int], SyncRL
             lines.append(f"| {arm} | 0 | not run |" + " |" * (len(header) - 3))
             continue
         sums = [run_summary(r) for r in runs]
-        col = lambda k, fmt="{:.3f}": mean_pm_se([s[k] for s in sums], fmt)  # noqa: E731
-        lines.append(f"| {arm} | {len(runs)} | {col('accuracy_start')} | {col('accuracy_end')} | {col('gain')} | {col('steps_trained', '{:.1f}')} | "
-                     f"{col('train_len_first', '{:.1f}')} -> {col('train_len_last', '{:.1f}')} | {col('eval_len_end', '{:.1f}')} | "
-                     f"{mean_se([s['tokens_generated'] for s in sums])[0]:.0f} | {mean_se([s['tokens_trained'] for s in sums])[0]:.0f} |")  # fmt: skip
+
+        def col(key: str, fmt: str = "{:.3f}") -> str:
+            return mean_pm_se([s[key] for s in sums], fmt)
+
+        cells = [
+            arm,
+            len(runs),
+            col("accuracy_start"),
+            col("accuracy_end"),
+            col("gain"),
+            col("steps_trained", "{:.1f}"),
+            f"{col('train_len_first', '{:.1f}')} -> {col('train_len_last', '{:.1f}')}",
+            col("eval_len_end", "{:.1f}"),
+            f"{mean_se([s['tokens_generated'] for s in sums])[0]:.0f}",
+            f"{mean_se([s['tokens_trained'] for s in sums])[0]:.0f}",
+        ]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
         curves[arm] = ([read_jsonl(r / "metrics.jsonl") for r in runs], sums)
     if transfer is not None:
         lines += _transfer_table(transfer, exp["arms"], configs, out)
@@ -211,12 +262,19 @@ def summarize(spec: dict, experiment: str, configs: dict[tuple[str, int], SyncRL
     return text
 
 
-def _transfer_table(cfg: SyncRLConfig, arms: dict, configs: dict[tuple[str, int], SyncRLConfig], out: Path) -> list[str]:
+def _transfer_table(
+    cfg: SyncRLConfig, arms: dict, configs: dict[tuple[str, int], SyncRLConfig], out: Path
+) -> list[str]:
     e = cfg.eval
     shot = "one-shot" if cfg.data.one_shot else "zero-shot"
-    lines = ["", f"Transfer: greedy accuracy on {e.num_questions} held-out `{e.task}` questions ({shot}, up to "
-             f"{e.max_new_tokens or cfg.rollout.max_new_tokens} new tokens), mean +- standard error over seeds.", "",
-             "| model | seeds | accuracy | boxed | response length |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "",
+        f"Transfer: greedy accuracy on {e.num_questions} held-out `{e.task}` questions ({shot}, up to "
+        f"{e.max_new_tokens or cfg.rollout.max_new_tokens} new tokens), mean +- standard error over seeds.",
+        "",
+        "| model | seeds | accuracy | boxed | response length |",
+        "|---|---|---|---|---|",
+    ]
     rows = [("base model", [out / "runs" / "base"])]
     rows += [(arm, [arm_run_dir(out, a, c) for (a, _), c in configs.items() if a == arm]) for arm in arms]
     for name, dirs in rows:
@@ -224,8 +282,12 @@ def _transfer_table(cfg: SyncRLConfig, arms: dict, configs: dict[tuple[str, int]
         if not found:
             lines.append(f"| {name} | 0 | not run | | |")
             continue
-        col = lambda k, fmt="{:.3f}": mean_pm_se([r[k] for r in found], fmt)  # noqa: E731
-        lines.append(f"| {name} | {len(found)} | {col('accuracy')} | {col('boxed_rate', '{:.2f}')} | {col('response_len_mean', '{:.1f}')} |")
+
+        def col(key: str, fmt: str = "{:.3f}") -> str:
+            return mean_pm_se([r[key] for r in found], fmt)
+
+        cells = [name, len(found), col("accuracy"), col("boxed_rate", "{:.2f}"), col("response_len_mean", "{:.1f}")]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return lines
 
 
@@ -269,8 +331,9 @@ def overrides_tree(assignments: list[str]) -> dict[str, Any]:
     return tree
 
 
-def main(spec_path: str, experiment: str, seeds: list[int] | None, out: str, overrides: list[str],
-         summary_only: bool) -> int:  # fmt: skip
+def main(
+    spec_path: str, experiment: str, seeds: list[int] | None, out: str, overrides: list[str], summary_only: bool
+) -> int:
     spec = for_experiment(load_experiments(spec_path), experiment)
     tree = overrides_tree(overrides)
     configs = arm_configs(spec, experiment, seeds or spec["seeds"], tree)  # every arm validated before any run
@@ -282,7 +345,9 @@ def main(spec_path: str, experiment: str, seeds: list[int] | None, out: str, ove
             round_ = {key: cfg for key, cfg in configs.items() if key[1] == seed}
             run_arms(round_, Path(out))
             if transfer is not None:
-                run_transfer(transfer, [arm_run_dir(Path(out), arm, cfg) for (arm, _), cfg in round_.items()], Path(out))
+                run_transfer(
+                    transfer, [arm_run_dir(Path(out), arm, cfg) for (arm, _), cfg in round_.items()], Path(out)
+                )
     command = f"syncrl experiment {spec_path} {experiment}" + "".join(f" --set {o}" for o in overrides)
     print(summarize(spec, experiment, configs, Path(out), command, transfer))
     return 0

@@ -38,8 +38,18 @@ def per_source(samples: list[Sample]) -> dict[str, float]:
     }
 
 
-def step_record(state, stage: str, sync_interval: float, samples: list[Sample], batch: TrainBatch,
-                loss: dict[str, float], gen: float, score: float, train: float, sync: float) -> dict[str, Any]:  # fmt: skip
+def step_record(
+    state,
+    stage: str,
+    sync_interval: float,
+    samples: list[Sample],
+    batch: TrainBatch,
+    loss: dict[str, float],
+    gen: float,
+    score: float,
+    train: float,
+    sync: float,
+) -> dict[str, Any]:
     """One line of metrics.jsonl. Staleness of a sample = learner version it trains - version that
     generated it. ``state`` is read after the step (learner_version counts this step if it trained)."""
     trained_at = state.learner_version - (1 if loss else 0)
@@ -58,8 +68,12 @@ def step_record(state, stage: str, sync_interval: float, samples: list[Sample], 
         "reward_mean": _mean([s.reward for s in samples]),
         "response_len_mean": _mean([s.response_len for s in samples]),
         "truncated_frac": _mean([s.finish_reason == "length" for s in samples]),
-        "grader_timeouts": sum(bool((s.reward_info or {}).get("timed_out")) for s in samples),  # scored 0 after the grader's limit
-        "reward_errors": sum(bool((s.reward_info or {}).get("error")) for s in samples),  # scored 0 by an error (on_error: zero)
+        "grader_timeouts": sum(
+            bool((s.reward_info or {}).get("timed_out")) for s in samples
+        ),  # scored 0 after the grader's limit
+        "reward_errors": sum(
+            bool((s.reward_info or {}).get("error")) for s in samples
+        ),  # scored 0 by an error (on_error: zero)
         "entropy_mean": loss.get("entropy", float("nan")),
         "loss": loss.get("loss", float("nan")),
         "kl": loss.get("kl"),
@@ -99,8 +113,16 @@ class MetricsLog:
     ``launch.config.WandbConfig``): the same scalars logged to a Weights & Biases run, each row with
     its ``step``, and ``config`` (the run's SyncRLConfig) as the wandb run's config."""
 
-    def __init__(self, run_dir: str, progress_bar: bool, total_steps: int, resume_step: int = 0,
-                 tensorboard: bool = False, wandb=None, config=None):  # fmt: skip
+    def __init__(
+        self,
+        run_dir: str,
+        progress_bar: bool,
+        total_steps: int,
+        resume_step: int = 0,
+        tensorboard: bool = False,
+        wandb=None,
+        config=None,
+    ):
         self.path = Path(run_dir, "metrics.jsonl")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._truncate(resume_step)
@@ -120,7 +142,11 @@ class MetricsLog:
         run writes them again, and would duplicate them; from step 0 every record goes."""
         for path in (self.path, self.path.with_name("eval.jsonl")):
             if path.exists():
-                kept = [line for line in path.read_text().splitlines() if line and step > 0 and json.loads(line)["step"] <= step]
+                kept = [
+                    line
+                    for line in path.read_text().splitlines()
+                    if line and step > 0 and json.loads(line)["step"] <= step
+                ]
                 path.write_text("".join(line + "\n" for line in kept))
 
     def _open_writer(self, step: int) -> None:
@@ -146,9 +172,17 @@ class MetricsLog:
         folder = Path(settings.dir or run_dir)
         folder.mkdir(parents=True, exist_ok=True)
         name = settings.name or wandb_run_name(run_dir, getattr(config, "name", None))
-        run = wandb.init(project=settings.project, entity=settings.entity, name=name, tags=settings.tags, mode=settings.mode,
-                         dir=str(folder), id=run_id, resume="allow",
-                         config=config.model_dump(mode="json") if config is not None else None)  # fmt: skip
+        run = wandb.init(
+            project=settings.project,
+            entity=settings.entity,
+            name=name,
+            tags=settings.tags,
+            mode=settings.mode,
+            dir=str(folder),
+            id=run_id,
+            resume="allow",
+            config=config.model_dump(mode="json") if config is not None else None,
+        )
         run.define_metric("step")
         for prefix in ("train", "eval", "eval_beam"):
             run.define_metric(f"{prefix}/*", step_metric="step")
@@ -157,7 +191,9 @@ class MetricsLog:
     def _scalars(self, prefix: str, record: dict[str, Any], step: int) -> None:
         """Each numeric field but ``step`` and ``time`` (the event's own step and wall time), as
         ``<prefix>/<scalar_tag(field)>``, to TensorBoard and wandb."""
-        values = {f"{prefix}/{tag}": v for tag, v in metric_values(record, scalar_tag).items() if tag not in ("step", "time")}
+        values = {
+            f"{prefix}/{tag}": v for tag, v in metric_values(record, scalar_tag).items() if tag not in ("step", "time")
+        }
         if self.writer is not None:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, global_step=step, walltime=record.get("time"))
@@ -185,10 +221,12 @@ class MetricsLog:
         self.file.flush()
         self._scalars("train", record, record["step"])
         controller.report.remote(record)
-        line = (f"step {record['step']} [{record['stage']}] s={record['sync_interval']} v={record['policy_version']} "
-                f"reward={record['reward_mean']:.3f} loss={record['loss']:.4f} len={record['response_len_mean']:.1f} "
-                f"stale<={record['staleness_max']} gen={record['time_gen_s']:.1f}s train={record['time_train_s']:.1f}s "
-                f"sync={record['time_sync_s']:.1f}s")  # fmt: skip
+        line = (
+            f"step {record['step']} [{record['stage']}] s={record['sync_interval']} v={record['policy_version']} "
+            f"reward={record['reward_mean']:.3f} loss={record['loss']:.4f} len={record['response_len_mean']:.1f} "
+            f"stale<={record['staleness_max']} gen={record['time_gen_s']:.1f}s train={record['time_train_s']:.1f}s "
+            f"sync={record['time_sync_s']:.1f}s"
+        )
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix_str(line.split("] ", 1)[1])
@@ -203,10 +241,13 @@ class MetricsLog:
         self._scalars(eval_prefix(result).rstrip("_"), record, step)
         controller.report_eval.remote(record)
         search = f" beam {result['beam']}" if "beam" in result else ""
-        print(f"eval{search} at step {step} (policy v{result['policy_version']}): accuracy {result['accuracy']:.3f} "
-              f"+- {result['accuracy_stderr']:.3f} over {result['questions']} questions, "
-              f"boxed {result['boxed_rate']:.2f}, len {result['response_len_mean']:.1f}"
-              + "".join(f", {k} {result[k]:.3f}" for k in VALUE_COLUMNS if k in result), flush=True)  # fmt: skip
+        print(
+            f"eval{search} at step {step} (policy v{result['policy_version']}): accuracy {result['accuracy']:.3f} "
+            f"+- {result['accuracy_stderr']:.3f} over {result['questions']} questions, "
+            f"boxed {result['boxed_rate']:.2f}, len {result['response_len_mean']:.1f}"
+            + "".join(f", {k} {result[k]:.3f}" for k in VALUE_COLUMNS if k in result),
+            flush=True,
+        )
 
     def event(self, text: str) -> None:
         print(f"[controller] {text}", flush=True)
@@ -264,9 +305,17 @@ def install_grafana_dashboard(session_dir: str | None = None) -> Path | None:
     provisioning = Path(session_dir, "metrics", "grafana", "provisioning", "dashboards", "default.yml")
     if not provisioning.is_file():  # written after Ray clears the folder at dashboard start: wait for it
         return None
-    folders = [p["options"]["path"] for p in (yaml.safe_load(provisioning.read_text()) or {}).get("providers", [])
-               if (p.get("options") or {}).get("path")]  # fmt: skip
-    folder = Path(folders[0] if folders else os.environ.get("RAY_METRICS_GRAFANA_DASHBOARD_OUTPUT_DIR",
-                                                              Path(session_dir, "metrics", "grafana", "dashboards")))  # fmt: skip
+    folders = [
+        p["options"]["path"]
+        for p in (yaml.safe_load(provisioning.read_text()) or {}).get("providers", [])
+        if (p.get("options") or {}).get("path")
+    ]
+    folder = Path(
+        folders[0]
+        if folders
+        else os.environ.get(
+            "RAY_METRICS_GRAFANA_DASHBOARD_OUTPUT_DIR", Path(session_dir, "metrics", "grafana", "dashboards")
+        )
+    )
     folder.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copyfile(GRAFANA_DASHBOARD, folder / "syncrl_grafana_dashboard.json"))

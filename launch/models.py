@@ -32,11 +32,11 @@ def cache_dir() -> Path:
 
 
 def _corpus() -> list[str]:
-    words = (
-        "What is the sum of and plus minus times product difference answer Put your final in boxed "
-        "The result a number calculate how many apples does have left total each Answer: think step "
-        "user assistant system You are helpful solve problem question"
-    ).split()
+    words = """
+        What is the sum of and plus minus times product difference answer Put your final in boxed
+        The result a number calculate how many apples does have left total each Answer: think step
+        user assistant system You are helpful solve problem question
+    """.split()
     lines = [" ".join(words[i:] + words[:i]) for i in range(len(words))]
     lines += [f"{a} + {b} = {a + b}. \\boxed{{{a * b}}} {a} - {b} = {a - b}" for a in range(30) for b in range(30)]
     return lines
@@ -143,7 +143,9 @@ def check_model_path(path: str, field: str = "model.path") -> Path | None:
     if not folder.exists():
         raise ConfigError(f"{field}: {path!r} does not exist; give a Hugging Face model folder or one of {names}")
     if not (folder / "config.json").is_file():
-        raise ConfigError(f"{field}: {path!r} is not a Hugging Face model folder (no config.json in it) nor one of {names}")
+        raise ConfigError(
+            f"{field}: {path!r} is not a Hugging Face model folder (no config.json in it) nor one of {names}"
+        )
     return folder
 
 

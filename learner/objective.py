@@ -54,7 +54,9 @@ def collate(batch: TrainBatch, pad_token_id: int) -> CollatedBatch:
             starts[i, p : p + r] = 1
         else:
             if any(not 0 <= a < r for a in s.action_starts) or (r and 0 not in s.action_starts):
-                raise ValueError(f"row {i}: action starts {s.action_starts} must include 0 and lie in its {r} response tokens")
+                raise ValueError(
+                    f"row {i}: action starts {s.action_starts} must include 0 and lie in its {r} response tokens"
+                )
             starts[i, [p + a for a in s.action_starts]] = 1
         if s.behaviour_logps is not None:
             if len(s.behaviour_logps) != r:
@@ -107,7 +109,9 @@ def units(batch: TrainBatch) -> list[list[int]]:
     unit_of: dict[int, int] = {}
     found: list[list[int]] = []
     for group in dict.fromkeys(batch.pair_group):
-        rows = sorted({r for k, g in enumerate(batch.pair_group) if g == group for r in (batch.chosen[k], batch.rejected[k])})
+        rows = sorted(
+            {r for k, g in enumerate(batch.pair_group) if g == group for r in (batch.chosen[k], batch.rejected[k])}
+        )
         if any(r in unit_of for r in rows):
             raise ValueError(f"pair group {group} shares rows with another group")
         unit_of.update({r: len(found) for r in rows})
@@ -143,7 +147,9 @@ def split_batch(batch: TrainBatch, parts: int) -> list[TrainBatch]:
     return [subset(batch, sorted(rows)) for rows in buckets]
 
 
-def micro_batches(batch: TrainBatch, max_rows: int, max_tokens: int = 0, share_prompts: bool = False) -> list[TrainBatch]:
+def micro_batches(
+    batch: TrainBatch, max_rows: int, max_tokens: int = 0, share_prompts: bool = False
+) -> list[TrainBatch]:
     """Consecutive micro-batches of at most ``max_rows`` rows and, if ``max_tokens`` is set, at
     most that many tokens, padding not counted (with ``share_prompts``, a prompt shared by rows
     counts once, as packed). A pair group stays whole: over either limit, it is a micro-batch alone."""
@@ -227,9 +233,16 @@ def compute_loss(
         ref_lp = ref_logps if grpo_ref_logps is None else grpo_ref_logps
         behaviour = torch.where(batch.has_behaviour[:, None], batch.behaviour_logps.to(lp.dtype), lp.detach())
         grpo, stats = losses.grpo_loss(
-            lp, behaviour, batch.advantages, mask,
-            spec.clip_low, spec.clip_high, ref_lp, spec.kl_coef, totals.tokens,
-        )  # fmt: skip
+            lp,
+            behaviour,
+            batch.advantages,
+            mask,
+            spec.clip_low,
+            spec.clip_high,
+            ref_lp,
+            spec.kl_coef,
+            totals.tokens,
+        )
         loss = loss + spec.grpo_weight * grpo
         metrics["grpo_loss"] = grpo.item()
         metrics.update({k: v.item() for k, v in stats.items()})
@@ -242,8 +255,9 @@ def compute_loss(
     if spec.bellman_weight:
         if values is None:
             raise ValueError("the OREO policy loss needs the value model's values")
-        bellman = losses.oreo_policy_loss(values, logps, ref_logps, batch.rewards, mask, batch.action_starts,
-                                          spec.beta, totals.rows)  # fmt: skip
+        bellman = losses.oreo_policy_loss(
+            values, logps, ref_logps, batch.rewards, mask, batch.action_starts, spec.beta, totals.rows
+        )
         loss = loss + spec.bellman_weight * bellman
         metrics["policy_bellman_loss"] = bellman.item()
 
@@ -269,8 +283,13 @@ def compute_loss(
 
 def own_totals(batch: CollatedBatch) -> Totals:
     """The denominators of a batch that is the whole step."""
-    return Totals(float(batch.loss_mask.sum()), len(set(batch.pair_group.tolist())), batch.chosen.numel(),
-                  len(set(batch.chosen.tolist())), batch.input_ids.shape[0])  # fmt: skip
+    return Totals(
+        float(batch.loss_mask.sum()),
+        len(set(batch.pair_group.tolist())),
+        batch.chosen.numel(),
+        len(set(batch.chosen.tolist())),
+        batch.input_ids.shape[0],
+    )
 
 
 def compute_value_loss(
@@ -287,8 +306,9 @@ def compute_value_loss(
     the whole step's batch (sums of micro-batches and ranks add up)."""
     mask = batch.loss_mask.to(values.dtype)
     totals = totals or own_totals(batch)
-    loss = spec.value_weight * losses.oreo_value_loss(values, logps, ref_logps, batch.rewards, mask,
-                                                      batch.action_starts, spec.beta, totals.rows)  # fmt: skip
+    loss = spec.value_weight * losses.oreo_value_loss(
+        values, logps, ref_logps, batch.rewards, mask, batch.action_starts, spec.beta, totals.rows
+    )
     has_response = mask.sum(-1) > 0
     v0 = values.detach().gather(1, mask.argmax(-1, keepdim=True)).squeeze(1) * has_response
     rows = max(totals.rows, 1)
@@ -341,11 +361,16 @@ def compute_reward_model_loss(
     trained, heldout = ~batch.heldout, batch.heldout
     loss = spec.bradley_terry_weight * (per_pair * trained).sum() / max(totals.pairs, 1)
     d = diff.detach()
-    metrics = {"loss": loss.item(), "rm_loss": loss.item(),
-               "rm_accuracy": ((d > 0) & trained).sum().item() / max(totals.pairs, 1),
-               "rm_margin": (d * trained).sum().item() / max(totals.pairs, 1)}  # fmt: skip
+    metrics = {
+        "loss": loss.item(),
+        "rm_loss": loss.item(),
+        "rm_accuracy": ((d > 0) & trained).sum().item() / max(totals.pairs, 1),
+        "rm_margin": (d * trained).sum().item() / max(totals.pairs, 1),
+    }
     if totals.heldout_pairs:
-        metrics.update(heldout_accuracy=((d > 0) & heldout).sum().item() / totals.heldout_pairs,
-                       heldout_margin=(d * heldout).sum().item() / totals.heldout_pairs,
-                       heldout_loss=(per_pair.detach() * heldout).sum().item() / totals.heldout_pairs)  # fmt: skip
+        metrics.update(
+            heldout_accuracy=((d > 0) & heldout).sum().item() / totals.heldout_pairs,
+            heldout_margin=(d * heldout).sum().item() / totals.heldout_pairs,
+            heldout_loss=(per_pair.detach() * heldout).sum().item() / totals.heldout_pairs,
+        )
     return loss, metrics

@@ -37,7 +37,9 @@ class Packed:
     spans: tuple[tuple[int, int], ...] = ()  # (start, end) of each block in the packed row
 
 
-def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor, share_prompts: bool = False) -> Packed:
+def pack(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor, share_prompts: bool = False
+) -> Packed:
     """Pack a right-padded batch; rows' prompts end where their ``loss_mask`` starts."""
     lengths = attention_mask.sum(1).tolist()
     scored = loss_mask.bool().tolist()
@@ -80,9 +82,17 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch
     as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=input_ids.device)  # noqa: E731
     pred_t = as_long(pred)
     ids_t = as_long(ids)
-    return Packed(input_ids=ids_t[None], position_ids=as_long(pos)[None], block=as_long(block), branch=as_long(branch),
-                  pred=pred_t, target=input_ids[as_long(rows), as_long(cols)], rows=as_long(rows), cols=as_long(cols),
-                  spans=tuple(spans))  # fmt: skip
+    return Packed(
+        input_ids=ids_t[None],
+        position_ids=as_long(pos)[None],
+        block=as_long(block),
+        branch=as_long(branch),
+        pred=pred_t,
+        target=input_ids[as_long(rows), as_long(cols)],
+        rows=as_long(rows),
+        cols=as_long(cols),
+        spans=tuple(spans),
+    )
 
 
 def packed_mask(packed: Packed, dtype: torch.dtype) -> torch.Tensor:
@@ -92,7 +102,9 @@ def packed_mask(packed: Packed, dtype: torch.dtype) -> torch.Tensor:
     n = len(blk)
     causal = torch.ones(n, n, dtype=torch.bool, device=blk.device).tril()
     allowed = (blk[:, None] == blk[None, :]) & causal & ((br[None, :] == -1) | (br[None, :] == br[:, None]))
-    return torch.zeros(allowed.shape, dtype=dtype, device=blk.device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=blk.device).masked_fill(~allowed, torch.finfo(dtype).min)[
+        None, None
+    ]
 
 
 def unpack(values: torch.Tensor, packed: Packed, shape: torch.Size) -> torch.Tensor:
@@ -105,8 +117,15 @@ def unpack(values: torch.Tensor, packed: Packed, shape: torch.Size) -> torch.Ten
 BLOCK_SDPA = "syncrl_block_sdpa"
 
 
-def block_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                         attention_mask: torch.Tensor | None, packed_spans=None, **kwargs):  # fmt: skip
+def block_sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    packed_spans=None,
+    **kwargs,
+):
     """Transformers' sdpa attention, run on each block of a packed row (``packed_spans``: the
     (start, end) of each block; without them, on the whole input): softmax(q_b k_b^T / sqrt(d) +
     mask_bb) v_b for each block b. Exact: the mask is -inf across blocks, so the row's attention
@@ -115,9 +134,17 @@ def block_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torc
 
     if not packed_spans or len(packed_spans) == 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    parts = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
-                                    None if attention_mask is None else attention_mask[..., a:b, a:b], **kwargs)[0]
-             for a, b in packed_spans]  # fmt: skip
+    parts = [
+        sdpa_attention_forward(
+            module,
+            query[:, :, a:b],
+            key[:, :, a:b],
+            value[:, :, a:b],
+            None if attention_mask is None else attention_mask[..., a:b, a:b],
+            **kwargs,
+        )[0]
+        for a, b in packed_spans
+    ]
     return torch.cat(parts, dim=1), None  # [batch, tokens, heads, head_dim], as sdpa returns
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from learner.losses import kl_full_vocab
 from learner.logprobs import logprobs_and_entropy
+from learner.losses import kl_full_vocab
 from learner.objective import (
     CollatedBatch,
     Totals,
@@ -55,15 +55,27 @@ def ds_config(cfg: Any, dtype: torch.dtype, lr: float | None = None) -> dict:
             "type": "AdamW",
             # torch's fused AdamW: one pass over each tensor. On CPU torch's default is a loop of
             # ~10 passes per tensor (0.58 s a SmolLM2 step here, against 0.08 s fused: bench/memory.py).
-            "params": {"lr": lr, "betas": list(cfg.betas), "weight_decay": cfg.weight_decay, "torch_adam": True,
-                       "fused": True},
+            "params": {
+                "lr": lr,
+                "betas": list(cfg.betas),
+                "weight_decay": cfg.weight_decay,
+                "torch_adam": True,
+                "fused": True,
+            },
         },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
-    }  # fmt: skip
+    }
     if cfg.warmup_steps:
-        config["scheduler"] = {"type": "WarmupLR", "params": {
-            "warmup_min_lr": 0.0, "warmup_max_lr": lr, "warmup_num_steps": cfg.warmup_steps, "warmup_type": "linear"}}
+        config["scheduler"] = {
+            "type": "WarmupLR",
+            "params": {
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": lr,
+                "warmup_num_steps": cfg.warmup_steps,
+                "warmup_type": "linear",
+            },
+        }
     return config
 
 
@@ -96,16 +108,22 @@ def attn_implementation(setting: str, gpu: bool, dtype: torch.dtype = torch.bflo
     if setting == "auto":
         return "flash_attention_2" if gpu and half and _has_flash_attn() else None
     if setting == "flash_attention_2" and not gpu:
-        raise ValueError("model.attn_implementation=flash_attention_2 needs a CUDA GPU, and this learner rank has none: "
-                         "set model.attn_implementation to auto, sdpa or eager")  # fmt: skip
+        raise ValueError(
+            "model.attn_implementation=flash_attention_2 needs a CUDA GPU, and this learner rank has none: "
+            "set model.attn_implementation to auto, sdpa or eager"
+        )
     if setting == "flash_attention_2" and not half:
-        raise ValueError(f"model.attn_implementation=flash_attention_2 runs bf16 or fp16 only, and model.dtype gives "
-                         f"{str(dtype).removeprefix('torch.')}: set model.dtype to bfloat16 (or auto) or the attention to "
-                         "auto, sdpa or eager")  # fmt: skip
+        raise ValueError(
+            f"model.attn_implementation=flash_attention_2 runs bf16 or fp16 only, and model.dtype gives "
+            f"{str(dtype).removeprefix('torch.')}: set model.dtype to bfloat16 (or auto) or the attention to "
+            "auto, sdpa or eager"
+        )
     if setting == "flash_attention_2" and not _has_flash_attn():
-        raise ValueError("model.attn_implementation=flash_attention_2, but the flash_attn package does not import on "
-                         "this node: install it (pip install flash-attn) or set model.attn_implementation to auto, "
-                         "sdpa or eager")  # fmt: skip
+        raise ValueError(
+            "model.attn_implementation=flash_attention_2, but the flash_attn package does not import on "
+            "this node: install it (pip install flash-attn) or set model.attn_implementation to auto, "
+            "sdpa or eager"
+        )
     return setting
 
 
@@ -113,8 +131,10 @@ def load_kwargs(model: Any, gpu: bool) -> dict:
     """The ``from_pretrained`` keyword arguments of the model settings (``ModelConfig``,
     duck-typed; None: every setting "auto", no remote code) for the policy, the reference and
     the value model."""
-    load = dict(dtype=model_dtype(getattr(model, "dtype", "auto"), gpu),
-                trust_remote_code=bool(getattr(model, "trust_remote_code", False)))  # fmt: skip
+    load = dict(
+        dtype=model_dtype(getattr(model, "dtype", "auto"), gpu),
+        trust_remote_code=bool(getattr(model, "trust_remote_code", False)),
+    )
     attn = attn_implementation(getattr(model, "attn_implementation", "auto"), gpu, load["dtype"])
     if attn is not None:
         load["attn_implementation"] = attn
@@ -226,8 +246,13 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     if not gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
-    os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK="0" if not gpu else str(rank % torch.cuda.device_count()))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK="0" if not gpu else str(rank % torch.cuda.device_count()),
+    )
     os.environ.pop("LOCAL_SIZE", None)  # with it, each CPU rank leaks a /dev/shm file
     if not gpu:
         skip_shm_comm_op()
@@ -245,9 +270,19 @@ class LearnerRank:
     (the model folder loaded as a one-label sequence classifier: a scalar head, read at each row's
     last token, in place of the LM head) on a ``LossSpec`` with a Bradley-Terry term."""
 
-    def __init__(self, model_path: str, cfg: Any, rank: int, world_size: int, master_addr: str, master_port: int,
-                 needs_reference: bool = False, needs_value: bool = False,
-                 model: Any = None, reward_model: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        model_path: str,
+        cfg: Any,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        needs_reference: bool = False,
+        needs_value: bool = False,
+        model: Any = None,
+        reward_model: bool = False,
+    ):
         self.phases = phases = Phases()
         with imports_without_gc():
             import deepspeed
@@ -276,13 +311,16 @@ class LearnerRank:
         self.packing = cfg.packing and not reward_model  # a reward model's rows run padded: one score per row
         self.block_attention = self.packing and use_block_attention(policy)  # packed rows: attention block by block
         # packed rows share their prompt (flash attention's packing cannot: each row has its own)
-        self.shares_prompts = self.packing and cfg.share_prompts and policy.config._attn_implementation != "flash_attention_2"
+        self.shares_prompts = (
+            self.packing and cfg.share_prompts and policy.config._attn_implementation != "flash_attention_2"
+        )
         if cfg.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
         self.pad_token_id = policy.config.pad_token_id if policy.config.pad_token_id is not None else 0
         phases.mark("policy load")
-        self.engine, *_ = deepspeed.initialize(model=policy, model_parameters=policy.parameters(),
-                                               config=ds_config(cfg, dtype))  # fmt: skip
+        self.engine, *_ = deepspeed.initialize(
+            model=policy, model_parameters=policy.parameters(), config=ds_config(cfg, dtype)
+        )
         if world_size == 1 and cfg.zero_stage == 0:
             # One replica: ZeRO-0's gradient all-reduce would flatten every gradient into one
             # buffer, all-reduce it with itself and copy it back (0.5-1.1 s a SmolLM2 step here).
@@ -300,8 +338,9 @@ class LearnerRank:
                 use_block_attention(value.backbone)
             if cfg.gradient_checkpointing:
                 value.gradient_checkpointing_enable()
-            self.value_engine, *_ = deepspeed.initialize(model=value, model_parameters=value.parameters(),
-                                                         config=ds_config(cfg, dtype, cfg.value_lr))  # fmt: skip
+            self.value_engine, *_ = deepspeed.initialize(
+                model=value, model_parameters=value.parameters(), config=ds_config(cfg, dtype, cfg.value_lr)
+            )
             phases.mark("value model")
         if not self.gpu:
             trained = [policy] + ([self.value_engine.module] if needs_value else [])
@@ -357,9 +396,14 @@ class LearnerRank:
             return torch.cat([values.new_zeros(values.shape[0], 1), values], dim=1)
         return unpack(values, packed, cb.input_ids.shape)
 
-    def _logps(self, module: torch.nn.Module, cb: CollatedBatch, packed: Packed | None = None,
-               keep_logits: bool = False, temperatures: tuple[float, ...] = (1.0,),
-               ) -> tuple[dict[float, tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:  # fmt: skip
+    def _logps(
+        self,
+        module: torch.nn.Module,
+        cb: CollatedBatch,
+        packed: Packed | None = None,
+        keep_logits: bool = False,
+        temperatures: tuple[float, ...] = (1.0,),
+    ) -> tuple[dict[float, tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
         """Per-token log-probs and entropies [N, T] of a padded batch (0 off the response tokens)
         at each of ``temperatures`` (the logits divided by it), from one forward, computed padded
         or packed (learner.packing); with ``keep_logits`` also the logits that predict each token
@@ -419,7 +463,9 @@ class LearnerRank:
         summed["tokens"] = float(sum(len(s.prompt_ids) + len(s.response_ids) for s in batch.sequences))
         return summed
 
-    def _losses(self, cb: CollatedBatch, spec: LossSpec, totals: Totals) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    def _losses(
+        self, cb: CollatedBatch, spec: LossSpec, totals: Totals
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
         """One micro-batch's forwards (policy; reference, value model and full logits as the spec
         needs) and losses: the policy's, the value model's (None without one) and the metrics."""
         if spec.scalar_head:  # a reward model: each row's score, as a plain sequence-classifier forward reads it
@@ -437,17 +483,27 @@ class LearnerRank:
         ref_logps = grpo_ref_logps = kl_tokens = values = value_loss = None
         if self.reference is not None:
             with torch.no_grad():
-                ref, ref_logits = self._logps(self.reference, cb, packed, keep_logits=spec.needs_full_logits,
-                                              temperatures=temps)  # fmt: skip
+                ref, ref_logits = self._logps(
+                    self.reference, cb, packed, keep_logits=spec.needs_full_logits, temperatures=temps
+                )
                 ref_logps = ref[main][0].float()
                 grpo_ref_logps = ref[t_grpo][0].float() if spec.grpo_weight else None
             if logits is not None:  # KL regularization (OREO): temperature 1
                 kl_tokens = self._place(kl_full_vocab(logits, ref_logits), cb, packed)
         if spec.needs_value:
             values = self._values(cb, packed).float()
-        loss, metrics = compute_loss(spec, cb, logps.float(), entropy.float(), ref_logps, totals, values=values,
-                                     kl_tokens=kl_tokens, grpo_logps=grpo_logps,
-                                     grpo_ref_logps=grpo_ref_logps)  # fmt: skip
+        loss, metrics = compute_loss(
+            spec,
+            cb,
+            logps.float(),
+            entropy.float(),
+            ref_logps,
+            totals,
+            values=values,
+            kl_tokens=kl_tokens,
+            grpo_logps=grpo_logps,
+            grpo_ref_logps=grpo_ref_logps,
+        )
         if spec.needs_value:
             value_loss, value_metrics = compute_value_loss(spec, cb, values, logps.float(), ref_logps, totals)
             metrics.update(value_metrics)
@@ -574,8 +630,10 @@ class LearnerRank:
                 for name, param in self.engine.module.named_parameters():
                     mine, theirs = own_partition(params[name], name), own_partition(param, name)
                     if mine.shape != theirs.shape:
-                        raise RuntimeError(f"{name}: the reference's partition {tuple(mine.shape)} is not the "
-                                           f"policy's {tuple(theirs.shape)}")  # fmt: skip
+                        raise RuntimeError(
+                            f"{name}: the reference's partition {tuple(mine.shape)} is not the "
+                            f"policy's {tuple(theirs.shape)}"
+                        )
                     mine.copy_(theirs)
                 return
             for name, tensor in self.named_full_weights():
@@ -624,15 +682,19 @@ class LearnerRank:
             if (folder / "reference.pt").is_file():
                 self.reference.load_state_dict(torch.load(folder / "reference.pt", map_location=self.device))
             elif any(folder.glob("reference-zero3-*")):
-                raise FileNotFoundError(f"{folder}: its reference was saved partitioned by ZeRO-3 ranks: resume it "
-                                        "with the same learner.zero_stage=3 and number of ranks")  # fmt: skip
+                raise FileNotFoundError(
+                    f"{folder}: its reference was saved partitioned by ZeRO-3 ranks: resume it "
+                    "with the same learner.zero_stage=3 and number of ranks"
+                )
             return
         shard = folder / reference_shard(self.rank, self.world_size)
         if not shard.is_file():
             found = sorted(p.name for p in folder.glob("reference*"))
             if found:
-                raise FileNotFoundError(f"{folder}: no {shard.name} (found {', '.join(found)}): a ZeRO-3 reference "
-                                        f"resumes on the same number of ZeRO-3 ranks it was saved from")  # fmt: skip
+                raise FileNotFoundError(
+                    f"{folder}: no {shard.name} (found {', '.join(found)}): a ZeRO-3 reference "
+                    f"resumes on the same number of ZeRO-3 ranks it was saved from"
+                )
             return
         saved = torch.load(shard, map_location=self.device)
         with torch.no_grad():
@@ -696,7 +758,9 @@ def load_reward_model(model_path: str, load: dict) -> torch.nn.Module:
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, **load)
     if model.config.pad_token_id is None:
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=load.get("trust_remote_code", False))
-        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        model.config.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
     return model
 
 

@@ -41,7 +41,9 @@ class ValueModel(torch.nn.Module):
         if head.is_file():
             from safetensors.torch import load_file
 
-            model.value_head.load_state_dict({k: v.to(model.value_head.weight.dtype) for k, v in load_file(head).items()})
+            model.value_head.load_state_dict(
+                {k: v.to(model.value_head.weight.dtype) for k, v in load_file(head).items()}
+            )
         return model
 
     def gradient_checkpointing_enable(self) -> None:
@@ -50,8 +52,9 @@ class ValueModel(torch.nn.Module):
     def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs) -> torch.Tensor:
         """The value at every position: [B, L], V of the state that ends at that token
         (``kwargs``: the backbone's, e.g. ``packed_spans`` with block attention)."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               use_cache=False, **kwargs).last_hidden_state  # fmt: skip
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **kwargs
+        ).last_hidden_state
         return self.value_head(hidden).squeeze(-1)
 
 
@@ -114,8 +117,10 @@ class ValueScorer:
         if not gpu:  # a 1-CPU Ray actor runs 1 thread; score with the cores this process may use
             torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
         self.device = torch.device("cuda" if gpu else "cpu")
-        load = dict(dtype=model_dtype(getattr(model, "dtype", "auto"), gpu),
-                    trust_remote_code=bool(getattr(model, "trust_remote_code", False)))  # fmt: skip
+        load = dict(
+            dtype=model_dtype(getattr(model, "dtype", "auto"), gpu),
+            trust_remote_code=bool(getattr(model, "trust_remote_code", False)),
+        )
         self.model = ValueModel.from_pretrained(folder, **load).to(self.device).eval()
         self.block_attention = use_block_attention(self.model.backbone)  # a chunk's prompts attend block by block
         self.max_tokens = max_tokens
@@ -129,8 +134,12 @@ class ValueScorer:
         for chunk in token_chunks(states, self.max_tokens):
             packed, last = pack_states([states[i] for i in chunk])
             spans = dict(packed_spans=packed.spans) if self.block_attention else {}
-            values = self.model(packed.input_ids.to(self.device), position_ids=packed.position_ids.to(self.device),
-                                attention_mask=packed_mask(packed, self.dtype).to(self.device), **spans)[0]  # fmt: skip
+            values = self.model(
+                packed.input_ids.to(self.device),
+                position_ids=packed.position_ids.to(self.device),
+                attention_mask=packed_mask(packed, self.dtype).to(self.device),
+                **spans,
+            )[0]
             for i, v in zip(chunk, values[last.to(self.device)].float().tolist()):
                 out[i] = v
         return out

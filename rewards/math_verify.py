@@ -110,12 +110,16 @@ class MathVerifier(GraderBacked, RewardFunction):
 
     ``require_boxed``: only an answer inside a closed ``\\boxed{}`` counts (a format-strict
     reward, as the prompt asks for the box); a correct bare number gets 0 with ``correct`` False
-    and ``unboxed_correct`` True in the info. ``timeout_s`` bounds each answer's grading; ``memory_limit_mb`` caps the grader process's
-    address space (a runaway computation fails instead of eating the machine). Thread-safe.
+    and ``unboxed_correct`` True in the info. ``timeout_s`` bounds each answer's grading;
+    ``memory_limit_mb`` caps the grader process's address space (a runaway computation fails
+    instead of eating the machine). Thread-safe.
     """
 
     def __init__(
-        self, timeout_s: float = 5.0, memory_limit_mb: int | None = 4096, startup_timeout_s: float = 60.0,
+        self,
+        timeout_s: float = 5.0,
+        memory_limit_mb: int | None = 4096,
+        startup_timeout_s: float = 60.0,
         require_boxed: bool = False,
     ) -> None:
         self.timeout_s, self.require_boxed = timeout_s, require_boxed

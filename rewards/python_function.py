@@ -28,9 +28,9 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from rewards.base import RewardFunction, RewardResult
 from rewards.grader_process import GraderBacked, GraderError, GraderProcess, GraderTimeout
@@ -71,8 +71,10 @@ def load_function(spec: str, cwd: str | None = None) -> Callable:
     if is_file_spec(where):
         path = Path(where) if Path(where).is_absolute() else Path(cwd, where)
         if not path.is_file():
-            raise ValueError(f"no file {str(path)!r} (a relative path is taken from the working directory, {cwd}; "
-                             "with ray job submit, ship it with --working-dir)")  # fmt: skip
+            raise ValueError(
+                f"no file {str(path)!r} (a relative path is taken from the working directory, {cwd}; "
+                "with ray job submit, ship it with --working-dir)"
+            )
         sys.path.insert(0, str(path.parent))
         module_spec = importlib.util.spec_from_file_location(f"syncrl_reward_{abs(hash(str(path)))}", path)
         module = importlib.util.module_from_spec(module_spec)
@@ -83,7 +85,9 @@ def load_function(spec: str, cwd: str | None = None) -> Callable:
         try:
             module = importlib.import_module(where)
         except ModuleNotFoundError as err:
-            raise ValueError(f"cannot import module {where!r} ({err}); run from the folder that holds it, or give a file path") from None
+            raise ValueError(
+                f"cannot import module {where!r} ({err}); run from the folder that holds it, or give a file path"
+            ) from None
     function = getattr(module, name, None)
     if not callable(function):
         found = "not callable" if function is not None else "not defined"
@@ -103,7 +107,9 @@ def check_function(spec: str) -> None:
         raise ValueError(f"importing it raised {type(err).__name__}: {err}") from None
 
 
-def call(spec: str, cwd: str, prompts: list | None, completions: list | None = None, columns: dict | None = None) -> Any:
+def call(
+    spec: str, cwd: str, prompts: list | None, completions: list | None = None, columns: dict | None = None
+) -> Any:
     """Grader-process side: ``spec``'s function on one batch; its raw result (checked by the
     parent). ``prompts`` None: only import the function (a worker's start)."""
     function = load_function(spec, cwd)
@@ -116,8 +122,11 @@ def call(spec: str, cwd: str, prompts: list | None, completions: list | None = N
 def batch_arguments(samples: Sequence[Sample]) -> tuple[list, list, dict[str, list]]:
     """(prompts, completions, columns) of a batch, TRL's convention; columns as lists."""
     names = list(dict.fromkeys(k for s in samples for k in s.columns))
-    columns = {"answer": [s.answer for s in samples], "source": [s.source for s in samples],
-               "prompt_messages": [s.messages for s in samples]}  # fmt: skip
+    columns = {
+        "answer": [s.answer for s in samples],
+        "source": [s.source for s in samples],
+        "prompt_messages": [s.messages for s in samples],
+    }
     columns.update({k: [s.columns.get(k) for s in samples] for k in names if k not in columns})
     return [s.prompt_text for s in samples], [s.response_text for s in samples], columns
 
@@ -127,8 +136,14 @@ class PythonReward(GraderBacked, RewardFunction):
     process with ``timeout_s`` per call. ``on_error``: "fail" raises ``RewardFunctionError``;
     "zero" scores the samples concerned 0 and counts them."""
 
-    def __init__(self, functions: list[str], weights: list[float] | None = None, timeout_s: float = 5.0,
-                 on_error: str = "fail", route: str = "python") -> None:  # fmt: skip
+    def __init__(
+        self,
+        functions: list[str],
+        weights: list[float] | None = None,
+        timeout_s: float = 5.0,
+        on_error: str = "fail",
+        route: str = "python",
+    ) -> None:
         self.functions, self.weights = list(functions), list(weights or [1.0] * len(functions))
         self.timeout_s, self.on_error, self.route = timeout_s, on_error, route
         self.cwd = os.getcwd()
@@ -144,8 +159,10 @@ class PythonReward(GraderBacked, RewardFunction):
                 try:
                     self._grader.call(spec, self.cwd, None, timeout_s=max(self.timeout_s, 60.0))
                 except (GraderError, GraderTimeout) as err:
-                    raise RewardFunctionError(f"reward function {spec} (route {self.route!r}) does not import on the reward "
-                                              f"worker (working directory {self.cwd}): {err or 'timed out'}") from None  # fmt: skip
+                    raise RewardFunctionError(
+                        f"reward function {spec} (route {self.route!r}) does not import on the reward "
+                        f"worker (working directory {self.cwd}): {err or 'timed out'}"
+                    ) from None
 
     def score(self, samples: Sequence[Sample]) -> list[RewardResult]:
         if not samples:
@@ -162,8 +179,11 @@ class PythonReward(GraderBacked, RewardFunction):
             results = []
             for i, (sample, total) in enumerate(zip(samples, totals)):
                 if total is None and "error" not in infos[i]:
-                    self._fail(infos[i], f"no function of route {self.route!r} scored sample of prompt "
-                                         f"{sample.prompt_id!r} (each returned None for it)")  # fmt: skip
+                    self._fail(
+                        infos[i],
+                        f"no function of route {self.route!r} scored sample of prompt "
+                        f"{sample.prompt_id!r} (each returned None for it)",
+                    )
                 results.append(RewardResult(0.0 if total is None else float(total), infos[i]))
             self._counts["scored"] += len(samples)
             return results
@@ -176,21 +196,31 @@ class PythonReward(GraderBacked, RewardFunction):
             raw = self._grader.call(spec, self.cwd, prompts, completions, _jsonable(columns), timeout_s=self.timeout_s)
         except GraderTimeout:
             self._counts["timed_out"] += 1
-            return self._batch_error(infos, samples, f"{what} took longer than timeout_s={self.timeout_s:g} s on a batch of "
-                                                     f"{len(samples)} samples (the first of prompt {samples[0].prompt_id!r})")  # fmt: skip
+            return self._batch_error(
+                infos,
+                samples,
+                f"{what} took longer than timeout_s={self.timeout_s:g} s on a batch of "
+                f"{len(samples)} samples (the first of prompt {samples[0].prompt_id!r})",
+            )
         except GraderError as err:
             return self._batch_error(infos, samples, f"{what} raised on {self._culprit(spec, samples)}: {err}")
         if not isinstance(raw, list) or len(raw) != len(samples):
             got = f"{len(raw)} values" if isinstance(raw, list) else f"a {type(raw).__name__}"
-            return self._batch_error(infos, samples, f"{what} returned {got} for {len(samples)} samples "
-                                                     "(it must return one float or None per completion)")  # fmt: skip
+            return self._batch_error(
+                infos,
+                samples,
+                f"{what} returned {got} for {len(samples)} samples (it must return one float or None per completion)",
+            )
         values: list[float | None] = []
         for i, (value, sample) in enumerate(zip(raw, samples)):
             if value is None:
                 values.append(None)
             elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                self._fail(infos[i], f"{what} returned {value!r} for sample {i} of the batch (prompt "
-                                     f"{sample.prompt_id!r}): a reward must be a finite number or None")  # fmt: skip
+                self._fail(
+                    infos[i],
+                    f"{what} returned {value!r} for sample {i} of the batch (prompt "
+                    f"{sample.prompt_id!r}): a reward must be a finite number or None",
+                )
                 values.append(None)
             else:
                 values.append(float(value))
@@ -202,7 +232,9 @@ class PythonReward(GraderBacked, RewardFunction):
             for i, sample in enumerate(samples):
                 prompts, completions, columns = batch_arguments([sample])
                 try:
-                    self._grader.call(spec, self.cwd, prompts, completions, _jsonable(columns), timeout_s=self.timeout_s)
+                    self._grader.call(
+                        spec, self.cwd, prompts, completions, _jsonable(columns), timeout_s=self.timeout_s
+                    )
                 except (GraderError, GraderTimeout):
                     return f"sample {i} of the batch (prompt {sample.prompt_id!r})"
         return f"a batch of {len(samples)} samples (the first of prompt {samples[0].prompt_id!r})"
@@ -218,7 +250,6 @@ class PythonReward(GraderBacked, RewardFunction):
         if "error" not in info:
             self._counts["errors"] += 1
             info["error"] = message
-
 
 
 def _jsonable(value: Any) -> Any:

@@ -35,11 +35,15 @@ def reward_text(tokenizer, messages: list[dict[str, str]], response: str) -> str
     return "".join(m["content"] for m in messages) + response
 
 
-def reward_token_ids(tokenizer, messages: list[dict[str, str]], response: str, max_length: int | None = None) -> list[int]:
+def reward_token_ids(
+    tokenizer, messages: list[dict[str, str]], response: str, max_length: int | None = None
+) -> list[int]:
     """The token ids of ``reward_text`` as the model reads them (a chat template writes its own
     special tokens; plain text gets the tokenizer's), cut to the last ``max_length`` tokens so the
     end of the response is always read."""
-    ids = tokenizer(reward_text(tokenizer, messages, response), add_special_tokens=not tokenizer.chat_template)["input_ids"]
+    ids = tokenizer(reward_text(tokenizer, messages, response), add_special_tokens=not tokenizer.chat_template)[
+        "input_ids"
+    ]
     return ids[-max_length:] if max_length else ids
 
 
@@ -69,19 +73,27 @@ def check_reward_model(model_path: str, label_index: int | None, field: str) -> 
     architectures = config.get("architectures") or []
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-            raise ConfigError(f"{field}: {model_path!r} is a causal LM ({', '.join(architectures)}), not a reward model "
-                              "(a sequence classifier); syncrl trains one from it with `algorithm.name: reward_model`")  # fmt: skip
+            raise ConfigError(
+                f"{field}: {model_path!r} is a causal LM ({', '.join(architectures)}), not a reward model "
+                "(a sequence classifier); syncrl trains one from it with `algorithm.name: reward_model`"
+            )
         named = f"architectures {architectures}" if architectures else "no architecture"
-        raise ConfigError(f"{field}: {model_path!r} is not a sequence-classification model (its config.json names "
-                          f"{named}); a reward_model route needs a ...ForSequenceClassification folder")  # fmt: skip
+        raise ConfigError(
+            f"{field}: {model_path!r} is not a sequence-classification model (its config.json names "
+            f"{named}); a reward_model route needs a ...ForSequenceClassification folder"
+        )
     labels = _num_labels(config)
     names = config.get("id2label") or {}
     if labels > 1 and label_index is None:
-        raise ConfigError(f"{field}: {model_path!r} is a classifier with {labels} labels (id2label {names}); "
-                          f"say which logit is the reward with {route}.label_index (0 to {labels - 1})")  # fmt: skip
+        raise ConfigError(
+            f"{field}: {model_path!r} is a classifier with {labels} labels (id2label {names}); "
+            f"say which logit is the reward with {route}.label_index (0 to {labels - 1})"
+        )
     if label_index is not None and label_index >= labels:
-        raise ConfigError(f"{route}.label_index: {label_index} is out of range for {model_path!r}, a classifier with "
-                          f"{labels} label(s) (id2label {names}); give 0 to {labels - 1}")  # fmt: skip
+        raise ConfigError(
+            f"{route}.label_index: {label_index} is out of range for {model_path!r}, a classifier with "
+            f"{labels} label(s) (id2label {names}); give 0 to {labels - 1}"
+        )
 
 
 def token_batches(lengths: Sequence[int], batch_size: int, batch_tokens: int = 0) -> list[list[int]]:
@@ -115,9 +127,17 @@ class RewardModelScorer(RewardFunction):
     beyond float rounding: every row is right-padded and masked.
     """
 
-    def __init__(self, model_path: str, batch_size: int = 16, max_length: int | None = None, device: str = "auto",
-                 dtype: str = "auto", batch_tokens: int = 0, label_index: int | None = None,
-                 route: str = "<name>") -> None:  # fmt: skip
+    def __init__(
+        self,
+        model_path: str,
+        batch_size: int = 16,
+        max_length: int | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_tokens: int = 0,
+        label_index: int | None = None,
+        route: str = "<name>",
+    ) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

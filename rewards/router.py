@@ -38,8 +38,13 @@ def build_scorer(route: Route, name: str = "default") -> RewardFunction:
 
         if not route.model_path:
             raise ValueError("a reward_model route needs model_path")
-        return RewardModelScorer(route.model_path, batch_size=route.batch_size, batch_tokens=route.batch_tokens,
-                                 dtype=route.dtype, label_index=route.label_index)  # fmt: skip
+        return RewardModelScorer(
+            route.model_path,
+            batch_size=route.batch_size,
+            batch_tokens=route.batch_tokens,
+            dtype=route.dtype,
+            label_index=route.label_index,
+        )
     if route.kind == "python":
         from rewards.python_function import PythonReward
 
@@ -52,8 +57,19 @@ def build_scorer(route: Route, name: str = "default") -> RewardFunction:
 
 def _as_route(route: Route | Mapping[str, Any]) -> Route:
     if isinstance(route, Mapping):
-        fields = {"model_path": None, "timeout_s": 5.0, "batch_size": 16, "require_boxed": False, "batch_tokens": 0,
-                  "dtype": "auto", "label_index": None, "function": None, "weights": None, "on_error": "fail", **route}  # fmt: skip
+        fields = {
+            "model_path": None,
+            "timeout_s": 5.0,
+            "batch_size": 16,
+            "require_boxed": False,
+            "batch_tokens": 0,
+            "dtype": "auto",
+            "label_index": None,
+            "function": None,
+            "weights": None,
+            "on_error": "fail",
+            **route,
+        }
         return SimpleNamespace(**fields)  # type: ignore[return-value]
     return route
 
@@ -86,8 +102,10 @@ class RewardRouter:
                 self.scorer(name).start()
             except Exception as err:  # noqa: BLE001 - whatever fails, one line naming the route
                 cause = " ".join(str(err).split())[:300]
-                raise RewardRouteError(f"reward route {name!r} ({route.kind}) did not start on a reward worker: "
-                                       f"{type(err).__name__}: {cause}") from None
+                raise RewardRouteError(
+                    f"reward route {name!r} ({route.kind}) did not start on a reward worker: "
+                    f"{type(err).__name__}: {cause}"
+                ) from None
 
     def route_name(self, sample: Sample) -> str:
         """The route that scores ``sample``: its source if that is a route, else the default."""

@@ -72,9 +72,7 @@ def _sequence(s: Sample, advantage: float = 0.0) -> TrainSequence:
     )
 
 
-def build_grpo_batch(
-    samples: list[Sample], scale_by_std: bool = True, skip_uniform_groups: bool = False
-) -> TrainBatch:
+def build_grpo_batch(samples: list[Sample], scale_by_std: bool = True, skip_uniform_groups: bool = False) -> TrainBatch:
     sequences: list[TrainSequence] = []
     groups = group_by_prompt(samples)
     uniform = 0
@@ -162,8 +160,12 @@ def step_starts(token_texts: list[str], delimiter: str) -> list[int]:
     return starts
 
 
-def build_oreo_batch(samples: list[Sample], level: str = "token", delimiter: str = "\n",
-                     token_texts: Callable[[list[int]], list[str]] | None = None) -> TrainBatch:  # fmt: skip
+def build_oreo_batch(
+    samples: list[Sample],
+    level: str = "token",
+    delimiter: str = "\n",
+    token_texts: Callable[[list[int]], list[str]] | None = None,
+) -> TrainBatch:
     """Every sample, unpaired, with its reward and where its actions begin."""
     if level == "step" and token_texts is None:
         raise ValueError("OREO at step level needs the tokenizer's token texts to find the steps")
@@ -197,8 +199,9 @@ def is_heldout(prompt_id: str, share: float, seed: int = 0) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
-def build_reward_model_batch(samples: list[Sample], token_ids: Callable[[Sample], list[int]], heldout_share: float = 0.0,
-                             seed: int = 0) -> TrainBatch:  # fmt: skip
+def build_reward_model_batch(
+    samples: list[Sample], token_ids: Callable[[Sample], list[int]], heldout_share: float = 0.0, seed: int = 0
+) -> TrainBatch:
     """Reward-model training pairs: every (above-mean, below-mean) pair of each prompt's samples,
     each row the token ids ``token_ids(sample)`` of the text a reward model reads; the pairs of
     held-out prompts (``is_heldout``) are listed in ``heldout``."""
@@ -213,8 +216,12 @@ def build_reward_model_batch(samples: list[Sample], token_ids: Callable[[Sample]
             skipped += 1
             continue
         base = len(batch.sequences)
-        batch.sequences += [TrainSequence(prompt_ids=token_ids(s), response_ids=[], policy_version=s.policy_version,
-                                          reward=float(s.reward)) for s in group]  # fmt: skip
+        batch.sequences += [
+            TrainSequence(
+                prompt_ids=token_ids(s), response_ids=[], policy_version=s.policy_version, reward=float(s.reward)
+            )
+            for s in group
+        ]
         out = is_heldout(prompt_id, heldout_share, seed)
         held += out
         for i in above:
@@ -224,8 +231,12 @@ def build_reward_model_batch(samples: list[Sample], token_ids: Callable[[Sample]
                 batch.chosen.append(base + i)
                 batch.rejected.append(base + j)
                 batch.pair_group.append(g)
-    batch.counts = {"pairs": batch.num_pairs - len(batch.heldout), "heldout_pairs": len(batch.heldout),
-                    "prompts_heldout": held, "prompts_without_pair": skipped}  # fmt: skip
+    batch.counts = {
+        "pairs": batch.num_pairs - len(batch.heldout),
+        "heldout_pairs": len(batch.heldout),
+        "prompts_heldout": held,
+        "prompts_without_pair": skipped,
+    }
     TrainBatch.__post_init__(batch)
     return batch
 
@@ -248,9 +259,13 @@ class Algorithm:
         return f"Algorithm({self.name!r}, {self.loss})"
 
 
-def make_algorithm(cfg: Any, seed: int = 0, token_texts: Callable[[list[int]], list[str]] | None = None,
-                   reward_ids: Callable[[Sample], list[int]] | None = None,
-                   sampling_temperature: float = 1.0) -> Algorithm:  # fmt: skip
+def make_algorithm(
+    cfg: Any,
+    seed: int = 0,
+    token_texts: Callable[[list[int]], list[str]] | None = None,
+    reward_ids: Callable[[Sample], list[int]] | None = None,
+    sampling_temperature: float = 1.0,
+) -> Algorithm:
     """Build the algorithm an ``AlgorithmConfig`` names (duck-typed: rollout does not import launch).
     ``token_texts`` maps token ids to their texts (OREO's step level finds steps with it);
     ``reward_ids`` gives the token ids a reward model reads for a sample (reward_model; the driver
@@ -258,8 +273,9 @@ def make_algorithm(cfg: Any, seed: int = 0, token_texts: Callable[[list[int]], l
     ``sampling_temperature``: the rollout engines' (``rollout.temperature``); only a GRPO term
     takes its log-probs at it (its importance ratio compares them with the sampler's), every
     other term at 1 (``LossSpec.temperature``)."""
-    grpo_terms = dict(clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef,
-                      temperature=sampling_temperature)  # fmt: skip
+    grpo_terms = dict(
+        clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef, temperature=sampling_temperature
+    )
     dpo_terms = dict(beta=cfg.beta, ld_alpha=cfg.ld_alpha, nll_coef=cfg.nll_coef)
     common = dict(entropy_coef=cfg.entropy_coef)
     if cfg.name == "grpo":
@@ -270,12 +286,12 @@ def make_algorithm(cfg: Any, seed: int = 0, token_texts: Callable[[list[int]], l
         )
     if cfg.name == "dpo":
         return Algorithm(
-            "dpo", lambda samples: build_dpo_batch(samples, batch_rng(seed, samples)), LossSpec(dpo_weight=1.0, **dpo_terms, **common)
+            "dpo",
+            lambda samples: build_dpo_batch(samples, batch_rng(seed, samples)),
+            LossSpec(dpo_weight=1.0, **dpo_terms, **common),
         )
     if cfg.name == "group_dpo":
-        return Algorithm(
-            "group_dpo", build_group_dpo_batch, LossSpec(dpo_weight=1.0, **dpo_terms, **common)
-        )
+        return Algorithm("group_dpo", build_group_dpo_batch, LossSpec(dpo_weight=1.0, **dpo_terms, **common))
     if cfg.name == "group_dpo_grpo":
         return Algorithm(
             "group_dpo_grpo",
@@ -286,8 +302,14 @@ def make_algorithm(cfg: Any, seed: int = 0, token_texts: Callable[[list[int]], l
         return Algorithm(
             "oreo",
             lambda samples: build_oreo_batch(samples, cfg.level, cfg.step_delimiter, token_texts),
-            LossSpec(bellman_weight=1.0, value_weight=1.0, beta=cfg.beta, kl_reg=cfg.oreo_kl_reg,
-                     kl_estimator=cfg.kl_estimator, **common),  # fmt: skip
+            LossSpec(
+                bellman_weight=1.0,
+                value_weight=1.0,
+                beta=cfg.beta,
+                kl_reg=cfg.oreo_kl_reg,
+                kl_estimator=cfg.kl_estimator,
+                **common,
+            ),
         )
     if cfg.name == "rejection_sampling":
         return Algorithm("rejection_sampling", build_rejection_sampling_batch, LossSpec(sft_weight=1.0, **common))

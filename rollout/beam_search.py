@@ -81,8 +81,17 @@ Expand = Callable[[list[tuple[list[int], list[int], int]], int, int], list[list[
 Score = Callable[[list[tuple[list[int], list[int]]]], list[float]]
 
 
-def beam_search(prompts: list[list[int]], expand: Expand, score: Score, beam: int, candidates: int | None = None,
-                max_steps: int = 16, max_new_tokens: int = 256, seed: int = 0, dedup: bool = True) -> list[SearchResult]:  # fmt: skip
+def beam_search(
+    prompts: list[list[int]],
+    expand: Expand,
+    score: Score,
+    beam: int,
+    candidates: int | None = None,
+    max_steps: int = 16,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    dedup: bool = True,
+) -> list[SearchResult]:
     """Search every question (prompt token ids) in lockstep; see the module docstring."""
     if beam < 1 or (candidates is not None and candidates < 1) or max_steps < 1:
         raise ValueError(f"beam ({beam}), candidates ({candidates}) and max_steps ({max_steps}) must be >= 1")
@@ -103,12 +112,19 @@ def beam_search(prompts: list[list[int]], expand: Expand, score: Score, beam: in
                 ids = parent.response_ids + s.token_ids
                 done = s.finished or len(ids) >= max_new_tokens
                 reason = s.finish_reason if s.finished else ("length" if done else "stop")
-                children[q].append(Beam(ids, finished=done, finish_reason=reason, steps=parent.steps + 1,
-                                        eos=s.finished and s.eos and bool(s.token_ids)))  # fmt: skip
+                children[q].append(
+                    Beam(
+                        ids,
+                        finished=done,
+                        finish_reason=reason,
+                        steps=parent.steps + 1,
+                        eos=s.finished and s.eos and bool(s.token_ids),
+                    )
+                )
         if dedup:  # the first of identical children stands for them all
             children = [first_of_each(cs) for cs in children]
         flat = [(q, c) for q, cs in enumerate(children) for c in cs]
-        for (q, c), v in zip(flat, score([(prompts[q], c.valued_ids) for q, c in flat])):
+        for (_, c), v in zip(flat, score([(prompts[q], c.valued_ids) for q, c in flat])):
             c.value = float(v)
         for q, cs in enumerate(children):
             pools[q] += [c for c in cs if c.finished]  # finished answers leave the beams
@@ -117,8 +133,17 @@ def beam_search(prompts: list[list[int]], expand: Expand, score: Score, beam: in
     for q in range(len(prompts)):
         answers = pools[q] or beams[q]  # no finished answer: the best unfinished beam, cut at max_steps
         best = max(answers, key=lambda c: c.value) if answers else Beam([])  # the first of equal values
-        results.append(SearchResult(best.response_ids, best.value, best.finish_reason if pools[q] else "length",
-                                    best.steps, generated[q], len(pools[q]), pools[q]))  # fmt: skip
+        results.append(
+            SearchResult(
+                best.response_ids,
+                best.value,
+                best.finish_reason if pools[q] else "length",
+                best.steps,
+                generated[q],
+                len(pools[q]),
+                pools[q],
+            )
+        )
     return results
 
 

@@ -62,8 +62,11 @@ class ColumnKeys:
 
     def kinds(self) -> dict[str, tuple[str, tuple[str, ...]]]:
         """kind: (a record of it, in words; the columns it needs besides the prompt)."""
-        return {"prompts": ("prompt", ()), "pairs": ("preference pair", (self.chosen, self.rejected)),
-                "samples": ("scored response", (self.response, self.reward))}  # fmt: skip
+        return {
+            "prompts": ("prompt", ()),
+            "pairs": ("preference pair", (self.chosen, self.rejected)),
+            "samples": ("scored response", (self.response, self.reward)),
+        }
 
     def prompt_names(self) -> str:
         return f"{self.prompt}|messages" if self.prompt == "prompt" else self.prompt
@@ -71,7 +74,9 @@ class ColumnKeys:
 
 def kinds_needed(keys: ColumnKeys = ColumnKeys()) -> str:
     """What each kind of record needs, for error messages."""
-    return "; ".join(f"a {what} needs {' + '.join([keys.prompt_names(), *fields])}" for what, fields in keys.kinds().values())
+    return "; ".join(
+        f"a {what} needs {' + '.join([keys.prompt_names(), *fields])}" for what, fields in keys.kinds().values()
+    )
 
 
 def lookup(record: dict, key: str) -> Any:
@@ -90,8 +95,13 @@ def present(record: dict) -> list[str]:
 
 
 def _is_chat(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)  # fmt: skip
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+        )
+    )
 
 
 def _chat(value: list[dict]) -> list[dict[str, str]]:
@@ -123,13 +133,18 @@ def record_kind(rec: Any, where: str, keys: ColumnKeys = ColumnKeys()) -> str:
         raise ConfigError(f"{where}: no '{keys.prompt_names()}' column ({has}); {kinds_needed(keys)}")
     from_messages = prompt is not None and lookup(rec, keys.prompt) is None
     if from_messages and not _is_chat(prompt):
-        raise ConfigError(f"{where}: 'messages' must be a non-empty list of {{\"role\": str, \"content\": str}}, "
-                          f"got {_short(prompt)}")  # fmt: skip
+        raise ConfigError(
+            f'{where}: \'messages\' must be a non-empty list of {{"role": str, "content": str}}, got {_short(prompt)}'
+        )
     if prompt is not None and not (isinstance(prompt, str) and prompt) and not _is_chat(prompt):
         name = keys.prompt
-        raise ConfigError(f"{where}: '{name}' must be a non-empty string or a non-empty list of "
-                          f"{{\"role\": str, \"content\": str}}, got {_short(prompt)}")  # fmt: skip
-    if rec.get("completion") is not None:  # a prompt-completion (SFT, KTO) record: not a prompt whose completion is ignored
+        raise ConfigError(
+            f"{where}: '{name}' must be a non-empty string or a non-empty list of "
+            f'{{"role": str, "content": str}}, got {_short(prompt)}'
+        )
+    if (
+        rec.get("completion") is not None
+    ):  # a prompt-completion (SFT, KTO) record: not a prompt whose completion is ignored
         raise ConfigError(f"{where}: fits no kind: syncrl reads no 'completion' field ({has}); {kinds_needed(keys)}")
     kinds = keys.kinds()
     fits = [kind for kind, (_, cols) in kinds.items() if any(lookup(rec, c) is not None for c in cols)]
@@ -137,15 +152,19 @@ def record_kind(rec: Any, where: str, keys: ColumnKeys = ColumnKeys()) -> str:
         return "prompts"
     if len(fits) > 1:
         (a, b), cols = fits, [c for kind in fits for c in kinds[kind][1] if lookup(rec, c) is not None]
-        raise ConfigError(f"{where}: fits no kind: it has fields of a {kinds[a][0]} and of a {kinds[b][0]} "
-                          f"({', '.join(cols)}; {has}); {kinds_needed(keys)}")  # fmt: skip
+        raise ConfigError(
+            f"{where}: fits no kind: it has fields of a {kinds[a][0]} and of a {kinds[b][0]} "
+            f"({', '.join(cols)}; {has}); {kinds_needed(keys)}"
+        )
     (kind,) = fits
     what, cols = kinds[kind]
     for col in cols:
         if lookup(rec, col) is None:
             must = "a finite number" if col == keys.reward and kind == "samples" else "a non-empty string"
-            raise ConfigError(f"{where}: '{col}' must be {must} and is missing ({has}): a {what} needs "
-                              f"{' + '.join([keys.prompt_names(), *cols])}")  # fmt: skip
+            raise ConfigError(
+                f"{where}: '{col}' must be {must} and is missing ({has}): a {what} needs "
+                f"{' + '.join([keys.prompt_names(), *cols])}"
+            )
     if kind == "pairs":
         _response_text(rec, keys.chosen, where)
         _response_text(rec, keys.rejected, where)
@@ -171,8 +190,10 @@ def _response_text(rec: dict, key: str, where: str) -> str:
         return value
     if _is_chat(value) and value[-1]["role"] == "assistant" and value[-1]["content"]:
         return value[-1]["content"]
-    raise ConfigError(f"{where}: '{key}' must be a non-empty string (or a chat list ending with the assistant's turn), "
-                      f"got {_short(value)}")  # fmt: skip
+    raise ConfigError(
+        f"{where}: '{key}' must be a non-empty string (or a chat list ending with the assistant's turn), "
+        f"got {_short(value)}"
+    )
 
 
 def to_record(rec: dict, kind: str, where: str, keys: ColumnKeys) -> Record:
@@ -181,8 +202,10 @@ def to_record(rec: dict, kind: str, where: str, keys: ColumnKeys) -> Record:
     if prompt is None:  # implicit prompt: the chosen chat's turns before the answer
         prompt = lookup(rec, keys.chosen)[:-1]
         if not prompt:
-            raise ConfigError(f"{where}: no '{keys.prompt_names()}' column, and '{keys.chosen}' has no turns before "
-                              "the assistant's answer to take as the prompt")  # fmt: skip
+            raise ConfigError(
+                f"{where}: no '{keys.prompt_names()}' column, and '{keys.chosen}' has no turns before "
+                "the assistant's answer to take as the prompt"
+            )
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _chat(prompt)
     responses = []
     if kind == "pairs":
@@ -193,12 +216,31 @@ def to_record(rec: dict, kind: str, where: str, keys: ColumnKeys) -> Record:
     if answer is not None and (not isinstance(answer, (str, int, float)) or isinstance(answer, bool)):
         raise ConfigError(f"{where}: '{keys.answer}' must be a string or a number, got {_short(answer)}")
     if source is not None and not (isinstance(source, str) and source):
-        raise ConfigError(f"{where}: '{keys.source}' must be a non-empty string (it picks the reward route), got {_short(source)}")
+        raise ConfigError(
+            f"{where}: '{keys.source}' must be a non-empty string (it picks the reward route), got {_short(source)}"
+        )
     rid = lookup(rec, keys.id)
-    used = {keys.prompt, "messages", keys.chosen, keys.rejected, keys.response, keys.reward, keys.answer, keys.source, keys.id}
+    used = {
+        keys.prompt,
+        "messages",
+        keys.chosen,
+        keys.rejected,
+        keys.response,
+        keys.reward,
+        keys.answer,
+        keys.source,
+        keys.id,
+    }
     columns = {k: v for k, v in rec.items() if k not in used}
-    return Record(where, messages, responses, None if rid is None else str(rid),
-                  None if answer is None else str(answer), source or "default", columns)  # fmt: skip
+    return Record(
+        where,
+        messages,
+        responses,
+        None if rid is None else str(rid),
+        None if answer is None else str(answer),
+        source or "default",
+        columns,
+    )
 
 
 @dataclass
@@ -225,14 +267,18 @@ def check_data_path(path: str) -> None:
     p = Path(path)
     if p.is_dir():
         if not any((p / name).is_file() for name in ("dataset_info.json", "dataset_dict.json", "state.json")):
-            raise ConfigError(f"data.path: {path!r} is a folder, but not one written by datasets' save_to_disk "
-                              "(no dataset_dict.json or state.json in it)")  # fmt: skip
+            raise ConfigError(
+                f"data.path: {path!r} is a folder, but not one written by datasets' save_to_disk "
+                "(no dataset_dict.json or state.json in it)"
+            )
         return
     if not p.is_file():
         raise ConfigError(f"data.path: no file {path!r}")
     if p.suffix.lower() not in FORMATS:
-        raise ConfigError(f"data.path: {path!r}: unknown format {p.suffix or '(no suffix)'!r}; syncrl reads "
-                          f"{', '.join(FORMATS)} files and datasets' save_to_disk folders")  # fmt: skip
+        raise ConfigError(
+            f"data.path: {path!r}: unknown format {p.suffix or '(no suffix)'!r}; syncrl reads "
+            f"{', '.join(FORMATS)} files and datasets' save_to_disk folders"
+        )
 
 
 def _quiet_datasets():
@@ -262,12 +308,19 @@ def load_table(path: str, split: str = "train") -> list[dict]:
 
     with tempfile.TemporaryDirectory(prefix="syncrl-data-") as cache:  # no cache left behind in ~/.cache
         try:
-            table = datasets.load_dataset(FORMATS[p.suffix.lower()], data_files=str(p.absolute()), split="train",
-                                          cache_dir=cache, keep_in_memory=True)  # fmt: skip
+            table = datasets.load_dataset(
+                FORMATS[p.suffix.lower()],
+                data_files=str(p.absolute()),
+                split="train",
+                cache_dir=cache,
+                keep_in_memory=True,
+            )
         except Exception as err:  # noqa: BLE001 - pyarrow's and datasets' many parse errors, said in one line
             cause = err.__cause__ or err
             text = " ".join(str(cause).split())[:300]
-            raise ConfigError(f"{path}: datasets cannot read it as {FORMATS[p.suffix.lower()]} ({type(cause).__name__}: {text})") from None
+            raise ConfigError(
+                f"{path}: datasets cannot read it as {FORMATS[p.suffix.lower()]} ({type(cause).__name__}: {text})"
+            ) from None
         return table.to_list()
 
 
@@ -287,7 +340,9 @@ def _check_json_lines(path: str) -> None:
         try:
             rec = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}:{n}: not JSON ({err.msg} at column {err.colno}); the file needs one JSON object a line") from None
+            raise ConfigError(
+                f"{path}:{n}: not JSON ({err.msg} at column {err.colno}); the file needs one JSON object a line"
+            ) from None
         if not isinstance(rec, dict):
             raise ConfigError(f"{path}:{n}: not a JSON object (got a JSON {type(rec).__name__}); {kinds_needed()}")
     if not raw.strip():
@@ -324,9 +379,11 @@ def read_data(path: str, keys: ColumnKeys = ColumnKeys(), split: str = "train") 
         names = keys.kinds()
         mix = [f"{c} {names[k][0]}{'s' if c > 1 else ''}" for k, c in counts.most_common()]
         mix = ", ".join(mix[:-1]) + " and " + mix[-1]
-        raise ConfigError(f"{places[i]}: a {names[kinds[i]][0]} (the record has {', '.join(present(rows[i]))}) in data "
-                          f"of {names[main][0]}s (the first at {first}); data holds one kind, this one {mix} "
-                          f"({kinds_needed(keys)})")  # fmt: skip
+        raise ConfigError(
+            f"{places[i]}: a {names[kinds[i]][0]} (the record has {', '.join(present(rows[i]))}) in data "
+            f"of {names[main][0]}s (the first at {first}); data holds one kind, this one {mix} "
+            f"({kinds_needed(keys)})"
+        )
     return DataFile(path, main, [to_record(rec, main, where, keys) for rec, where in zip(rows, places)], columns)
 
 
@@ -338,10 +395,14 @@ def file_kind(path: str, keys: ColumnKeys = ColumnKeys()) -> str:
 def prompts_of(data: DataFile) -> list[Prompt]:
     """The prompts of a data set of prompts (ids: the id column, else the record's number)."""
     if data.kind != "prompts":
-        raise ConfigError(f"{data.path}: holds {'preference pairs' if data.kind == 'pairs' else 'scored responses'}, "
-                          f"not prompts; {kinds_needed()}")  # fmt: skip
-    return [Prompt(id=r.id or str(n), messages=r.messages, answer=r.answer, source=r.source, columns=r.columns)
-            for n, r in enumerate(data.records, 1)]  # fmt: skip
+        raise ConfigError(
+            f"{data.path}: holds {'preference pairs' if data.kind == 'pairs' else 'scored responses'}, "
+            f"not prompts; {kinds_needed()}"
+        )
+    return [
+        Prompt(id=r.id or str(n), messages=r.messages, answer=r.answer, source=r.source, columns=r.columns)
+        for n, r in enumerate(data.records, 1)
+    ]
 
 
 def groups_of(data: DataFile, tokenizer: Any) -> list[list[Sample]]:
@@ -351,15 +412,28 @@ def groups_of(data: DataFile, tokenizer: Any) -> list[list[Sample]]:
     groups: dict[str, list[Sample]] = {}
     for n, r in enumerate(data.records, 1):
         key = f"pair-{n}" if data.kind == "pairs" else (r.id or json.dumps(r.messages, sort_keys=True))
-        prompt_ids = list(tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True,
-                                                        return_dict=False))  # fmt: skip
+        prompt_ids = list(
+            tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        )
         for text, reward in r.responses:
             response_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            groups.setdefault(key, []).append(Sample(
-                prompt_id=key, prompt_ids=prompt_ids, response_ids=response_ids, logprobs=[], finish_reason="stop",
-                policy_version=OFFLINE_VERSION, prompt_text=r.messages[-1]["content"], response_text=text, reward=reward,
-                answer=r.answer, source=r.source, prompt_messages=r.messages, columns=r.columns,
-            ))  # fmt: skip
+            groups.setdefault(key, []).append(
+                Sample(
+                    prompt_id=key,
+                    prompt_ids=prompt_ids,
+                    response_ids=response_ids,
+                    logprobs=[],
+                    finish_reason="stop",
+                    policy_version=OFFLINE_VERSION,
+                    prompt_text=r.messages[-1]["content"],
+                    response_text=text,
+                    reward=reward,
+                    answer=r.answer,
+                    source=r.source,
+                    prompt_messages=r.messages,
+                    columns=r.columns,
+                )
+            )
     return list(groups.values())
 
 
@@ -371,7 +445,9 @@ def task_splits(data: Any, name: str | None = None) -> tuple[list[Prompt], list[
     return make_task(name or data.task, data.num_train, data.num_test, data.seed, data.one_shot, data.system_prompt)
 
 
-def test_prompts(cfg: Any, task: str | None = None, built: tuple[list[Prompt], list[Prompt]] | None = None) -> list[Prompt]:
+def test_prompts(
+    cfg: Any, task: str | None = None, built: tuple[list[Prompt], list[Prompt]] | None = None
+) -> list[Prompt]:
     """The held-out questions of ``eval.task`` (default ``data.task``), at most eval.num_questions:
     the test split of the same ``make_task`` call that gives training its questions (``built``:
     that call's (train, test) for ``data.task``, when the caller has it already)."""
@@ -405,8 +481,10 @@ def read_run_data(cfg: Any) -> RunData:
     data = read_data(resolve_data_path(d.path), ColumnKeys.of(d), d.split)
     online = [s.name for s in cfg.resolved_stages() if not math.isinf(s.sync.interval)]
     if data.kind != "prompts" and online:
-        raise ConfigError(f"data.path {d.path} holds responses (offline data), so sync.interval must be inf; "
-                          f"stages with a finite interval: {online}")  # fmt: skip
+        raise ConfigError(
+            f"data.path {d.path} holds responses (offline data), so sync.interval must be inf; "
+            f"stages with a finite interval: {online}"
+        )
     return RunData(file=data)
 
 
@@ -416,15 +494,18 @@ def check_prompt_lengths(lengths: dict[str, int], limit: int, where: str) -> Non
     over = {k: n for k, n in lengths.items() if n > limit}
     if over:
         worst = max(over, key=over.get)
-        raise ConfigError(f"data.max_prompt_tokens={limit}: prompt {worst!r} of {where} is {over[worst]} tokens after "
-                          f"the chat template ({len(over)} of {len(lengths)} prompts are longer than the limit); "
-                          "raise data.max_prompt_tokens (and rollout.max_model_len) or shorten the prompts")  # fmt: skip
+        raise ConfigError(
+            f"data.max_prompt_tokens={limit}: prompt {worst!r} of {where} is {over[worst]} tokens after "
+            f"the chat template ({len(over)} of {len(lengths)} prompts are longer than the limit); "
+            "raise data.max_prompt_tokens (and rollout.max_model_len) or shorten the prompts"
+        )
 
 
 def prompt_lengths(prompts: list[Prompt], tokenizer: Any) -> dict[str, int]:
     """Tokens of each prompt with the chat template, as the engines apply it."""
-    ids = tokenizer.apply_chat_template([p.messages for p in prompts], add_generation_prompt=True, tokenize=True,
-                                        return_dict=False)  # fmt: skip
+    ids = tokenizer.apply_chat_template(
+        [p.messages for p in prompts], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     return {p.id: len(i) for p, i in zip(prompts, ids)}
 
 

@@ -34,8 +34,10 @@ def cpu_threads_bind(setting: str, worker_index: int, num_workers: int, tensor_p
     if per < tensor_parallel_size:
         return "nobind"
     block = cores[worker_index * per : (worker_index + 1) * per]
-    parts = [block[r * (per // tensor_parallel_size) : (r + 1) * (per // tensor_parallel_size)]
-             for r in range(tensor_parallel_size)]  # fmt: skip
+    parts = [
+        block[r * (per // tensor_parallel_size) : (r + 1) * (per // tensor_parallel_size)]
+        for r in range(tensor_parallel_size)
+    ]
     return "|".join(f"{p[0]}-{p[-1]}" if len(p) > 1 else str(p[0]) for p in parts)
 
 
@@ -98,8 +100,10 @@ def engine_kwargs(model_path: str, cfg: Any, worker_index: int, gpu: bool) -> di
         # No chunked prefill on CPU: a seeded request whose prompt is split across two engine
         # steps makes vLLM rewind its generator, which CPU generators cannot do (the engine
         # dies with "CPU Generator does not use offset" once a batch passes 4096 tokens).
-        memory = dict(kv_cache_memory_bytes=cpu_kv_cache_bytes(model_path, cfg, dtype, trust_remote_code),
-                      enable_chunked_prefill=False)  # fmt: skip
+        memory = dict(
+            kv_cache_memory_bytes=cpu_kv_cache_bytes(model_path, cfg, dtype, trust_remote_code),
+            enable_chunked_prefill=False,
+        )
     return dict(
         model=model_path,
         dtype=dtype,
@@ -170,8 +174,11 @@ class RolloutEngine:
 
     # -- generation ---------------------------------------------------------------------------
     def prompt_ids(self, prompt: Prompt) -> list[int]:
-        return list(self.tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=True,
-                                                       return_dict=False))  # fmt: skip
+        return list(
+            self.tokenizer.apply_chat_template(
+                prompt.messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
 
     def sampling_params(self, n: int | None = None, **overrides: Any):
         from vllm import SamplingParams
@@ -187,8 +194,9 @@ class RolloutEngine:
         params.update(overrides)
         return SamplingParams(**params)
 
-    def generate(self, prompts: list[Prompt], n: int | None = None, seed: int | None = None,
-                 **sampling: Any) -> list[Sample]:  # fmt: skip
+    def generate(
+        self, prompts: list[Prompt], n: int | None = None, seed: int | None = None, **sampling: Any
+    ) -> list[Sample]:
         """``n`` samples of every prompt (default ``samples_per_prompt``); sampling overrides
         (e.g. ``temperature=0``) replace the configured values for this call. With ``seed``,
         prompt i is sampled with seed + i: the same weights give the same samples, whichever
@@ -228,8 +236,9 @@ class RolloutEngine:
                 )
         return samples
 
-    def expand_steps(self, requests: list[tuple[list[int], list[int], int]], n: int, seed: int, stop: str,
-                     temperature: float = 1.0) -> list[list[Step]]:  # fmt: skip
+    def expand_steps(
+        self, requests: list[tuple[list[int], list[int], int]], n: int, seed: int, stop: str, temperature: float = 1.0
+    ) -> list[list[Step]]:
         """``n`` sampled next steps of each (prompt ids, response ids so far, tokens left) at
         ``temperature``: a step ends at the ``stop`` string (kept in the step), at end of sequence
         or at the token limit (these two end the response). Request i is sampled with seed + i.
@@ -237,9 +246,18 @@ class RolloutEngine:
         from vllm.inputs import TokensPrompt
 
         self._check_weights()
-        params = [self.sampling_params(n, temperature=temperature, max_tokens=max(1, left), stop=[stop],
-                                       include_stop_str_in_output=True, seed=seed + i, logprobs=None)
-                  for i, (_, _, left) in enumerate(requests)]  # fmt: skip
+        params = [
+            self.sampling_params(
+                n,
+                temperature=temperature,
+                max_tokens=max(1, left),
+                stop=[stop],
+                include_stop_str_in_output=True,
+                seed=seed + i,
+                logprobs=None,
+            )
+            for i, (_, _, left) in enumerate(requests)
+        ]
         prompts = [TokensPrompt(prompt_token_ids=list(p) + list(r)) for p, r, _ in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [steps_of(out.outputs, stop, self.eos_ids()) for out in outputs]
@@ -260,8 +278,10 @@ class RolloutEngine:
 
     def _check_weights(self) -> None:
         if self.incomplete_update:
-            raise RuntimeError(f"the engine holds a weight update that did not complete (some layers new, some of "
-                               f"version {self.policy_version}): load a whole update before generating")  # fmt: skip
+            raise RuntimeError(
+                f"the engine holds a weight update that did not complete (some layers new, some of "
+                f"version {self.policy_version}): load a whole update before generating"
+            )
 
     def decode(self, token_ids: list[list[int]]) -> list[str]:
         return self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
@@ -288,8 +308,9 @@ class RolloutEngine:
         self._adopt(version)
         return loaded
 
-    def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]], version: int,
-                       bucket_bytes: int = BUCKET_BYTES) -> int:  # fmt: skip
+    def update_weights(
+        self, named_tensors: list[tuple[str, torch.Tensor]], version: int, bucket_bytes: int = BUCKET_BYTES
+    ) -> int:
         """The whole update in one call, handed to the workers bucket by bucket."""
         return self.load_buckets(buckets(named_tensors, bucket_bytes), version)
 
@@ -312,12 +333,15 @@ class RolloutEngine:
         """Ranks this engine takes in a weight group: one per vLLM worker (tensor-parallel rank)."""
         return self.llm.llm_engine.vllm_config.parallel_config.world_size
 
-    def join_weight_group(self, host: str, port: int, rank_offset: int, world: int, backend: str,
-                          timeout_s: float) -> list[int]:  # fmt: skip
+    def join_weight_group(
+        self, host: str, port: int, rank_offset: int, world: int, backend: str, timeout_s: float
+    ) -> list[int]:
         """Every vLLM worker joins the weight group, worker r as rank ``rank_offset + r``."""
         return self._on_workers("syncrl_join_group", host, port, rank_offset, world, backend, timeout_s)
 
-    def receive_weights(self, meta: list[tuple[str, tuple, str]], version: int, bucket_bytes: int = BUCKET_BYTES) -> int:
+    def receive_weights(
+        self, meta: list[tuple[str, tuple, str]], version: int, bucket_bytes: int = BUCKET_BYTES
+    ) -> int:
         """Every worker receives rank 0's broadcast of ``meta``'s tensors and loads it bucket by
         bucket; then ``version`` is adopted."""
         self.incomplete_update = True

@@ -51,7 +51,8 @@ def summarize(samples: list[Sample], ks: tuple[int, ...] = (1,)) -> dict[str, fl
         "response_len_mean": sum(s.response_len for s in samples) / len(samples),
         "boxed_rate": sum(s.reward_info.get("source") == "boxed" for s in samples) / len(samples),
         # correct whatever the format: differs from accuracy when the reward requires \boxed{}
-        "correct_any_format": sum(is_correct(s) or bool(s.reward_info.get("unboxed_correct")) for s in samples) / len(samples),
+        "correct_any_format": sum(is_correct(s) or bool(s.reward_info.get("unboxed_correct")) for s in samples)
+        / len(samples),
         "truncated_rate": sum(s.finish_reason == "length" for s in samples) / len(samples),
     }
     for k in ks:
@@ -118,14 +119,22 @@ def value_diagnostics(v_s0: list[float], v_last: list[float], samples: list[Samp
       variance): a V that knows nothing but the mean reward scores this, at best;
     - ``value_s0_mean``, ``value_last_mean``, ``value_answers``."""
     if not (len(v_s0) == len(v_last) == len(samples)) or not samples:
-        raise ValueError(f"value diagnostics need one V(s_0) and one V(last) per answer: {len(v_s0)}, {len(v_last)}, "
-                         f"{len(samples)} answers")  # fmt: skip
+        raise ValueError(
+            f"value diagnostics need one V(s_0) and one V(last) per answer: {len(v_s0)}, {len(v_last)}, "
+            f"{len(samples)} answers"
+        )
     rewards = [s.reward or 0.0 for s in samples]
     correct = [is_correct(s) for s in samples]
     n, mean = len(samples), sum(rewards) / len(samples)
     mse = lambda values: sum((v - r) ** 2 for v, r in zip(values, rewards)) / n  # noqa: E731
-    out = {"value_answers": n, "value_s0_mean": sum(v_s0) / n, "value_last_mean": sum(v_last) / n,
-           "value_mse_s0": mse(v_s0), "value_mse_last": mse(v_last), "value_mse_constant": mse([mean] * n)}  # fmt: skip
+    out = {
+        "value_answers": n,
+        "value_s0_mean": sum(v_s0) / n,
+        "value_last_mean": sum(v_last) / n,
+        "value_mse_s0": mse(v_s0),
+        "value_mse_last": mse(v_last),
+        "value_mse_constant": mse([mean] * n),
+    }
     for key, values in (("value_auc_s0", v_s0), ("value_auc_last", v_last)):
         if (area := auc(values, correct)) is not None:
             out[key] = area
@@ -137,10 +146,21 @@ VALUE_COLUMNS = ("value_auc_s0", "value_auc_last", "value_mse_last", "value_mse_
 
 def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
     """A plain-text table: one row per evaluated model/step, the main metrics as columns."""
-    keys = ["accuracy", "accuracy_stderr", *sorted({k for _, r in rows for k in r if k.startswith("pass@")}),
-            *(k for k in VALUE_COLUMNS if any(k in r for _, r in rows)),  # a value model's diagnostics, when given
-            "correct_any_format", "response_len_mean", "boxed_rate", "truncated_rate", "tokens_per_question", "questions"]  # fmt: skip
+    keys = [
+        "accuracy",
+        "accuracy_stderr",
+        *sorted({k for _, r in rows for k in r if k.startswith("pass@")}),
+        *(k for k in VALUE_COLUMNS if any(k in r for _, r in rows)),  # a value model's diagnostics, when given
+        "correct_any_format",
+        "response_len_mean",
+        "boxed_rate",
+        "truncated_rate",
+        "tokens_per_question",
+        "questions",
+    ]
     header = ["model", *keys]
-    body = [[name, *(f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys)] for name, r in rows]
+    body = [
+        [name, *(f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys)] for name, r in rows
+    ]
     widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in [header, *body])

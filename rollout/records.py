@@ -6,8 +6,12 @@ No Ray, no vLLM, no torch: these cross process boundaries as they are.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: records never import torch
+    import torch
 
 
 @dataclass
@@ -158,7 +162,13 @@ class LossSpec:
 
     @property
     def needs_reference(self) -> bool:
-        return self.dpo_weight > 0 or self.kl_coef > 0 or self.bellman_weight > 0 or self.value_weight > 0 or self.kl_reg > 0
+        return (
+            self.dpo_weight > 0
+            or self.kl_coef > 0
+            or self.bellman_weight > 0
+            or self.value_weight > 0
+            or self.kl_reg > 0
+        )
 
     @property
     def needs_value(self) -> bool:

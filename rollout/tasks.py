@@ -24,7 +24,10 @@ ONE_SHOT = [
 ]
 # Multi-step tasks: the worked example writes one step per line (OREO's step level splits at "\n").
 CHAIN_ONE_SHOT = [
-    {"role": "user", "content": f"Start with 4. Add 3, then add 6, then subtract 5. What number do you get? {INSTRUCTION}"},
+    {
+        "role": "user",
+        "content": f"Start with 4. Add 3, then add 6, then subtract 5. What number do you get? {INSTRUCTION}",
+    },
     {"role": "assistant", "content": "4 + 3 = 7\n7 + 6 = 13\n13 - 5 = 8\nThe answer is \\boxed{8}."},
 ]
 
@@ -98,7 +101,9 @@ def gsm_symbolic(num_train: int, num_test: int, seed: int) -> tuple[list[tuple[s
     try:
         import reasoning_gym
     except ImportError:
-        raise ImportError("data.task gsm_symbolic needs the reasoning-gym package: pip install 'reasoning-gym>=0.1.25'") from None
+        raise ImportError(
+            "data.task gsm_symbolic needs the reasoning-gym package: pip install 'reasoning-gym>=0.1.25'"
+        ) from None
     size = 4 * (num_train + num_test) + 100
     ds = reasoning_gym.create_dataset("gsm_symbolic", size=size, seed=seed)
     splits: tuple[dict[str, str], dict[str, str]] = ({}, {})
@@ -114,8 +119,14 @@ def gsm_symbolic(num_train: int, num_test: int, seed: int) -> tuple[list[tuple[s
 REAL_TASKS = {"gsm_symbolic": gsm_symbolic}
 
 
-def make_prompt(pid: str, question: str, answer: str, one_shot: bool, system_prompt: str | None,
-                shot: list[dict[str, str]] = ONE_SHOT) -> Prompt:  # fmt: skip
+def make_prompt(
+    pid: str,
+    question: str,
+    answer: str,
+    one_shot: bool,
+    system_prompt: str | None,
+    shot: list[dict[str, str]] = ONE_SHOT,
+) -> Prompt:
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages += shot if one_shot else []
     messages.append({"role": "user", "content": f"{question} {INSTRUCTION}"})
@@ -129,8 +140,9 @@ def check_task(name: str, field: str = "data.task") -> None:
         raise ConfigError(f"{field}: unknown task {name!r}{hint}; known: {', '.join([*TASKS, *REAL_TASKS])}")
 
 
-def make_task(name: str, num_train: int, num_test: int, seed: int = 0, one_shot: bool = False,
-              system_prompt: str | None = None) -> tuple[list[Prompt], list[Prompt]]:  # fmt: skip
+def make_task(
+    name: str, num_train: int, num_test: int, seed: int = 0, one_shot: bool = False, system_prompt: str | None = None
+) -> tuple[list[Prompt], list[Prompt]]:
     """Distinct questions of task ``name``, split into (train, test)."""
     check_task(name)
     if name in REAL_TASKS:
@@ -139,7 +151,9 @@ def make_task(name: str, num_train: int, num_test: int, seed: int = 0, one_shot:
         train, test = _generated(name, num_train, num_test, seed)
     shot = SHOTS.get(name, ONE_SHOT)
     prompt = lambda i, q, a, split: make_prompt(f"{name}/{split}/{i}", q, str(a), one_shot, system_prompt, shot)  # noqa: E731
-    return [prompt(i, q, a, "train") for i, (q, a) in enumerate(train)], [prompt(i, q, a, "test") for i, (q, a) in enumerate(test)]
+    return [prompt(i, q, a, "train") for i, (q, a) in enumerate(train)], [
+        prompt(i, q, a, "test") for i, (q, a) in enumerate(test)
+    ]
 
 
 def _generated(name: str, num_train: int, num_test: int, seed: int) -> tuple[list, list]:

@@ -146,12 +146,14 @@ class WeightUpdateExtension:
         return self._syncrl_finish(expected)
 
     @returns_errors
-    def syncrl_join_group(self, host: str, port: int, rank_offset: int, world: int, backend: str,
-                          timeout_s: float) -> int:  # fmt: skip
+    def syncrl_join_group(
+        self, host: str, port: int, rank_offset: int, world: int, backend: str, timeout_s: float
+    ) -> int:
         """Join the weight group as rank ``rank_offset`` + this worker's rank in its engine."""
         rank = rank_offset + self.rank
-        self._syncrl_group = open_weight_group(host, port, rank, world, backend, timeout_s,
-                                               self.__dict__.get("_syncrl_group"))  # fmt: skip
+        self._syncrl_group = open_weight_group(
+            host, port, rank, world, backend, timeout_s, self.__dict__.get("_syncrl_group")
+        )
         return rank
 
     @returns_errors
@@ -209,8 +211,11 @@ class WeightUpdateExtension:
 
             dispatch_cpu_unquantized_gemm(lm_head, remove_weight=False)
         loaded = self.__dict__.pop("_syncrl_loaded", 0)
-        log.debug("loaded %d tensors; vLLM's 'Failed to load weights' silenced for %s (layers no checkpoint has "
-                  "tensors for)", loaded, dict(quiet.dropped))  # fmt: skip
+        log.debug(
+            "loaded %d tensors; vLLM's 'Failed to load weights' silenced for %s (layers no checkpoint has tensors for)",
+            loaded,
+            dict(quiet.dropped),
+        )
         if expected is not None and loaded != expected:
             raise RuntimeError(f"weight update incomplete: {loaded} of {expected} tensors arrived")
         return loaded

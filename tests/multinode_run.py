@@ -40,29 +40,54 @@ def main(model: str, reward_model: str, run_dir: str) -> None:
     # The test cluster would name itself in /tmp/ray/ray_current_cluster, where `syncrl train`
     # (and the user's own `ray start`) look: it stays private to this process.
     ray._private.utils.write_ray_address = lambda *args, **kwargs: None
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"rollout_node": 2},
-                                                            "include_dashboard": False})  # fmt: skip
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "resources": {"rollout_node": 2}, "include_dashboard": False},
+    )
     learner_nodes = [cluster.add_node(num_cpus=2, resources={"learner_node": 1}) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=True)
     try:
-        cfg = load_config("tiny-grpo", [
-            f"model.path={model}", "steps=2", "data.prompts_per_step=2", "rollout.samples_per_prompt=4",
-            "rollout.max_new_tokens=12", "rollout.cpu_kv_cache_gib=0.25", "learner.lr=5e-2",
-            "learner.num_ranks=2", "learner.placement_strategy=SPREAD", "learner.resources={learner_node: 1}",
-            "rollout.resources={rollout_node: 1}", "sync.interval=1", "logging.weight_checksums=true",
-            "logging.progress_bar=false", "logging.tensorboard=false", "eval.at_end=false",
-            "reward.routes.default.kind=reward_model", f"reward.routes.default.model_path={reward_model}",
-        ])  # fmt: skip
+        cfg = load_config(
+            "tiny-grpo",
+            [
+                f"model.path={model}",
+                "steps=2",
+                "data.prompts_per_step=2",
+                "rollout.samples_per_prompt=4",
+                "rollout.max_new_tokens=12",
+                "rollout.cpu_kv_cache_gib=0.25",
+                "learner.lr=5e-2",
+                "learner.num_ranks=2",
+                "learner.placement_strategy=SPREAD",
+                "learner.resources={learner_node: 1}",
+                "rollout.resources={rollout_node: 1}",
+                "sync.interval=1",
+                "logging.weight_checksums=true",
+                "logging.progress_bar=false",
+                "logging.tensorboard=false",
+                "eval.at_end=false",
+                "reward.routes.default.kind=reward_model",
+                f"reward.routes.default.model_path={reward_model}",
+            ],
+        )
         prompts, _ = make_task("add-2digit", 4, 0)
         with Driver(cfg, run_dir) as driver:
             state = driver.run()
             engine = driver.rollouts.generate(prompts, n=1, temperature=0)
-            ranks = [ray.get(w.call.remote(lambda obj: (obj.node_id(), os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])))
-                     for w in driver.learners.workers]  # fmt: skip
+            ranks = [
+                ray.get(
+                    w.call.remote(lambda obj: (obj.node_id(), os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]))
+                )
+                for w in driver.learners.workers
+            ]
         hf = AutoModelForCausalLM.from_pretrained(Path(run_dir, "final"), dtype=torch.float32).eval()
-        greedy = [hf.generate(torch.tensor([s.prompt_ids]), max_new_tokens=cfg.rollout.max_new_tokens,
-                              do_sample=False)[0, len(s.prompt_ids):].tolist() for s in engine]  # fmt: skip
+        greedy = [
+            hf.generate(torch.tensor([s.prompt_ids]), max_new_tokens=cfg.rollout.max_new_tokens, do_sample=False)[
+                0, len(s.prompt_ids) :
+            ].tolist()
+            for s in engine
+        ]
         result = {
             "head_node": cluster.head_node.node_id,
             "learner_nodes": [n.node_id for n in learner_nodes],

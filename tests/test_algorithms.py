@@ -19,8 +19,15 @@ from rollout.records import Sample
 
 
 def sample(prompt: str, reward: float, tag: int) -> Sample:
-    return Sample(prompt_id=prompt, prompt_ids=[1, 2], response_ids=[10 + tag], logprobs=[-0.5],
-                  finish_reason="stop", policy_version=3, reward=reward)  # fmt: skip
+    return Sample(
+        prompt_id=prompt,
+        prompt_ids=[1, 2],
+        response_ids=[10 + tag],
+        logprobs=[-0.5],
+        finish_reason="stop",
+        policy_version=3,
+        reward=reward,
+    )
 
 
 def test_group_advantages_hand_value():
@@ -55,7 +62,10 @@ def test_group_dpo_uses_every_correct_incorrect_pair():
     samples = [sample("a", r, i) for i, r in enumerate([1.0, 0.0, 1.0, 0.0, 0.0])]
     samples += [sample("b", 0.0, i) for i in range(2)]
     batch = build_group_dpo_batch(samples)
-    pairs = {(batch.sequences[c].response_ids[0], batch.sequences[r].response_ids[0]) for c, r in zip(batch.chosen, batch.rejected)}
+    pairs = {
+        (batch.sequences[c].response_ids[0], batch.sequences[r].response_ids[0])
+        for c, r in zip(batch.chosen, batch.rejected)
+    }
     assert pairs == {(c, r) for c in (10, 12) for r in (11, 13, 14)}
     assert batch.counts["pairs"] == 6 and batch.counts["prompts_without_pair"] == 1
     assert len(batch.sequences) == 5  # the pairless prompt adds no rows
@@ -85,9 +95,15 @@ def test_make_algorithm_loss_spec(name, dpo_weight, grpo_weight):
 
 @pytest.mark.parametrize(
     "name,temperatures",
-    [("grpo", (0.7,)), ("group_dpo_grpo", (0.7, 1.0)), ("dpo", (1.0,)), ("group_dpo", (1.0,)), ("oreo", (1.0,)),
-     ("rejection_sampling", (1.0,))],
-)  # fmt: skip
+    [
+        ("grpo", (0.7,)),
+        ("group_dpo_grpo", (0.7, 1.0)),
+        ("dpo", (1.0,)),
+        ("group_dpo", (1.0,)),
+        ("oreo", (1.0,)),
+        ("rejection_sampling", (1.0,)),
+    ],
+)
 def test_only_the_grpo_term_takes_log_probs_at_the_sampling_temperature(name, temperatures):
     from launch.config import AlgorithmConfig
 

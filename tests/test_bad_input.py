@@ -51,8 +51,16 @@ def test_train_with_a_line_that_is_not_json(tmp_path):
 
 def test_train_with_a_pair_without_rejected(tmp_path):
     data = write(tmp_path / "pairs.jsonl", PAIR, PAIR, {"prompt": "x", "chosen": "y"})
-    done = syncrl("train", "tiny-dpo", "--set", f"data.path={data}", "--set", "sync.interval=inf",
-                  "--output", str(tmp_path / "run"))  # fmt: skip
+    done = syncrl(
+        "train",
+        "tiny-dpo",
+        "--set",
+        f"data.path={data}",
+        "--set",
+        "sync.interval=inf",
+        "--output",
+        str(tmp_path / "run"),
+    )
     assert_one_line(done, f"{data}:3: 'rejected'", "missing", "chosen, prompt")
     assert not (tmp_path / "run").exists()
 
@@ -108,7 +116,9 @@ def test_experiment_file_that_does_not_exist():
 
 
 def test_kinds(tmp_path):
-    assert file_kind(write(tmp_path / "p.jsonl", PROMPT, {"messages": [{"role": "user", "content": "hi"}]})) == "prompts"
+    assert (
+        file_kind(write(tmp_path / "p.jsonl", PROMPT, {"messages": [{"role": "user", "content": "hi"}]})) == "prompts"
+    )
     assert file_kind(write(tmp_path / "d.jsonl", PAIR, "", PAIR)) == "pairs"  # blank lines are skipped
     assert file_kind(write(tmp_path / "s.jsonl", SCORED, {**SCORED, "reward": 0})) == "samples"
     data = read_data(write(tmp_path / "n.jsonl", PAIR, "   ", PAIR))
@@ -117,7 +127,9 @@ def test_kinds(tmp_path):
 
 def test_a_pair_without_rejected_is_an_error_naming_the_line(tmp_path):
     path = write(tmp_path / "pairs.jsonl", PAIR, {"prompt": "x", "chosen": "y"})
-    with pytest.raises(ConfigError, match=r"pairs.jsonl:2: 'rejected' must be a non-empty string and is missing") as err:
+    with pytest.raises(
+        ConfigError, match=r"pairs.jsonl:2: 'rejected' must be a non-empty string and is missing"
+    ) as err:
         file_kind(path)
     assert "the record has chosen, prompt" in str(err.value) and "chosen + rejected" in str(err.value)
     # alone in its file, too: no longer a file of prompts
@@ -131,8 +143,11 @@ def test_a_pair_without_rejected_is_an_error_naming_the_line(tmp_path):
 
 def test_a_mixed_file_names_the_first_line_of_the_minority_kind(tmp_path):
     path = write(tmp_path / "mixed.jsonl", PROMPT, PROMPT, PAIR, PROMPT, PAIR)
-    with pytest.raises(ConfigError, match=r"mixed.jsonl:3: a preference pair \(the record has chosen, prompt, rejected\) "
-                                          r"in data of prompts \(the first at .*mixed.jsonl:1\)") as err:  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"mixed.jsonl:3: a preference pair \(the record has chosen, prompt, rejected\) "
+        r"in data of prompts \(the first at .*mixed.jsonl:1\)",
+    ) as err:
         file_kind(path)
     assert "3 prompts and 2 preference pairs" in str(err.value)
     assert "a scored response needs prompt|messages + response + reward" in str(err.value)
@@ -151,15 +166,21 @@ def test_a_line_that_is_not_json_names_its_number(tmp_path):
 
 
 def test_records_that_fit_no_kind(tmp_path):
-    with pytest.raises(ConfigError, match=r"q.jsonl:1: no 'prompt\|messages' column \(the record has answer, question\)"):
+    with pytest.raises(
+        ConfigError, match=r"q.jsonl:1: no 'prompt\|messages' column \(the record has answer, question\)"
+    ):
         file_kind(write(tmp_path / "q.jsonl", {"question": "x", "answer": 1}))
-    with pytest.raises(ConfigError, match=r"both.jsonl:1: fits no kind: it has fields of a preference pair and of a scored"):
+    with pytest.raises(
+        ConfigError, match=r"both.jsonl:1: fits no kind: it has fields of a preference pair and of a scored"
+    ):
         file_kind(write(tmp_path / "both.jsonl", {**PAIR, "response": "4", "reward": 1}))
     with pytest.raises(ConfigError, match=r"c.jsonl:1: fits no kind: syncrl reads no 'completion'"):
         file_kind(write(tmp_path / "c.jsonl", {"prompt": "x", "completion": "y"}))
     with pytest.raises(ConfigError, match=r"w.jsonl:2: 'reward' must be a finite number, got 'high'"):
         file_kind(write(tmp_path / "w.jsonl", SCORED, {**SCORED, "reward": "high"}))
-    with pytest.raises(ConfigError, match=r"e.jsonl:1: 'chosen' must be a non-empty string \(or a chat list .*\), got ''"):
+    with pytest.raises(
+        ConfigError, match=r"e.jsonl:1: 'chosen' must be a non-empty string \(or a chat list .*\), got ''"
+    ):
         file_kind(write(tmp_path / "e.jsonl", {**PAIR, "chosen": ""}))
     with pytest.raises(ConfigError, match=r"m.jsonl:1: 'messages' must be a non-empty list"):
         file_kind(write(tmp_path / "m.jsonl", {"messages": "hi"}))
@@ -170,7 +191,9 @@ def test_records_that_fit_no_kind(tmp_path):
 
 
 def test_each_loader_takes_its_own_kind(tmp_path):
-    prompts = prompts_of(read_data(write(tmp_path / "p.jsonl", PROMPT, {"id": "b", "messages": [{"role": "user", "content": "hi"}]})))
+    prompts = prompts_of(
+        read_data(write(tmp_path / "p.jsonl", PROMPT, {"id": "b", "messages": [{"role": "user", "content": "hi"}]}))
+    )
     assert [(p.id, p.answer) for p in prompts] == [("1", "4"), ("b", None)]
     with pytest.raises(ConfigError, match="holds preference pairs, not prompts"):
         prompts_of(read_data(write(tmp_path / "d.jsonl", PAIR)))
@@ -197,8 +220,13 @@ def test_a_named_cluster_that_does_not_answer_is_one_line_at_once(tmp_path):
         check_answers(address, str(CURRENT_CLUSTER))
     env = {**os.environ, "RAY_ADDRESS": address}
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "launch", "train", "tiny-grpo", "--output", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "launch", "train", "tiny-grpo", "--output", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert_one_line(done, f"the Ray cluster at {address} (named by RAY_ADDRESS) does not answer", "check the address")
     assert time.monotonic() - start < 30  # not Ray's minutes of GCS retries
     assert not (tmp_path / "run").exists()  # nothing written
@@ -211,8 +239,12 @@ def test_reward_model_routes_are_checked_before_ray(tmp_path, tiny_llama, tiny_r
     done = syncrl("train", "tiny-grpo", "--set", route % (tmp_path / "no-such-rm"), "--output", str(tmp_path / "run"))
     assert_one_line(done, "reward.routes.default.model_path", "no-such-rm", "does not exist")
     assert not (tmp_path / "run").exists()
-    assert_one_line(syncrl("train", "tiny-grpo", "--set", route % tiny_llama), "reward.routes.default.model_path",
-                    "is a causal LM", "algorithm.name: reward_model")  # fmt: skip
+    assert_one_line(
+        syncrl("train", "tiny-grpo", "--set", route % tiny_llama),
+        "reward.routes.default.model_path",
+        "is a causal LM",
+        "algorithm.name: reward_model",
+    )
     two = tmp_path / "two-labels"
     two.mkdir()
     config = json.loads((Path(tiny_reward_model) / "config.json").read_text())

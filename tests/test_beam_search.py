@@ -78,24 +78,37 @@ def test_the_search_follows_the_step_the_value_prefers():
 
 def test_finished_answers_never_take_a_beam_slot():
     # the best child of the first step is a finished answer; both unfinished children still continue
-    tree = {(): [[101, EOS], [102, NL], [103, NL]],
-            (102, NL): [[104, NL]], (103, NL): [[105, NL]],
-            (102, NL, 104, NL): [[106, EOS]], (103, NL, 105, NL): [[107, EOS]]}  # fmt: skip
+    tree = {
+        (): [[101, EOS], [102, NL], [103, NL]],
+        (102, NL): [[104, NL]],
+        (103, NL): [[105, NL]],
+        (102, NL, 104, NL): [[106, EOS]],
+        (103, NL, 105, NL): [[107, EOS]],
+    }
     engine = TreeEngine(tree)
     value = Recorder(lambda _, r: {(101,): 5.0, (102, NL): 1.0, (103, NL): 0.5}.get(tuple(r), 0.0))
     (result,) = beam_search([[9]], engine, value, beam=2, candidates=3)
     assert engine.calls[1] == [(102, NL), (103, NL)]  # B = 2 beams after the first finish, not 1
     assert engine.calls[2] == [(102, NL, 104, NL), (103, NL, 105, NL)]
     assert len(engine.calls) == 3  # then every beam has finished: the search stops
-    assert [b.response_ids for b in result.pool] == [[101, EOS], [102, NL, 104, NL, 106, EOS],
-                                                     [103, NL, 105, NL, 107, EOS]]  # fmt: skip
+    assert [b.response_ids for b in result.pool] == [
+        [101, EOS],
+        [102, NL, 104, NL, 106, EOS],
+        [103, NL, 105, NL, 107, EOS],
+    ]
     assert result.response_ids == [101, EOS] and result.value == 5.0  # the highest-valued finished answer
 
 
 def test_b_beams_continue_after_every_finish_until_max_steps():
     # every beam offers one finished and two unfinished children at every step
-    engine = ScriptedEngine([[[101, EOS], [102, 2], [103, 3]], [[104, EOS], [105, 5], [106, 6]],
-                             [[107, EOS], [108, 8], [109, 9]], [[110, EOS], [111, 1], [112, 2]]])  # fmt: skip
+    engine = ScriptedEngine(
+        [
+            [[101, EOS], [102, 2], [103, 3]],
+            [[104, EOS], [105, 5], [106, 6]],
+            [[107, EOS], [108, 8], [109, 9]],
+            [[110, EOS], [111, 1], [112, 2]],
+        ]
+    )
     (result,) = beam_search([[9]], engine, prefers(101), beam=2, candidates=3, max_steps=4)
     assert [len(requests) for requests, _ in engine.calls] == [1, 2, 2, 2]
     assert result.finished_answers == 1 + 2 + 2 + 2  # one finished child per expanded beam, each in the pool
@@ -121,10 +134,14 @@ def chain_task():
     trees, correct = [], []
     for q in range(3):
         a, b, c = 10 * q + 11, 10 * q + 12, 10 * q + 13
-        trees.append({(): [[a, NL], [150 + q, EOS], [b, NL]],
-                      (a, NL): [[a + 100, EOS], [a + 200, EOS]],  # both wrong
-                      (b, NL): [[c, NL], [b + 200, EOS]],
-                      (b, NL, c, NL): [[c + 200, EOS], [c + 300, EOS]]})  # fmt: skip
+        trees.append(
+            {
+                (): [[a, NL], [150 + q, EOS], [b, NL]],
+                (a, NL): [[a + 100, EOS], [a + 200, EOS]],  # both wrong
+                (b, NL): [[c, NL], [b + 200, EOS]],
+                (b, NL, c, NL): [[c + 200, EOS], [c + 300, EOS]],
+            }
+        )
         correct.append([b, NL, c, NL, c + 300, EOS])
     return trees, correct
 
@@ -134,8 +151,10 @@ def test_an_oracle_value_beats_greedy_on_a_task_greedy_fails():
     prompts = [[1000 + q] for q in range(3)]
 
     def engine(requests, n, seed):
-        return [[step(trees[p[0] - 1000][tuple(r)][i % len(trees[p[0] - 1000][tuple(r)])]) for i in range(n)]
-                for p, r, _ in requests]  # fmt: skip
+        return [
+            [step(trees[p[0] - 1000][tuple(r)][i % len(trees[p[0] - 1000][tuple(r)])]) for i in range(n)]
+            for p, r, _ in requests
+        ]
 
     def oracle(states):  # 1 on a prefix of the correct answer, 0 otherwise
         return [float(r == correct[p[0] - 1000][: len(r)]) for p, r in states]
@@ -150,10 +169,13 @@ def test_an_oracle_value_beats_greedy_on_a_task_greedy_fails():
 def test_a_constant_value_keeps_the_first_children_and_answers_with_the_first_finished_answer():
     """The tie rule: a stable ranking, so generation order decides (parent's rank, then sample
     index; in the pool, the earlier step first)."""
-    tree = {(): [[101, NL], [102, NL], [103, NL]],
-            (101, NL): [[104, NL], [105, NL]],
-            (102, NL): [[106, NL], [107, EOS]],
-            (101, NL, 104, NL): [[108, EOS], [109, EOS]], (101, NL, 105, NL): [[110, EOS], [111, EOS]]}  # fmt: skip
+    tree = {
+        (): [[101, NL], [102, NL], [103, NL]],
+        (101, NL): [[104, NL], [105, NL]],
+        (102, NL): [[106, NL], [107, EOS]],
+        (101, NL, 104, NL): [[108, EOS], [109, EOS]],
+        (101, NL, 105, NL): [[110, EOS], [111, EOS]],
+    }
     engine = TreeEngine(tree)
     (result,) = beam_search([[9]], engine, lambda states: [0.5] * len(states), beam=2, candidates=2)
     assert engine.calls[1] == [(101, NL), (102, NL)]  # the first two of three equal children
@@ -210,11 +232,16 @@ def test_questions_advance_in_lockstep_with_one_call_per_step():
 def test_engine_steps_mark_an_end_of_sequence_token():
     """vLLM's completions as beam search's steps: the delimiter continues, EOS and the token limit
     finish; only a final EOS token is marked (a stop at the delimiter or a cut is valued whole)."""
+
     def out(ids, reason, stop_reason=None):
         return SimpleNamespace(token_ids=ids, finish_reason=reason, stop_reason=stop_reason)
 
     completions = [out([5, 6, 10], "stop", "\n"), out([5, 2], "stop"), out([5, 6], "length"), out([5, 7], "stop", 7)]
     steps = steps_of(completions, "\n", eos_ids={2, 7})
     assert [(s.finished, s.eos, s.finish_reason) for s in steps] == [
-        (False, False, "stop"), (True, True, "stop"), (True, False, "length"), (True, True, "stop")]
+        (False, False, "stop"),
+        (True, True, "stop"),
+        (True, False, "length"),
+        (True, True, "stop"),
+    ]
     assert steps[1].token_ids == [5, 2]

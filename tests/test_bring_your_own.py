@@ -14,11 +14,11 @@ from tests.test_train import read_metrics, tiny_config
 pytestmark = pytest.mark.system
 datasets = pytest.importorskip("datasets")
 
-LENGTH_REWARD = '''
+LENGTH_REWARD = """
 def shortness(prompts, completions, source, difficulty, **columns):
     assert set(source) == {"chat"}, source  # the router sends this function only its own source
     return [d / (1 + len(c)) for c, d in zip(completions, difficulty)]
-'''
+"""
 
 
 def test_verl_parquet_grpo_with_math_verify_and_a_python_function(ray_cluster, tiny_llama, tmp_path):
@@ -27,17 +27,37 @@ def test_verl_parquet_grpo_with_math_verify_and_a_python_function(ray_cluster, t
     rows = []
     for i in range(8):
         a, b = i, i + 1
-        rows.append({"data_source": "math", "prompt": [{"role": "user", "content": f"What is {a} + {b}?"}],
-                     "reward_model": {"style": "rule", "ground_truth": str(a + b)}, "difficulty": 1})
-        rows.append({"data_source": "chat", "prompt": [{"role": "user", "content": f"Say {a}."}],
-                     "reward_model": {"style": "model", "ground_truth": ""}, "difficulty": 2 + i})  # fmt: skip
+        rows.append(
+            {
+                "data_source": "math",
+                "prompt": [{"role": "user", "content": f"What is {a} + {b}?"}],
+                "reward_model": {"style": "rule", "ground_truth": str(a + b)},
+                "difficulty": 1,
+            }
+        )
+        rows.append(
+            {
+                "data_source": "chat",
+                "prompt": [{"role": "user", "content": f"Say {a}."}],
+                "reward_model": {"style": "model", "ground_truth": ""},
+                "difficulty": 2 + i,
+            }
+        )
     path = tmp_path / "train.parquet"
     datasets.Dataset.from_list(rows).to_parquet(str(path))
     (tmp_path / "my_reward.py").write_text(LENGTH_REWARD)
-    cfg = tiny_config("tiny-grpo", tiny_llama, f"data.path={path}", "data.source_key=data_source",
-                      "data.answer_key=reward_model.ground_truth", "data.prompts_per_step=8", "steps=2",
-                      "reward.routes={math: {kind: math_verify}, chat: {kind: python, function: "
-                      f"'{tmp_path}/my_reward.py:shortness'}}}}", "reward.default=math")  # fmt: skip
+    cfg = tiny_config(
+        "tiny-grpo",
+        tiny_llama,
+        f"data.path={path}",
+        "data.source_key=data_source",
+        "data.answer_key=reward_model.ground_truth",
+        "data.prompts_per_step=8",
+        "steps=2",
+        "reward.routes={math: {kind: math_verify}, chat: {kind: python, function: "
+        f"'{tmp_path}/my_reward.py:shortness'}}}}",
+        "reward.default=math",
+    )
     train(cfg, str(tmp_path / "run"))
     metrics = read_metrics(tmp_path / "run")
     assert all(r["trained"] for r in metrics)
@@ -49,12 +69,24 @@ def test_verl_parquet_grpo_with_math_verify_and_a_python_function(ray_cluster, t
 def test_trl_preference_data_saved_to_disk_trains_dpo(ray_cluster, tiny_llama, tmp_path):
     from launch.train import train
 
-    pairs = [{"prompt": [{"role": "user", "content": f"What is {i} + 2?"}],
-              "chosen": [{"role": "assistant", "content": f"The answer is \\boxed{{{i + 2}}}."}],
-              "rejected": [{"role": "assistant", "content": f"{i + 3}"}]} for i in range(12)]  # fmt: skip
+    pairs = [
+        {
+            "prompt": [{"role": "user", "content": f"What is {i} + 2?"}],
+            "chosen": [{"role": "assistant", "content": f"The answer is \\boxed{{{i + 2}}}."}],
+            "rejected": [{"role": "assistant", "content": f"{i + 3}"}],
+        }
+        for i in range(12)
+    ]
     datasets.DatasetDict({"train": datasets.Dataset.from_list(pairs)}).save_to_disk(str(tmp_path / "prefs"))
-    cfg = tiny_config("tiny-dpo", tiny_llama, f"data.path={tmp_path / 'prefs'}", "sync.interval=inf", "steps=5",
-                      "data.prompts_per_step=6", "learner.lr=1e-3")  # fmt: skip
+    cfg = tiny_config(
+        "tiny-dpo",
+        tiny_llama,
+        f"data.path={tmp_path / 'prefs'}",
+        "sync.interval=inf",
+        "steps=5",
+        "data.prompts_per_step=6",
+        "learner.lr=1e-3",
+    )
     train(cfg, str(tmp_path / "run"))
     rows = read_metrics(tmp_path / "run")
     assert all(r["trained"] and r["batch_pairs"] == 6 and r["sample_versions"] == [-1] for r in rows)
@@ -73,8 +105,10 @@ def test_tiny_rm_trains_then_rewards_a_grpo_run(ray_cluster, tiny_llama, tmp_pat
     from rewards.reward_model import RewardModelScorer, reward_token_ids
     from rollout.data import groups_of, read_data, resolve_data_path
 
-    cfg = load_config("tiny-rm", [f"model.path={tiny_llama}", "logging.progress_bar=false", "steps=12",
-                                  "algorithm.heldout_share=0.25"])  # fmt: skip
+    cfg = load_config(
+        "tiny-rm",
+        [f"model.path={tiny_llama}", "logging.progress_bar=false", "steps=12", "algorithm.heldout_share=0.25"],
+    )
     train(cfg, str(tmp_path / "rm"))
     workers = json.loads((tmp_path / "rm" / "placement.json").read_text())["workers"]
     assert sorted(workers) == ["learner-0"]  # pairs in a file, no evaluation: no engine or reward worker started
@@ -87,14 +121,21 @@ def test_tiny_rm_trains_then_rewards_a_grpo_run(ray_cluster, tiny_llama, tmp_pat
     tokenizer = AutoTokenizer.from_pretrained(final)
     samples = [s for g in groups_of(read_data(resolve_data_path(cfg.data.path)), tokenizer)[:6] for s in g]
     with torch.no_grad():  # the trainer's forward: the texts as reward_model's rows, one at a time
-        trainer = [model(torch.tensor([reward_token_ids(tokenizer, s.messages, s.response_text)])).logits[0, 0].item()
-                   for s in samples]  # fmt: skip
+        trainer = [
+            model(torch.tensor([reward_token_ids(tokenizer, s.messages, s.response_text)])).logits[0, 0].item()
+            for s in samples
+        ]
     scorer = RewardModelScorer(final, batch_size=4)
     assert [r.reward for r in scorer.score(samples)] == pytest.approx(trainer, abs=1e-4)
     assert all(trainer[i] > trainer[i + 1] for i in range(0, len(trainer), 2))  # chosen above rejected
 
-    grpo = tiny_config("tiny-grpo", tiny_llama, "steps=2", "reward.routes.default.kind=reward_model",
-                       f"reward.routes.default.model_path={final}")  # fmt: skip
+    grpo = tiny_config(
+        "tiny-grpo",
+        tiny_llama,
+        "steps=2",
+        "reward.routes.default.kind=reward_model",
+        f"reward.routes.default.model_path={final}",
+    )
     train(grpo, str(tmp_path / "grpo"))
     rows = read_metrics(tmp_path / "grpo")
     assert all(r["trained"] and r["reward_mean"] == r["reward_mean"] for r in rows)  # scored (not NaN) by the RM
@@ -111,12 +152,28 @@ def test_a_reward_model_that_loads_only_on_a_worker_fails_in_one_line(tiny_rewar
     broken = tmp_path / "broken-rm"
     shutil.copytree(tiny_reward_model, broken)
     (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:1000])
-    done = subprocess.run([sys.executable, "-m", "launch", "train", "tiny-grpo", "--no-dashboard", "--output", str(tmp_path / "run"),
-                           "--set", f"reward.routes.default={{kind: reward_model, model_path: {broken}}}"],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch",
+            "train",
+            "tiny-grpo",
+            "--no-dashboard",
+            "--output",
+            str(tmp_path / "run"),
+            "--set",
+            f"reward.routes.default={{kind: reward_model, model_path: {broken}}}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("syncrl: reward route 'default' (reward_model) did not start on a reward worker: SafetensorError"), last
+    assert last.startswith(
+        "syncrl: reward route 'default' (reward_model) did not start on a reward worker: SafetensorError"
+    ), last
     assert not (tmp_path / "run").exists()
 
 
@@ -131,16 +188,34 @@ def test_reward_model_on_zero3_ranks_and_from_a_checkpoint(ray_cluster, tiny_lla
     from rollout.algorithms import build_reward_model_batch
     from rollout.records import LossSpec, Sample
 
-    samples = [Sample(prompt_id=f"p{g}", prompt_ids=[1], response_ids=[2], logprobs=[], finish_reason="stop",
-                      policy_version=-1, reward=float(k)) for g in range(6) for k in range(2)]  # fmt: skip
+    samples = [
+        Sample(
+            prompt_id=f"p{g}",
+            prompt_ids=[1],
+            response_ids=[2],
+            logprobs=[],
+            finish_reason="stop",
+            policy_version=-1,
+            reward=float(k),
+        )
+        for g in range(6)
+        for k in range(2)
+    ]
     rows = {id(s): [1, 5 + i % 7, 9, 30 + 3 * (i % 2), 4][: 3 + i % 3] for i, s in enumerate(samples)}
     batch = build_reward_model_batch(samples, lambda s: rows[id(s)], heldout_share=0.3)
     assert batch.heldout and len(batch.heldout) < batch.num_pairs
     spec = LossSpec(bradley_terry_weight=1.0, reward_margin=0.1)
     runs = {}
     for name, ranks, stage in [("one rank", 1, 0), ("zero3", 2, 3)]:
-        cfg = load_config("tiny-rm", [f"learner.num_ranks={ranks}", f"learner.zero_stage={stage}",
-                                      "learner.micro_batch_size=4", "learner.lr=1e-2"]).learner  # fmt: skip
+        cfg = load_config(
+            "tiny-rm",
+            [
+                f"learner.num_ranks={ranks}",
+                f"learner.zero_stage={stage}",
+                "learner.micro_batch_size=4",
+                "learner.lr=1e-2",
+            ],
+        ).learner
         group = LearnerGroup(tiny_llama, cfg, reward_model=True)
         try:
             runs[name] = [group.train_step(batch, spec) for _ in range(2)]
@@ -164,12 +239,23 @@ def test_reward_model_from_scored_rollouts(ray_cluster, tiny_llama, tiny_reward_
     below-mean) pair of a prompt's samples."""
     from launch.train import train
 
-    cfg = tiny_config("tiny-rm", tiny_llama, "data.path=null", "data.task=add-1digit", "steps=2",
-                      "reward.routes.default.kind=reward_model", f"reward.routes.default.model_path={tiny_reward_model}")  # fmt: skip
+    cfg = tiny_config(
+        "tiny-rm",
+        tiny_llama,
+        "data.path=null",
+        "data.task=add-1digit",
+        "steps=2",
+        "reward.routes.default.kind=reward_model",
+        f"reward.routes.default.model_path={tiny_reward_model}",
+    )
     train(cfg, str(tmp_path / "run"))
     rows = read_metrics(tmp_path / "run")
-    assert all(r["trained"] and r["sample_versions"] == [0] and r["batch_pairs"] + r["batch_heldout_pairs"] > 0 for r in rows)
-    assert all(r["batch_pairs"] + r["batch_heldout_pairs"] <= 4 * 2 * 2 for r in rows)  # 4 prompts, at most 2 x 2 pairs each
+    assert all(
+        r["trained"] and r["sample_versions"] == [0] and r["batch_pairs"] + r["batch_heldout_pairs"] > 0 for r in rows
+    )
+    assert all(
+        r["batch_pairs"] + r["batch_heldout_pairs"] <= 4 * 2 * 2 for r in rows
+    )  # 4 prompts, at most 2 x 2 pairs each
 
 
 def test_a_reward_model_runs_plot_shows_its_pair_accuracies(tmp_path):
@@ -177,8 +263,17 @@ def test_a_reward_model_runs_plot_shows_its_pair_accuracies(tmp_path):
     constant 0.5 mean reward (a unit test on a written metrics.jsonl)."""
     from launch.plots import plot_run
 
-    rows = [{"step": i + 1, "stage": "main", "sync_interval": "inf", "reward_mean": 0.5, "rm_accuracy": a,
-             "heldout_accuracy": h} for i, (a, h) in enumerate([(0.4, None), (0.9, 1.0), (1.0, None)])]  # fmt: skip
+    rows = [
+        {
+            "step": i + 1,
+            "stage": "main",
+            "sync_interval": "inf",
+            "reward_mean": 0.5,
+            "rm_accuracy": a,
+            "heldout_accuracy": h,
+        }
+        for i, (a, h) in enumerate([(0.4, None), (0.9, 1.0), (1.0, None)])
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = plot_run(tmp_path)
     import matplotlib.image

@@ -68,9 +68,16 @@ def test_bad_recipe_file(tmp_path):
 
 
 def test_cli_config_show():
-    ok = subprocess.run([sys.executable, "-m", "launch", "config", "show", "tiny-g2d", "--set", "sync.interval=3"],
-                        capture_output=True, text=True, check=True)  # fmt: skip
+    ok = subprocess.run(
+        [sys.executable, "-m", "launch", "config", "show", "tiny-g2d", "--set", "sync.interval=3"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "interval: 3" in ok.stdout and "grpo-warmup" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "launch", "config", "show", "tiny-grpo", "--set", "sync.interval=0"],
-                         capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "launch", "config", "show", "tiny-grpo", "--set", "sync.interval=0"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "sync.interval" in bad.stderr and "Traceback" not in bad.stderr

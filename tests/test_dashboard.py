@@ -32,10 +32,27 @@ def actor_classes(url: str) -> set[str]:
 def test_local_train_prints_a_dashboard_that_lists_the_runs_actors(tiny_llama, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_TMPDIR=str(Path("/tmp", f"syncrl-dash-{os.getpid()}")), PYTHONPATH=str(ROOT))
-    command = [sys.executable, "-m", "launch", "train", "tiny-grpo", "--output", str(tmp_path / "run"),
-               "--set", f"model.path={tiny_llama}", "--set", "steps=3", "--set", "data.prompts_per_step=2",
-               "--set", "rollout.max_new_tokens=8", "--set", "rollout.cpu_kv_cache_gib=0.25",
-               "--set", "logging.progress_bar=false"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "launch",
+        "train",
+        "tiny-grpo",
+        "--output",
+        str(tmp_path / "run"),
+        "--set",
+        f"model.path={tiny_llama}",
+        "--set",
+        "steps=3",
+        "--set",
+        "data.prompts_per_step=2",
+        "--set",
+        "rollout.max_new_tokens=8",
+        "--set",
+        "rollout.cpu_kv_cache_gib=0.25",
+        "--set",
+        "logging.progress_bar=false",
+    ]
     run = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(run.stdout), daemon=True)
@@ -63,15 +80,19 @@ def test_local_train_prints_a_dashboard_that_lists_the_runs_actors(tiny_llama, t
 
 def test_logging_dashboard_false_starts_ray_without_it(tmp_path):
     """`--no-dashboard` (logging.dashboard=false): the local cluster has no dashboard, nothing printed."""
-    script = ("from launch.cluster import connect_ray\n"
-              "from launch.config import load_config\n"
-              "import ray\n"
-              "assert connect_ray(load_config('tiny-grpo', ['logging.dashboard=false']))\n"
-              "print('url=' + repr(ray._private.worker.global_worker.node.webui_url))\n"
-              "ray.shutdown()\n")  # fmt: skip
+    script = (
+        "from launch.cluster import connect_ray\n"
+        "from launch.config import load_config\n"
+        "import ray\n"
+        "assert connect_ray(load_config('tiny-grpo', ['logging.dashboard=false']))\n"
+        "print('url=' + repr(ray._private.worker.global_worker.node.webui_url))\n"
+        "ray.shutdown()\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_TMPDIR=str(Path("/tmp", f"syncrl-nodash-{os.getpid()}")), PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Ray dashboard: " not in done.stdout
     assert "url=''" in done.stdout, done.stdout  # with the dashboard: url='127.0.0.1:8265'

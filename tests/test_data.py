@@ -13,11 +13,21 @@ from rollout.data import groups_of, prompts_of, read_data, read_run_data
 datasets = pytest.importorskip("datasets")
 
 VERL_ROWS = [
-    {"data_source": "math", "prompt": [{"role": "user", "content": "What is 2 + 3?"}], "ability": "math",
-     "reward_model": {"style": "rule", "ground_truth": "5"}, "extra_info": {"index": 0, "split": "train"}},
-    {"data_source": "chat", "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."}],
-     "ability": "chat", "reward_model": {"style": "model", "ground_truth": "hi"}, "extra_info": {"index": 1, "split": "train"}},
-]  # fmt: skip
+    {
+        "data_source": "math",
+        "prompt": [{"role": "user", "content": "What is 2 + 3?"}],
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": "5"},
+        "extra_info": {"index": 0, "split": "train"},
+    },
+    {
+        "data_source": "chat",
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."}],
+        "ability": "chat",
+        "reward_model": {"style": "model", "ground_truth": "hi"},
+        "extra_info": {"index": 1, "split": "train"},
+    },
+]
 VERL_KEYS = ["data.source_key=data_source", "data.answer_key=reward_model.ground_truth"]
 
 
@@ -33,7 +43,10 @@ def test_verl_parquet_with_nested_keys_and_extra_columns(tmp_path):
     assert [(p.source, p.answer) for p in prompts] == [("math", "5"), ("chat", "hi")]
     assert prompts[1].messages == VERL_ROWS[1]["prompt"]
     # every other column travels with the prompt (the nested one whose field is the answer too)
-    assert prompts[0].columns["ability"] == "math" and prompts[0].columns["extra_info"] == {"index": 0, "split": "train"}
+    assert prompts[0].columns["ability"] == "math" and prompts[0].columns["extra_info"] == {
+        "index": 0,
+        "split": "train",
+    }
     assert prompts[0].columns["reward_model"]["style"] == "rule" and "prompt" not in prompts[0].columns
 
 
@@ -42,12 +55,23 @@ def test_trl_pairs_saved_to_disk_explicit_and_implicit_prompt(tmp_path):
 
     from launch.models import build_tokenizer
 
-    explicit = datasets.Dataset.from_list([
-        {"prompt": [{"role": "user", "content": "2 + 2?"}], "chosen": [{"role": "assistant", "content": "4"}],
-         "rejected": [{"role": "assistant", "content": "5"}]}])  # fmt: skip
-    implicit = datasets.Dataset.from_list([
-        {"chosen": [{"role": "user", "content": "3 + 3?"}, {"role": "assistant", "content": "6"}],
-         "rejected": [{"role": "user", "content": "3 + 3?"}, {"role": "assistant", "content": "7"}]}])  # fmt: skip
+    explicit = datasets.Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": "2 + 2?"}],
+                "chosen": [{"role": "assistant", "content": "4"}],
+                "rejected": [{"role": "assistant", "content": "5"}],
+            }
+        ]
+    )
+    implicit = datasets.Dataset.from_list(
+        [
+            {
+                "chosen": [{"role": "user", "content": "3 + 3?"}, {"role": "assistant", "content": "6"}],
+                "rejected": [{"role": "user", "content": "3 + 3?"}, {"role": "assistant", "content": "7"}],
+            }
+        ]
+    )
     datasets.DatasetDict({"train": explicit, "test": implicit}).save_to_disk(str(tmp_path / "prefs"))
     for split, (question, chosen, rejected) in {"train": ("2 + 2?", "4", "5"), "test": ("3 + 3?", "6", "7")}.items():
         data = read_data(str(tmp_path / "prefs"), split=split)
@@ -63,18 +87,31 @@ def test_trl_pairs_saved_to_disk_explicit_and_implicit_prompt(tmp_path):
 def test_column_keys_map_other_names(tmp_path):
     path = tmp_path / "q.json"
     path.write_text(json.dumps([{"question": "1 + 1?", "label": 2, "task": "arith", "uid": "q1"}]))
-    cfg = load_config(None, [f"data.path={path}", "data.prompt_key=question", "data.answer_key=label",
-                             "data.source_key=task", "data.id_key=uid"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            f"data.path={path}",
+            "data.prompt_key=question",
+            "data.answer_key=label",
+            "data.source_key=task",
+            "data.id_key=uid",
+        ],
+    )
     (p,) = prompts_of(read_run_data(cfg).file)
     assert (p.id, p.answer, p.source, p.messages[0]["content"], p.columns) == ("q1", "2", "arith", "1 + 1?", {})
 
 
 def test_a_missing_or_ill_typed_column_names_file_row_column_and_columns(tmp_path):
     path = verl_parquet(tmp_path)
-    with pytest.raises(ConfigError, match=r"train.parquet row 1: no 'question' column .*\[the data's columns: "
-                                          r"data_source, prompt, ability, reward_model, extra_info\]"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"train.parquet row 1: no 'question' column .*\[the data's columns: "
+        r"data_source, prompt, ability, reward_model, extra_info\]",
+    ):
         read_run_data(load_config(None, [f"data.path={path}", "data.prompt_key=question"]))
-    with pytest.raises(ConfigError, match=r"train.parquet row 1: 'ability' must be a non-empty string \(it picks the reward route\)"):
+    with pytest.raises(
+        ConfigError, match=r"train.parquet row 1: 'ability' must be a non-empty string \(it picks the reward route\)"
+    ):
         rows = [{**r, "ability": 3} for r in VERL_ROWS]
         datasets.Dataset.from_list(rows).to_parquet(path)
         read_run_data(load_config(None, [f"data.path={path}", "data.source_key=ability"]))
@@ -90,8 +127,18 @@ def test_a_missing_or_ill_typed_column_names_file_row_column_and_columns(tmp_pat
 def test_the_cli_reads_a_bad_parquet_column_before_ray(tmp_path):
     from tests.test_bad_input import assert_one_line, syncrl
 
-    done = syncrl("train", "tiny-grpo", "--set", f"data.path={verl_parquet(tmp_path)}", "--set", "data.answer_key=reward_model.truth",
-                  "--set", "data.prompt_key=query", "--output", str(tmp_path / "run"))  # fmt: skip
+    done = syncrl(
+        "train",
+        "tiny-grpo",
+        "--set",
+        f"data.path={verl_parquet(tmp_path)}",
+        "--set",
+        "data.answer_key=reward_model.truth",
+        "--set",
+        "data.prompt_key=query",
+        "--output",
+        str(tmp_path / "run"),
+    )
     assert done.returncode == USER_ERROR
     assert_one_line(done, "train.parquet row 1", "'query'", "the data's columns: data_source, prompt")
     assert not (tmp_path / "run").exists()

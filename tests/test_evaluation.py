@@ -11,10 +11,20 @@ from rollout.evaluation import auc, format_table, pass_at_k, summarize, value_di
 from rollout.records import Sample
 
 
-def graded(qid: str, correct: bool, boxed: bool = True, length: int = 4, finish: str = "stop", source: str = "default") -> Sample:
-    return Sample(prompt_id=qid, prompt_ids=[1], response_ids=[2] * length, logprobs=[0.0] * length,
-                  finish_reason=finish, policy_version=0, reward=float(correct), source=source,
-                  reward_info={"correct": correct, "source": "boxed" if boxed else "number"})  # fmt: skip
+def graded(
+    qid: str, correct: bool, boxed: bool = True, length: int = 4, finish: str = "stop", source: str = "default"
+) -> Sample:
+    return Sample(
+        prompt_id=qid,
+        prompt_ids=[1],
+        response_ids=[2] * length,
+        logprobs=[0.0] * length,
+        finish_reason=finish,
+        policy_version=0,
+        reward=float(correct),
+        source=source,
+        reward_info={"correct": correct, "source": "boxed" if boxed else "number"},
+    )
 
 
 def test_pass_at_k_hand_values():
@@ -26,8 +36,14 @@ def test_pass_at_k_hand_values():
 
 
 def test_summarize_hand_values():
-    samples = [graded("a", True), graded("a", False, boxed=False), graded("b", False, length=8, finish="length"),
-               graded("b", False), graded("c", True), graded("c", True)]  # fmt: skip
+    samples = [
+        graded("a", True),
+        graded("a", False, boxed=False),
+        graded("b", False, length=8, finish="length"),
+        graded("b", False),
+        graded("c", True),
+        graded("c", True),
+    ]
     out = summarize(samples, ks=(1, 2))
     per_q = [0.5, 0.0, 1.0]
     assert out["accuracy"] == pytest.approx(0.5)
@@ -43,14 +59,25 @@ def test_summarize_hand_values():
 
 def test_summarize_per_source():
     other = "gsm/8k v1"  # characters a metric name does not take: the key keeps them
-    samples = [graded("a", True, source="arith"), graded("a", False, source="arith"), graded("b", True, source="arith"),
-               graded("b", True, source="arith"), graded("c", False, source=other), graded("c", False, source=other)]  # fmt: skip
+    samples = [
+        graded("a", True, source="arith"),
+        graded("a", False, source="arith"),
+        graded("b", True, source="arith"),
+        graded("b", True, source="arith"),
+        graded("c", False, source=other),
+        graded("c", False, source=other),
+    ]
     samples[0].reward = 0.75  # a reward that is not the grade: reward_mean follows the reward, accuracy the grade
     out = summarize(samples)
     assert out["accuracy"] == pytest.approx((0.5 + 1.0 + 0.0) / 3) and out["questions"] == 3  # the totals as before
     assert out["accuracy/arith"] == pytest.approx(0.75) and out["accuracy/gsm/8k v1"] == 0.0
     assert out["reward_mean/arith"] == pytest.approx(2.75 / 4) and out["reward_mean/gsm/8k v1"] == 0.0
-    assert (out["questions/arith"], out["samples/arith"], out["questions/gsm/8k v1"], out["samples/gsm/8k v1"]) == (2, 4, 1, 2)
+    assert (out["questions/arith"], out["samples/arith"], out["questions/gsm/8k v1"], out["samples/gsm/8k v1"]) == (
+        2,
+        4,
+        1,
+        2,
+    )
     assert list(out).index("accuracy/arith") < list(out).index("accuracy/gsm/8k v1")
     table = format_table([("m", out)])
     assert table.splitlines()[0].split()[:2] == ["model", "accuracy"] and "accuracy/" not in table
@@ -88,8 +115,11 @@ def test_value_diagnostics_by_hand():
     assert "value_auc_last" not in only_right and only_right["value_mse_constant"] == 0.0
     table = format_table([("m", {**summarize(samples), **out}), ("n", summarize(samples))])
     header = table.splitlines()[0].split()  # beside accuracy
-    assert header[:7] == ["model", "accuracy", "accuracy_stderr", "pass@1", "value_auc_s0", "value_auc_last",
-                          "value_mse_last"] and header[7] == "value_mse_constant"  # fmt: skip
+    assert (
+        header[:7]
+        == ["model", "accuracy", "accuracy_stderr", "pass@1", "value_auc_s0", "value_auc_last", "value_mse_last"]
+        and header[7] == "value_mse_constant"
+    )
     assert "0.750" in table.splitlines()[1]
     assert "value_auc" not in format_table([("n", summarize(samples))])
     with pytest.raises(ValueError, match="per answer"):
@@ -109,9 +139,20 @@ def test_eval_before_and_after_matches_hf_greedy(ray_cluster, tiny_llama, tmp_pa
     from launch.train import train
     from rewards.math_verify import MathVerifier
 
-    cfg = load_config("tiny-grpo", [f"model.path={tiny_llama}", "steps=3", "learner.lr=1e-2", "eval.at_start=true",
-                                    "eval.at_end=true", "eval.every_steps=3", "eval.num_questions=6", "rollout.max_new_tokens=12",
-                                    "logging.progress_bar=false"])  # fmt: skip
+    cfg = load_config(
+        "tiny-grpo",
+        [
+            f"model.path={tiny_llama}",
+            "steps=3",
+            "learner.lr=1e-2",
+            "eval.at_start=true",
+            "eval.at_end=true",
+            "eval.every_steps=3",
+            "eval.num_questions=6",
+            "rollout.max_new_tokens=12",
+            "logging.progress_bar=false",
+        ],
+    )
     train(cfg, str(tmp_path))  # every_steps=3 evaluates the last step: at_end does not repeat it
     before, after = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert (before["step"], before["policy_version"]) == (0, 0)
@@ -123,7 +164,7 @@ def test_eval_before_and_after_matches_hf_greedy(ray_cluster, tiny_llama, tmp_pa
     lengths, correct, boxed = [], [], []
     for p in test_prompts(cfg):
         ids = tok.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+        out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids) :].tolist()
         result = verifier.grade(tok.decode(out, skip_special_tokens=True), p.answer)
         lengths.append(len(out))
         correct.append(result.info["correct"])
@@ -140,7 +181,9 @@ def test_eval_before_and_after_matches_hf_greedy(ray_cluster, tiny_llama, tmp_pa
     assert interchangeable(tiny_llama, str(tmp_path / "final"))
     base, final, base_again = evaluate_models([tiny_llama, str(tmp_path / "final"), tiny_llama], cfg, None)
     keys = ("accuracy", "response_len_mean", "boxed_rate", "questions")
-    assert [{k: r[k] for k in keys} for r in (base, final, base_again)] == [{k: r[k] for k in keys} for r in (before, after, before)]
+    assert [{k: r[k] for k in keys} for r in (base, final, base_again)] == [
+        {k: r[k] for k in keys} for r in (before, after, before)
+    ]
     assert final["policy_version"] == 1  # served by the first engine, not a new one
 
 
@@ -170,7 +213,9 @@ def test_eval_cli_passes_the_beam_temperature_and_the_value_folder(tiny_llama, m
         return 0
 
     monkeypatch.setattr(launch.evaluate, "main", evaluate)
-    assert main(["eval", tiny_llama, "--task", "add-1digit", "--beam", "2", "--beam-temperature", "0.6", "--value"]) == 0
+    assert (
+        main(["eval", tiny_llama, "--task", "add-1digit", "--beam", "2", "--beam-temperature", "0.6", "--value"]) == 0
+    )
     models, cfg, task, ks, output, beams, value = seen[-1]
     assert cfg.eval.beam_temperature == 0.6 and beams == (2,) and value == ""  # "": each model's own value/
     assert main(["eval", tiny_llama, "--task", "add-1digit", "--value", tiny_llama]) == 0

@@ -10,23 +10,50 @@ import pytest
 import yaml
 
 from launch.config import ConfigError
-from launch.experiment import arm_configs, arm_run_dir, main, mean_pm_se, mean_se, merge, overrides_tree, transfer_config, transfer_file
+from launch.experiment import (
+    arm_configs,
+    arm_run_dir,
+    main,
+    mean_pm_se,
+    mean_se,
+    merge,
+    overrides_tree,
+    transfer_config,
+    transfer_file,
+)
 
 SPEC = {
     "recipe": "tiny-grpo",
     "seeds": [0, 1],
     "transfer": {"eval": {"task": "add-1digit"}},  # the runs' own task: must repeat their evaluations
-    "experiments": {"mini": {"title": "Mini", "claim": "none", "arms": {
-        "grpo": {"algorithm": {"name": "grpo"}},
-        "offline-dpo": {"algorithm": {"name": "dpo"}, "sync": {"interval": "inf"}},
-    }}},
-}  # fmt: skip
-TINY = ["steps=2", "rollout.max_new_tokens=8", "rollout.cpu_kv_cache_gib=0.25", "logging.progress_bar=false",
-        "eval.at_start=true", "eval.at_end=true", "eval.num_questions=5"]  # fmt: skip
+    "experiments": {
+        "mini": {
+            "title": "Mini",
+            "claim": "none",
+            "arms": {
+                "grpo": {"algorithm": {"name": "grpo"}},
+                "offline-dpo": {"algorithm": {"name": "dpo"}, "sync": {"interval": "inf"}},
+            },
+        }
+    },
+}
+TINY = [
+    "steps=2",
+    "rollout.max_new_tokens=8",
+    "rollout.cpu_kv_cache_gib=0.25",
+    "logging.progress_bar=false",
+    "eval.at_start=true",
+    "eval.at_end=true",
+    "eval.num_questions=5",
+]
 
 
 def test_merge_and_arm_configs():
-    assert merge({"a": {"b": 1, "c": [1]}, "d": 1}, {"a": {"c": [2]}, "e": 3}) == {"a": {"b": 1, "c": [2]}, "d": 1, "e": 3}
+    assert merge({"a": {"b": 1, "c": [1]}, "d": 1}, {"a": {"c": [2]}, "e": 3}) == {
+        "a": {"b": 1, "c": [2]},
+        "d": 1,
+        "e": 3,
+    }
     configs = arm_configs(SPEC, "mini", [0, 3], {"learner": {"lr": 0.5}})
     assert list(configs) == [("grpo", 0), ("offline-dpo", 0), ("grpo", 3), ("offline-dpo", 3)]  # seed by seed
     dpo = configs["offline-dpo", 3]
@@ -38,15 +65,27 @@ def test_merge_and_arm_configs():
     with pytest.raises(ConfigError, match="arm grpo"):
         arm_configs(bad, "mini", [0])
     # equal arms of two experiments share their run directory; different settings or seeds do not
-    other = merge(SPEC, {"experiments": {"other": {"title": "", "claim": "", "arms": {
-        "grpo": {"algorithm": {"name": "grpo"}}, "dpo": {"algorithm": {"name": "dpo"}}}}}})  # fmt: skip
+    other = merge(
+        SPEC,
+        {
+            "experiments": {
+                "other": {
+                    "title": "",
+                    "claim": "",
+                    "arms": {"grpo": {"algorithm": {"name": "grpo"}}, "dpo": {"algorithm": {"name": "dpo"}}},
+                }
+            }
+        },
+    )
     again = arm_configs(other, "other", [0, 3], {"learner": {"lr": 0.5}})
     out = Path("/out")
     assert arm_run_dir(out, "grpo", again["grpo", 3]) == arm_run_dir(out, "grpo", configs["grpo", 3])
     assert arm_run_dir(out, "grpo", again["grpo", 3]).parent != arm_run_dir(out, "dpo", again["dpo", 3]).parent
     assert arm_run_dir(out, "grpo", again["grpo", 0]).parent == arm_run_dir(out, "grpo", again["grpo", 3]).parent
     assert arm_run_dir(out, "grpo", again["grpo", 0]).name == "seed0"
-    assert arm_run_dir(out, "grpo", arm_configs(other, "other", [0])["grpo", 0]) != arm_run_dir(out, "grpo", again["grpo", 0])
+    assert arm_run_dir(out, "grpo", arm_configs(other, "other", [0])["grpo", 0]) != arm_run_dir(
+        out, "grpo", again["grpo", 0]
+    )
     assert transfer_config(SPEC).eval.task == "add-1digit" and transfer_config({**SPEC, "transfer": None}) is None
     with pytest.raises(ConfigError, match="transfer: needs eval.task"):
         transfer_config({**SPEC, "transfer": {"eval": {"num_questions": 3}}})
@@ -61,8 +100,11 @@ def test_experiment_runs_every_arm_and_seed_once(ray_cluster, tiny_llama, tmp_pa
     overrides = [f"model.path={tiny_llama}", *TINY]
     assert main(str(spec), "mini", None, str(tmp_path / "out"), overrides, summary_only=False) == 0
     printed = capsys.readouterr().out  # seed by seed: each round's transfer right after its runs
-    assert [line.split(" seed ")[-1][0] if "transfer" not in line else "t" for line in printed.splitlines()
-            if line.startswith("[experiment]")] == ["0", "0", "t", "1", "1", "t"]  # fmt: skip
+    assert [
+        line.split(" seed ")[-1][0] if "transfer" not in line else "t"
+        for line in printed.splitlines()
+        if line.startswith("[experiment]")
+    ] == ["0", "0", "t", "1", "1", "t"]
     assert "transfer: add-1digit on 3 models" in printed and "transfer: add-1digit on 2 models" in printed
     out = tmp_path / "out"
     configs = arm_configs(SPEC, "mini", [0, 1], overrides_tree(overrides))
@@ -85,7 +127,11 @@ def test_experiment_runs_every_arm_and_seed_once(ray_cluster, tiny_llama, tmp_pa
     # transfer: every final model and the base model on the task's held-out questions, in one engine
     # start; here the training task with the run's settings, so it must give the runs' own evaluations
     transfer = [line for line in table.split("Transfer:")[1].splitlines() if line.startswith("| ")][1:]
-    assert len(set(starts)) == 1 and transfer[0].split(" | ")[:3] == ["| base model", "1", f"{starts[0]:.3f}"]  # one value: no SE
+    assert len(set(starts)) == 1 and transfer[0].split(" | ")[:3] == [
+        "| base model",
+        "1",
+        f"{starts[0]:.3f}",
+    ]  # one value: no SE
     for arm, line in zip(("grpo", "offline-dpo"), transfer[1:]):
         mean, se = mean_se(ends[arm])
         assert line.split(" | ")[:3] == [f"| {arm}", "2", f"{mean:.3f} +- {se:.3f}"]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from test_train import read_metrics, rm_reward, tiny_config
 
 from launch.config import dump_config
-from test_train import read_metrics, rm_reward, tiny_config
 
 pytestmark = pytest.mark.system
 VOLATILE = ("time", "restarts")  # prefixes of the fields a restart may change (timings, tokens_per_s)
@@ -58,8 +58,9 @@ def restarts(rows: list[dict]) -> list[tuple[int, str, str]]:
     return [(r["step"], e["actor"], e["cause"].split(" ")[0]) for r in rows for e in r["restarts"]]
 
 
-def test_killed_and_hung_rollout_and_reward_workers_are_replaced_losing_nothing(ray_cluster, tiny_llama,
-                                                                                  tiny_reward_model, tmp_path):  # fmt: skip
+def test_killed_and_hung_rollout_and_reward_workers_are_replaced_losing_nothing(
+    ray_cluster, tiny_llama, tiny_reward_model, tmp_path
+):
     """GRPO, s = 2, prefetched generation (sync.overlap): a reward worker killed after step 1, the
     rollout worker killed after step 3 (the engines then lag the learner: the replacement must
     load the pushed version, not the learner's), and the rollout worker hung after step 5 (the
@@ -67,14 +68,25 @@ def test_killed_and_hung_rollout_and_reward_workers_are_replaced_losing_nothing(
     again on the version before it)."""
     from launch.train import train
 
-    overrides = ["steps=7", "sync.interval=2", "sync.overlap=true", "logging.weight_checksums=true",
-                 "fault_tolerance.generate_timeout_s=30", "fault_tolerance.health_check_s=100000"]  # fmt: skip
-    cfg = tiny_config("tiny-grpo", tiny_llama, *overrides, *rm_reward(tiny_reward_model), "logging.controller_name=ft-clean")
+    overrides = [
+        "steps=7",
+        "sync.interval=2",
+        "sync.overlap=true",
+        "logging.weight_checksums=true",
+        "fault_tolerance.generate_timeout_s=30",
+        "fault_tolerance.health_check_s=100000",
+    ]
+    cfg = tiny_config(
+        "tiny-grpo", tiny_llama, *overrides, *rm_reward(tiny_reward_model), "logging.controller_name=ft-clean"
+    )
     train(cfg, str(tmp_path / "clean"))
 
     cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"controller_name": "ft-chaos"})})
-    actions = {1: lambda d: sigkill(d.rewards.workers[0]), 3: lambda d: sigkill(d.rollouts.workers[0]),
-               5: lambda d: hang(d.rollouts.workers[0])}  # fmt: skip
+    actions = {
+        1: lambda d: sigkill(d.rewards.workers[0]),
+        3: lambda d: sigkill(d.rollouts.workers[0]),
+        5: lambda d: hang(d.rollouts.workers[0]),
+    }
     with chaos_driver(actions)(cfg, str(tmp_path / "chaos")) as driver:
         driver.run()
         status = __import__("ray").get(driver.controller.get_status.remote())  # what `syncrl ctl status` prints
@@ -85,16 +97,20 @@ def test_killed_and_hung_rollout_and_reward_workers_are_replaced_losing_nothing(
     assert comparable(chaos) == comparable(clean)
     assert [r["engine_version"] for r in chaos] == [0, 2, 2, 4, 4, 6, 6]
     events = restarts(chaos)
-    assert [(actor, cause) for _, actor, cause in events] == [("reward-0", "died"), ("rollout-0", "died"),
-                                                               ("rollout-0", "gave")], events  # fmt: skip
+    assert [(actor, cause) for _, actor, cause in events] == [
+        ("reward-0", "died"),
+        ("rollout-0", "died"),
+        ("rollout-0", "gave"),
+    ], events
     assert [step for step, _, _ in events] == sorted(step for step, _, _ in events) and events[0][0] == 2
     assert all(r["restarts"] == [] for r in clean)
     a, b = final_weights(tmp_path / "clean"), final_weights(tmp_path / "chaos")
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
 
-def test_a_dead_learner_rank_restarts_the_group_and_a_spent_budget_stops_resumably(ray_cluster, tiny_llama,
-                                                                                    tiny_reward_model, tmp_path):  # fmt: skip
+def test_a_dead_learner_rank_restarts_the_group_and_a_spent_budget_stops_resumably(
+    ray_cluster, tiny_llama, tiny_reward_model, tmp_path
+):
     """2 ZeRO ranks, checkpoints every 2 steps, no rollout restart allowed: learner rank 1 killed
     after step 3 -> the group restarts from step 2 and steps 3-4 run again (their records
     replaced); then the (idle) rollout worker killed after step 5 -> the health probe at the next
@@ -104,9 +120,18 @@ def test_a_dead_learner_rank_restarts_the_group_and_a_spent_budget_stops_resumab
     from launch.run import run
     from launch.train import train
 
-    overrides = ["steps=6", "sync.interval=2", "learner.num_ranks=2", "checkpoint.every_steps=2",
-                 "fault_tolerance.rollout_restarts=0", "fault_tolerance.health_check_s=0", "logging.weight_checksums=true"]  # fmt: skip
-    cfg = tiny_config("tiny-grpo", tiny_llama, *overrides, *rm_reward(tiny_reward_model), "logging.controller_name=ft-l-clean")
+    overrides = [
+        "steps=6",
+        "sync.interval=2",
+        "learner.num_ranks=2",
+        "checkpoint.every_steps=2",
+        "fault_tolerance.rollout_restarts=0",
+        "fault_tolerance.health_check_s=0",
+        "logging.weight_checksums=true",
+    ]
+    cfg = tiny_config(
+        "tiny-grpo", tiny_llama, *overrides, *rm_reward(tiny_reward_model), "logging.controller_name=ft-l-clean"
+    )
     train(cfg, str(tmp_path / "clean"))
 
     cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"controller_name": "ft-l-chaos"})})
@@ -114,9 +139,8 @@ def test_a_dead_learner_rank_restarts_the_group_and_a_spent_budget_stops_resumab
     chaos.mkdir()
     (chaos / "config.yaml").write_text(dump_config(cfg))
     actions = {3: lambda d: sigkill(d.learners.workers[1]), 5: lambda d: sigkill(d.rollouts.workers[0])}
-    with pytest.raises(RestartBudgetSpent) as stop:
-        with chaos_driver(actions)(cfg, str(chaos)) as driver:
-            driver.run()
+    with pytest.raises(RestartBudgetSpent) as stop, chaos_driver(actions)(cfg, str(chaos)) as driver:
+        driver.run()
     message = str(stop.value)
     for needed in ("rollout-0 died", "fault_tolerance.rollout_restarts is 0", "stopped at step 5", f"--resume {chaos}"):
         assert needed in message, message

@@ -16,8 +16,14 @@ CHECKS = ["load", "packed = padded log-probs", "export memory", "train step"]
 
 def gpu_check(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(ROOT))
-    return subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)  # fmt: skip
+    return subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_gpu_check_passes_on_the_cpu():
@@ -25,7 +31,9 @@ def test_gpu_check_passes_on_the_cpu():
     lines = [line for line in done.stdout.splitlines() if line.startswith(("PASS ", "FAIL "))]
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     expected = [f"PASS sdpa zero{z} float32 {c}" for z in (0, 3) for c in CHECKS] + [
-        "PASS sdpa zero3 float32 log-probs = zero0's", "PASS no ray or vllm imported"]  # fmt: skip
+        "PASS sdpa zero3 float32 log-probs = zero0's",
+        "PASS no ray or vllm imported",
+    ]
     assert sorted(line.split(":")[0] for line in lines) == sorted(expected), lines
     assert done.stdout.rstrip().splitlines()[-1].startswith("ALL PASSED")
 

@@ -15,8 +15,23 @@ KNOWN_SDISTS = {"deepspeed", "cellpylib", "pycosat", "zss"}
 
 def test_the_gpu_extra_resolves_to_the_tested_versions(tmp_path):
     report = tmp_path / "report.json"
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-                           "--report", str(report), f"{ROOT}[gpu]"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            f"{ROOT}[gpu]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     installs = json.loads(report.read_text())["install"]
     versions = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in installs}

@@ -104,8 +104,9 @@ def test_gradients_are_finite():
     c, r = losses.ld_sequence_logps(logps[:2], mask[:2], logps[2:], mask[2:], 0.3)
     total = losses.dpo_loss(c, r, c.detach() - 1, r.detach(), 0.1).mean()
     total = total + losses.nll_loss(logps, mask)
-    grpo, _ = losses.grpo_loss(logps, logps.detach() - 0.3, torch.tensor([1.0, -1, 0.5, 0]), mask, 0.2, 0.2,
-                               logps.detach() + 0.1, 0.05)  # fmt: skip
+    grpo, _ = losses.grpo_loss(
+        logps, logps.detach() - 0.3, torch.tensor([1.0, -1, 0.5, 0]), mask, 0.2, 0.2, logps.detach() + 0.1, 0.05
+    )
     total = total + grpo + losses.entropy_loss(entropy, mask, 0.01)
     total.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
@@ -121,14 +122,18 @@ def test_reward_model_loss_against_a_hand_computation():
     rows = [TrainSequence(prompt_ids=[1, 2, 3], response_ids=[]) for _ in range(4)]
     batch = TrainBatch(rows, chosen=[0, 2], rejected=[1, 3], pair_group=[0, 1], heldout=[1])
     scores = torch.tensor([2.0, 0.5, -1.0, 1.0], requires_grad=True)
-    loss, metrics = compute_reward_model_loss(LossSpec(bradley_terry_weight=1.0, reward_margin=0.25), collate(batch, 0), scores)
+    loss, metrics = compute_reward_model_loss(
+        LossSpec(bradley_terry_weight=1.0, reward_margin=0.25), collate(batch, 0), scores
+    )
     hand = -math.log(1 / (1 + math.exp(-(2.0 - 0.5 - 0.25))))  # pair 0 only
     assert loss.item() == pytest.approx(hand, rel=1e-6)
     assert (metrics["rm_accuracy"], metrics["rm_margin"]) == (1.0, pytest.approx(1.5))
     assert metrics["heldout_accuracy"] == 0.0 and metrics["heldout_margin"] == pytest.approx(-2.0)
     assert metrics["heldout_loss"] == pytest.approx(-math.log(1 / (1 + math.exp(2.0 + 0.25))), rel=1e-6)
     loss.backward()  # no gradient reaches the held-out pair's rows
-    assert scores.grad[2].item() == 0 and scores.grad[3].item() == 0 and scores.grad[0].item() < 0 < scores.grad[1].item()
+    assert (
+        scores.grad[2].item() == 0 and scores.grad[3].item() == 0 and scores.grad[0].item() < 0 < scores.grad[1].item()
+    )
 
 
 @pytest.mark.parametrize("shape", [(3, 7), (13,)])

@@ -36,9 +36,16 @@ def _trl_trainer(model_dir, tmp_path, beta, ld_alpha):
         }
     )
     args = trl.DPOConfig(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, beta=beta, ld_alpha=ld_alpha,
-        use_cpu=True, bf16=False, report_to=[], max_length=128, loss_type=["sigmoid"],
-    )  # fmt: skip
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        beta=beta,
+        ld_alpha=ld_alpha,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        max_length=128,
+        loss_type=["sigmoid"],
+    )
     return trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok)
 
 
@@ -65,6 +72,9 @@ def test_dpo_and_ld_dpo_match_trl(tiny_llama, tmp_path, ld_alpha):
     torch.testing.assert_close(ours, expected.float(), rtol=1e-5, atol=1e-6)
     assert abs(ours.item() - torch.log(torch.tensor(2.0)).item()) > 1e-4, "reference equal to policy: weak check"
     if ld_alpha is not None:  # the length weighting changes the value: the check is sensitive to it
-        plain = dpo_loss(*ld_sequence_logps(logps[:half], mask[:half], logps[half:], mask[half:], 1.0),
-                         *ld_sequence_logps(ref_logps[:half], mask[:half], ref_logps[half:], mask[half:], 1.0), beta)
+        plain = dpo_loss(
+            *ld_sequence_logps(logps[:half], mask[:half], logps[half:], mask[half:], 1.0),
+            *ld_sequence_logps(ref_logps[:half], mask[:half], ref_logps[half:], mask[half:], 1.0),
+            beta,
+        )
         assert abs(plain.mean().item() - ours.item()) > 1e-4

@@ -19,15 +19,36 @@ from actors.controller import Controller, metric_name, metric_values, scalar_tag
 from launch.metrics import GRAFANA_DASHBOARD, MetricsLog, install_grafana_dashboard, step_record
 from rollout.records import Sample, TrainBatch
 
-EVAL = {"accuracy": 0.25, "accuracy_stderr": 0.1, "questions": 4, "samples_per_question": 1, "response_len_mean": 7.5,
-        "boxed_rate": 0.5, "correct_any_format": 0.25, "truncated_rate": 0.0, "pass@1": 0.25, "policy_version": 2,
-        "time_s": 1.5}  # fmt: skip
+EVAL = {
+    "accuracy": 0.25,
+    "accuracy_stderr": 0.1,
+    "questions": 4,
+    "samples_per_question": 1,
+    "response_len_mean": 7.5,
+    "boxed_rate": 0.5,
+    "correct_any_format": 0.25,
+    "truncated_rate": 0.0,
+    "pass@1": 0.25,
+    "policy_version": 2,
+    "time_s": 1.5,
+}
 BEAM = {**EVAL, "beam": 2, "finished_answers_mean": 1.5}
 
 
-def sample(prompt: str, reward: float, version: int, finish: str = "stop", source: str = "default", length: int = 3) -> Sample:
-    return Sample(prompt_id=prompt, prompt_ids=[1, 2], response_ids=[3] * length, logprobs=[-1.0] * length, finish_reason=finish,
-                  policy_version=version, reward=reward, reward_info={"timed_out": reward < 0}, source=source)  # fmt: skip
+def sample(
+    prompt: str, reward: float, version: int, finish: str = "stop", source: str = "default", length: int = 3
+) -> Sample:
+    return Sample(
+        prompt_id=prompt,
+        prompt_ids=[1, 2],
+        response_ids=[3] * length,
+        logprobs=[-1.0] * length,
+        finish_reason=finish,
+        policy_version=version,
+        reward=reward,
+        reward_info={"timed_out": reward < 0},
+        source=source,
+    )
 
 
 def full_record(step: int = 0, reward: float = 0.5, sync_interval: float = 2) -> dict:
@@ -35,8 +56,16 @@ def full_record(step: int = 0, reward: float = 0.5, sync_interval: float = 2) ->
     state = SimpleNamespace(step=step, learner_version=step + 1, engine_version=step)
     samples = [sample("a", reward, step), sample("a", -1.0, step, "length"), sample("b", 1.0, step - 1)]
     batch = TrainBatch(sequences=[], counts={"groups": 2, "groups_uniform": 0})
-    loss = {"loss": 0.3 + step, "entropy": 2.5, "kl": 0.01, "tokens": 96.0, "grad_norm": 1.25, "lr": 1e-3,
-            "grpo_loss": 0.3, "clip_frac": 0.125}  # fmt: skip
+    loss = {
+        "loss": 0.3 + step,
+        "entropy": 2.5,
+        "kl": 0.01,
+        "tokens": 96.0,
+        "grad_norm": 1.25,
+        "lr": 1e-3,
+        "grpo_loss": 0.3,
+        "clip_frac": 0.125,
+    }
     record = step_record(state, "main", sync_interval, samples, batch, loss, 1.0, 0.5, 2.0, 0.25)
     record.update(time=1_800_000_000.0 + step, time_wall_s=4.0, restarts=[])
     return record
@@ -51,7 +80,12 @@ def test_every_numeric_field_of_a_step_record_is_a_gauge_value():
     record = full_record()
     values = metric_values(record)
     assert numeric_fields(record) <= set(values), numeric_fields(record) - set(values)
-    assert {k for k in record if metric_name(k) not in values} == {"stage", "sample_versions", "prompts_hash", "restarts"}
+    assert {k for k in record if metric_name(k) not in values} == {
+        "stage",
+        "sample_versions",
+        "prompts_hash",
+        "restarts",
+    }
     assert values["trained"] == 1.0 and values["batch_groups"] == 2.0 and values["kl"] == 0.01
     assert metric_values({"sync_interval": "inf"}) == {"sync_interval": 0.0}  # Ray drops a non-finite value
     assert metric_values({"loss": float("nan"), "kl": None, "pass@1": 1}) == {"pass_at_1": 1.0}
@@ -125,8 +159,9 @@ def accumulate(folder):
 
 
 def test_tensorboard_scalars_equal_the_records(tmp_path):
-    controller = SimpleNamespace(report=SimpleNamespace(remote=lambda r: None),
-                                 report_eval=SimpleNamespace(remote=lambda r: None))  # fmt: skip
+    controller = SimpleNamespace(
+        report=SimpleNamespace(remote=lambda r: None), report_eval=SimpleNamespace(remote=lambda r: None)
+    )
     log = MetricsLog(str(tmp_path), progress_bar=False, total_steps=3, tensorboard=True)
     records = [full_record(step=i, reward=0.1 * i) for i in range(3)]
     for record in records:
@@ -163,14 +198,19 @@ def mixed_record() -> dict:
     """A step of samples from two reward routes, one named with characters Prometheus and
     TensorBoard do not take."""
     state = SimpleNamespace(step=4, learner_version=5, engine_version=4)
-    samples = [sample("a", 1.0, 4, source="gsm8k", length=2), sample("a", 0.0, 4, source="gsm8k", length=4),
-               sample("b", 0.25, 4, source="rm/helpful v2", length=6)]  # fmt: skip
+    samples = [
+        sample("a", 1.0, 4, source="gsm8k", length=2),
+        sample("a", 0.0, 4, source="gsm8k", length=4),
+        sample("b", 0.25, 4, source="rm/helpful v2", length=6),
+    ]
     return step_record(state, "main", 1, samples, TrainBatch(sequences=[]), {"loss": 0.5, "tokens": 8.0}, 1, 1, 1, 1)
 
 
 def test_step_record_has_per_source_metrics():
     record = mixed_record()
-    assert record["reward_mean/gsm8k"] == 0.5 and record["response_len_mean/gsm8k"] == 3.0 and record["samples/gsm8k"] == 2
+    assert (
+        record["reward_mean/gsm8k"] == 0.5 and record["response_len_mean/gsm8k"] == 3.0 and record["samples/gsm8k"] == 2
+    )
     assert record["reward_mean/rm/helpful v2"] == 0.25 and record["response_len_mean/rm/helpful v2"] == 6.0
     assert record["samples/rm/helpful v2"] == 1 and record["reward_mean"] == pytest.approx(1.25 / 3)
     assert not any(k.endswith("/default") for k in record)  # only the sources present
@@ -196,8 +236,9 @@ def test_per_source_gauges(fake_metrics):
 
 
 def test_per_source_tensorboard_tags(tmp_path):
-    controller = SimpleNamespace(report=SimpleNamespace(remote=lambda r: None),
-                                 report_eval=SimpleNamespace(remote=lambda r: None))  # fmt: skip
+    controller = SimpleNamespace(
+        report=SimpleNamespace(remote=lambda r: None), report_eval=SimpleNamespace(remote=lambda r: None)
+    )
     log = MetricsLog(str(tmp_path), progress_bar=False, total_steps=5, resume_step=4, tensorboard=True)
     log.write(mixed_record(), controller)
     log.eval(5, {**EVAL, "accuracy/gsm8k": 0.5, "questions/gsm8k": 2}, controller)
@@ -249,9 +290,18 @@ def test_grafana_dashboard_has_what_grafana_needs_and_queries_emitted_gauges():
         if v["type"] == "query":
             used |= set(re.findall(r"ray_syncrl_\w+", v["query"]["query"]))
     assert used <= emitted_metric_names(), used - emitted_metric_names()
-    assert {"ray_syncrl_reward_mean", "ray_syncrl_loss", "ray_syncrl_kl", "ray_syncrl_staleness_mean",
-            "ray_syncrl_sync_interval", "ray_syncrl_policy_version", "ray_syncrl_engine_version",
-            "ray_syncrl_time_train_s", "ray_syncrl_tokens_generated", "ray_syncrl_restarts_total"} <= used  # fmt: skip
+    assert {
+        "ray_syncrl_reward_mean",
+        "ray_syncrl_loss",
+        "ray_syncrl_kl",
+        "ray_syncrl_staleness_mean",
+        "ray_syncrl_sync_interval",
+        "ray_syncrl_policy_version",
+        "ray_syncrl_engine_version",
+        "ray_syncrl_time_train_s",
+        "ray_syncrl_tokens_generated",
+        "ray_syncrl_restarts_total",
+    } <= used
 
 
 def test_install_grafana_dashboard_follows_rays_provisioning(tmp_path):
@@ -261,7 +311,8 @@ def test_install_grafana_dashboard_follows_rays_provisioning(tmp_path):
     provisioning.mkdir(parents=True)
     folder = tmp_path / "elsewhere"  # RAY_METRICS_GRAFANA_DASHBOARD_OUTPUT_DIR moves it: default.yml says where
     (provisioning / "default.yml").write_text(
-        f"apiVersion: 1\nproviders:\n  - name: Ray\n    folder: Ray\n    type: file\n    options:\n      path: {folder}\n"
+        "apiVersion: 1\nproviders:\n  - name: Ray\n    folder: Ray\n    type: file\n"
+        f"    options:\n      path: {folder}\n"
     )
     where = install_grafana_dashboard(str(session))
     assert where == folder / "syncrl_grafana_dashboard.json"
@@ -285,12 +336,17 @@ def test_a_real_scrape_has_every_numeric_field():
     started = not ray.is_initialized()  # else the session's cluster (the ray_cluster fixture) serves
     if started:
         temp_dir = tempfile.mkdtemp(prefix="syncrl-ray-", dir="/tmp")  # short: Ray's socket paths are limited
-        ray.init(address="local", num_cpus=1, include_dashboard=False, _temp_dir=temp_dir, _metrics_export_port=free_port())
+        ray.init(
+            address="local", num_cpus=1, include_dashboard=False, _temp_dir=temp_dir, _metrics_export_port=free_port()
+        )
     port = ray._private.worker.global_worker.node.metrics_export_port
     controller = ControllerActor.remote(2, "scrape-test")
     try:
         record = full_record()
-        want = {f"ray_syncrl_{k}" for k in metric_values(record)} | {"ray_syncrl_eval_accuracy", "ray_syncrl_eval_pass_at_1"}
+        want = {f"ray_syncrl_{k}" for k in metric_values(record)} | {
+            "ray_syncrl_eval_accuracy",
+            "ray_syncrl_eval_pass_at_1",
+        }
         ray.get(controller.report_eval.remote({"step": 0, **EVAL}))
         seen: set[str] = set()
         for _ in range(40):

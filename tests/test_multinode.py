@@ -20,8 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def multinode_run(tiny_llama, tiny_reward_model, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("multinode")
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path_factory.mktemp("ray")), "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "multinode_run.py"), tiny_llama, tiny_reward_model, str(run_dir)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "multinode_run.py"), tiny_llama, tiny_reward_model, str(run_dir)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     return run_dir, json.loads(Path(run_dir, "multinode.json").read_text()), out.stdout + out.stderr
 

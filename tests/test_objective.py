@@ -14,10 +14,17 @@ from rollout.records import LossSpec, Sample, TrainBatch, TrainSequence
 def _batch():
     rewards = [1.0, 0.0, 1.0, 0.0]
     samples = [
-        Sample(prompt_id="p", prompt_ids=[1, 2, 3], response_ids=list(range(5, 5 + n)), logprobs=[-1.0] * n,
-               finish_reason="stop", policy_version=0, reward=r)
+        Sample(
+            prompt_id="p",
+            prompt_ids=[1, 2, 3],
+            response_ids=list(range(5, 5 + n)),
+            logprobs=[-1.0] * n,
+            finish_reason="stop",
+            policy_version=0,
+            reward=r,
+        )
         for n, r in zip([2, 4, 3, 1], rewards)
-    ]  # fmt: skip
+    ]
     return build_group_dpo_batch(samples, with_advantages=True)
 
 
@@ -37,7 +44,9 @@ def test_combined_loss_is_group_dpo_plus_alpha_grpo():
     logps = -torch.rand(cb.input_ids.shape) * cb.attention_mask
     ref = logps + 0.3 * torch.randn(logps.shape)
     entropy = torch.rand(logps.shape)
-    spec = LossSpec(dpo_weight=1.0, grpo_weight=0.5, beta=0.2, ld_alpha=0.3, nll_coef=0.1, kl_coef=0.05, entropy_coef=0.01)
+    spec = LossSpec(
+        dpo_weight=1.0, grpo_weight=0.5, beta=0.2, ld_alpha=0.3, nll_coef=0.1, kl_coef=0.05, entropy_coef=0.01
+    )
     total, metrics = compute_loss(spec, cb, logps, entropy, ref)
 
     m = cb.loss_mask
@@ -70,8 +79,9 @@ def test_the_grpo_term_takes_its_own_log_probs_and_the_others_theirs():
     grpo, _ = losses.grpo_loss(hot, cb.behaviour_logps, cb.advantages, m, 0.2, 0.2, hot_ref, 0.05)
     torch.testing.assert_close(total, dpo + 0.1 * nll + 0.5 * grpo)
     assert metrics["grpo_loss"] == pytest.approx(grpo.item(), rel=1e-5)
-    assert metrics["grpo_loss"] != pytest.approx(losses.grpo_loss(logps, cb.behaviour_logps, cb.advantages, m, 0.2, 0.2,
-                                                                  ref, 0.05)[0].item(), rel=1e-3)  # fmt: skip
+    assert metrics["grpo_loss"] != pytest.approx(
+        losses.grpo_loss(logps, cb.behaviour_logps, cb.advantages, m, 0.2, 0.2, ref, 0.05)[0].item(), rel=1e-3
+    )
 
 
 def test_reference_required_for_dpo():
@@ -97,8 +107,17 @@ def test_micro_batches_sum_to_the_whole_batch():
     for g in range(5):
         for k in range(4):
             n = 1 + (g + k) % 4
-            samples.append(Sample(prompt_id=f"g{g}", prompt_ids=[1, 2], response_ids=list(range(3, 3 + n)),
-                                  logprobs=[-1.0] * n, finish_reason="stop", policy_version=0, reward=float((g + k) % 2 or g == 4)))  # fmt: skip
+            samples.append(
+                Sample(
+                    prompt_id=f"g{g}",
+                    prompt_ids=[1, 2],
+                    response_ids=list(range(3, 3 + n)),
+                    logprobs=[-1.0] * n,
+                    finish_reason="stop",
+                    policy_version=0,
+                    reward=float((g + k) % 2 or g == 4),
+                )
+            )
     tb = build_group_dpo_batch(samples, with_advantages=True)
     spec = LossSpec(dpo_weight=1.0, grpo_weight=0.3, nll_coef=0.2, kl_coef=0.1, entropy_coef=0.01, ld_alpha=0.5)
     table = torch.randn(64, requires_grad=True)  # a "model": log-prob of token v at any position = f(table[v])
@@ -142,7 +161,10 @@ def test_micro_batches_under_a_token_budget():
     assert order(micro_batches(batch, 8, max_tokens=10)) == [[2], [3], [1], [4]]
     # shared prompt counted once: 4 + 2 + 3 = 9, + 1 = 10; b's rows bring their own prompt
     assert order(micro_batches(batch, 8, max_tokens=10, share_prompts=True)) == [[2, 3, 1], [4]]
-    assert order(micro_batches(batch, 2, max_tokens=11, share_prompts=True)) == [[2, 3], [1, 4]]  # rows first, then 5 + 6
+    assert order(micro_batches(batch, 2, max_tokens=11, share_prompts=True)) == [
+        [2, 3],
+        [1, 4],
+    ]  # rows first, then 5 + 6
     # a pair group over the budget is a micro-batch of its own, whole
     pairs = TrainBatch(rows, chosen=[0, 2], rejected=[1, 3], pair_group=[0, 0])
     parts = micro_batches(pairs, 8, max_tokens=5)

@@ -30,7 +30,10 @@ def _actions(mask_row: list[float], starts_row: list[int]) -> list[list[int]]:
     """The token positions of each action of one row."""
     positions = [t for t, m in enumerate(mask_row) if m]
     begins = [positions[0] + s for s in starts_row]
-    return [[t for t in positions if b <= t < (begins[k + 1] if k + 1 < len(begins) else 10**9)] for k, b in enumerate(begins)]
+    return [
+        [t for t in positions if b <= t < (begins[k + 1] if k + 1 < len(begins) else 10**9)]
+        for k, b in enumerate(begins)
+    ]
 
 
 def loop_losses(logps, ref, values, rewards, mask, starts_per_row):
@@ -45,7 +48,7 @@ def loop_losses(logps, ref, values, rewards, mask, starts_per_row):
         for k, act in enumerate(acts):
             v = values[i, act[0]]
             future_incl = sum(a.detach() for a in A[k:])
-            future_excl = sum((a.detach() for a in A[k + 1:]), torch.tensor(0.0))
+            future_excl = sum((a.detach() for a in A[k + 1 :]), torch.tensor(0.0))
             v_terms.append((v - rewards[i] + BETA * future_incl) ** 2)
             p_terms.append((v.detach() - rewards[i] + BETA * A[k] + BETA * future_excl) ** 2)
         value_rows.append(sum(v_terms) / len(v_terms))
@@ -85,7 +88,9 @@ def test_oreo_losses_equal_the_loops_and_their_gradients(level):
     (w_values,) = torch.autograd.grad(want_v, [values])
     torch.testing.assert_close(g_values, w_values)
     assert (g_values[starts == 0] == 0).all() and (g_values[starts == 1] != 0).all()
-    assert not got_v.requires_grad or torch.autograd.grad(got_v, [logps, ref], allow_unused=True, retain_graph=True) == (None, None)
+    assert not got_v.requires_grad or torch.autograd.grad(
+        got_v, [logps, ref], allow_unused=True, retain_graph=True
+    ) == (None, None)
 
     # policy loss: gradients reach the policy's log-probs (through the current action only), not V or the reference
     g_logps = torch.autograd.grad(got_p, [logps], retain_graph=True)[0]
@@ -123,7 +128,9 @@ def test_full_vocabulary_kl_equals_the_sum_over_tokens():
     got = losses.kl_full_vocab(logits, ref_logits, temperature=0.7)
     for row in range(3):
         p, q = torch.softmax(logits[row] / 0.7, -1), torch.softmax(ref_logits[row] / 0.7, -1)
-        assert got[row].item() == pytest.approx(sum(p[v] * (p[v].log() - q[v].log()) for v in range(7)).item(), rel=1e-5)
+        assert got[row].item() == pytest.approx(
+            sum(p[v] * (p[v].log() - q[v].log()) for v in range(7)).item(), rel=1e-5
+        )
     assert losses.kl_full_vocab(logits, logits).abs().max().item() < 1e-6
 
 
@@ -136,8 +143,18 @@ def test_step_starts_split_after_each_delimiter():
 
 
 def _samples(rewards=(1.0, 0.0, 1.0, 0.0)):
-    return [Sample(prompt_id=f"p{i // 2}", prompt_ids=[1, 2], response_ids=[5, 9, 6, 9, 7], logprobs=[-1.0] * 5,
-                   finish_reason="stop", policy_version=0, reward=r) for i, r in enumerate(rewards)]  # fmt: skip
+    return [
+        Sample(
+            prompt_id=f"p{i // 2}",
+            prompt_ids=[1, 2],
+            response_ids=[5, 9, 6, 9, 7],
+            logprobs=[-1.0] * 5,
+            finish_reason="stop",
+            policy_version=0,
+            reward=r,
+        )
+        for i, r in enumerate(rewards)
+    ]
 
 
 def test_oreo_batch_keeps_every_sample_with_its_reward_and_actions():
@@ -174,7 +191,9 @@ def test_compute_loss_composes_oreo_terms():
     assert total.item() == pytest.approx((policy + 0.3 * kl).item(), rel=1e-6)
     assert metrics["kl_reg_term"] == pytest.approx(kl.item(), rel=1e-6)
     value_loss, vm = compute_value_loss(spec, cb, values, logps, ref)
-    assert value_loss.item() == pytest.approx(losses.oreo_value_loss(values, logps, ref, cb.rewards, m, cb.action_starts, BETA).item())
+    assert value_loss.item() == pytest.approx(
+        losses.oreo_value_loss(values, logps, ref, cb.rewards, m, cb.action_starts, BETA).item()
+    )
     v0 = values[:, 2]  # the first response column: V of the prompt alone
     assert vm["value_s0_mean"] == pytest.approx(v0.mean().item(), rel=1e-6)
     assert vm["value_s0_abs_err"] == pytest.approx((v0 - cb.rewards).abs().mean().item(), rel=1e-6)
@@ -207,15 +226,30 @@ def test_oreo_configuration():
     algo = make_algorithm(cfg.algorithm)
     assert algo.loss.bellman_weight == algo.loss.value_weight == 1.0 and algo.loss.kl_reg == 0.01
     assert algo.loss.needs_reference and algo.loss.needs_value and algo.loss.needs_full_logits
-    assert make_algorithm(load_config("tiny-grpo", ["algorithm.name=oreo", "algorithm.level=step"]).algorithm).loss.kl_reg == 0.1
-    assert make_algorithm(load_config("tiny-grpo", ["algorithm.name=oreo", "algorithm.level=response"]).algorithm).loss.kl_reg == 0.3
-    assert make_algorithm(load_config("tiny-grpo", ["algorithm.name=oreo", "algorithm.kl_reg=0"]).algorithm).loss.kl_reg == 0
+    assert (
+        make_algorithm(load_config("tiny-grpo", ["algorithm.name=oreo", "algorithm.level=step"]).algorithm).loss.kl_reg
+        == 0.1
+    )
+    assert (
+        make_algorithm(
+            load_config("tiny-grpo", ["algorithm.name=oreo", "algorithm.level=response"]).algorithm
+        ).loss.kl_reg
+        == 0.3
+    )
+    assert (
+        make_algorithm(load_config("tiny-grpo", ["algorithm.name=oreo", "algorithm.kl_reg=0"]).algorithm).loss.kl_reg
+        == 0
+    )
     rs = make_algorithm(load_config("tiny-grpo", ["algorithm.name=rejection_sampling"]).algorithm).loss
     assert rs.sft_weight == 1.0 and not rs.needs_reference and not rs.needs_value
     from launch.config import ConfigError
 
-    for bad, field in [("algorithm.level=sentence", "algorithm.level"), ("algorithm.step_delimiter=''", "algorithm.step_delimiter"),
-                       ("algorithm.kl_reg=-1", "algorithm.kl_reg"), ("learner.value_lr=0", "learner.value_lr")]:  # fmt: skip
+    for bad, field in [
+        ("algorithm.level=sentence", "algorithm.level"),
+        ("algorithm.step_delimiter=''", "algorithm.step_delimiter"),
+        ("algorithm.kl_reg=-1", "algorithm.kl_reg"),
+        ("learner.value_lr=0", "learner.value_lr"),
+    ]:
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             load_config("tiny-grpo", ["algorithm.name=oreo", bad])
 
@@ -231,8 +265,11 @@ def test_offline_oreo_trains_on_a_file_of_scored_responses(tiny_llama, tmp_path)
     from rollout.data import groups_of, read_data
 
     path = tmp_path / "scored.jsonl"
-    records = [("What is 2 + 3?", "2 + 3 = 5\nThe answer is 5", 1.0), ("What is 2 + 3?", "2 + 3 = 6", 0.0),
-               ("What is 4 + 4?", "4 + 4 = 8\n\\boxed{8}", 1.0)]  # fmt: skip
+    records = [
+        ("What is 2 + 3?", "2 + 3 = 5\nThe answer is 5", 1.0),
+        ("What is 2 + 3?", "2 + 3 = 6", 0.0),
+        ("What is 4 + 4?", "4 + 4 = 8\n\\boxed{8}", 1.0),
+    ]
     path.write_text("".join(json.dumps({"prompt": p, "response": r, "reward": w}) + "\n" for p, r, w in records))
     groups = groups_of(read_data(str(path)), AutoTokenizer.from_pretrained(tiny_llama))
     samples = [s for g in groups for s in g]
@@ -281,8 +318,9 @@ def test_explained_variance_of_parts_is_that_of_the_whole_batch():
     """With log-ratios (the target is R - beta * sum of the log-ratios from the state on, computed
     here by loops) and at step level; micro-batches' sums add up to the whole batch's."""
     batch = build_oreo_batch(_samples(), "response")
-    batch = TrainBatch([TrainSequence(s.prompt_ids, s.response_ids, reward=s.reward, action_starts=[0, 2, 4])
-                        for s in batch.sequences])  # fmt: skip
+    batch = TrainBatch(
+        [TrainSequence(s.prompt_ids, s.response_ids, reward=s.reward, action_starts=[0, 2, 4]) for s in batch.sequences]
+    )
     cb = collate(batch, 0)
     torch.manual_seed(3)
     logps, ref = -torch.rand(cb.input_ids.shape) * cb.loss_mask, -torch.rand(cb.input_ids.shape) * cb.loss_mask
@@ -299,7 +337,9 @@ def test_explained_variance_of_parts_is_that_of_the_whole_batch():
     expected = 1 - (y - v).var(unbiased=False) / y.var(unbiased=False)
     _, whole = compute_value_loss(spec, cb, values, logps, ref)
     assert explained_variance(whole)["value_explained_variance"] == pytest.approx(expected.item(), rel=1e-6)
-    parts = [compute_value_loss(spec, collate(TrainBatch(batch.sequences[a:b]), 0), values[a:b], logps[a:b],
-                                ref[a:b])[1] for a, b in [(0, 1), (1, len(batch.sequences))]]  # fmt: skip
+    parts = [
+        compute_value_loss(spec, collate(TrainBatch(batch.sequences[a:b]), 0), values[a:b], logps[a:b], ref[a:b])[1]
+        for a, b in [(0, 1), (1, len(batch.sequences))]
+    ]
     summed = {k: parts[0][k] + parts[1][k] for k in parts[0]}
     assert explained_variance(summed)["value_explained_variance"] == pytest.approx(expected.item(), rel=1e-6)

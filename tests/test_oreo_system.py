@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train import kill_after_checkpoint, read_metrics, rm_reward, tiny_config
 
 from launch.config import load_config
-from rollout.records import LossSpec, Sample
 from launch.metrics import read_jsonl
-from test_train import kill_after_checkpoint, read_metrics, rm_reward, tiny_config
+from rollout.records import LossSpec, Sample
 
 pytestmark = pytest.mark.system
 
@@ -22,9 +22,18 @@ def _fixed_batch():
     from rollout.algorithms import build_oreo_batch
 
     rewards = [1.0, 0.0, 1.0, 1.0] * 2  # mean 0.75
-    samples = [Sample(prompt_id=f"g{i // 4}", prompt_ids=[1, 5, 6 + i // 4], response_ids=list(range(10 + i, 14 + i + i % 3)),
-                      logprobs=[-4.0] * (4 + i % 3), finish_reason="stop", policy_version=0, reward=r)
-               for i, r in enumerate(rewards)]  # fmt: skip
+    samples = [
+        Sample(
+            prompt_id=f"g{i // 4}",
+            prompt_ids=[1, 5, 6 + i // 4],
+            response_ids=list(range(10 + i, 14 + i + i % 3)),
+            logprobs=[-4.0] * (4 + i % 3),
+            finish_reason="stop",
+            policy_version=0,
+            reward=r,
+        )
+        for i, r in enumerate(rewards)
+    ]
     return build_oreo_batch(samples)
 
 
@@ -37,9 +46,14 @@ def test_value_model_learns_beside_the_policy_and_zero3_matches_one_rank(ray_clu
     batch = _fixed_batch()
     spec = LossSpec(bellman_weight=1.0, value_weight=1.0, beta=0.1, kl_reg=0.01)
     runs = {}
-    for name, extra in [("one rank", []), ("zero3 packed", ["learner.num_ranks=2", "learner.zero_stage=3", "learner.packing=true"])]:
+    for name, extra in [
+        ("one rank", []),
+        ("zero3 packed", ["learner.num_ranks=2", "learner.zero_stage=3", "learner.packing=true"]),
+    ]:
         # a policy that barely moves keeps lr_t ~ 0, so the value's target is the reward itself
-        cfg = load_config("tiny-oreo", ["learner.lr=1e-6", "learner.value_lr=3e-3", "learner.micro_batch_size=4", *extra]).learner
+        cfg = load_config(
+            "tiny-oreo", ["learner.lr=1e-6", "learner.value_lr=3e-3", "learner.micro_batch_size=4", *extra]
+        ).learner
         group = LearnerGroup(tiny_llama, cfg, needs_reference=True, needs_value=True)
         try:
             checksums = [(group.on_all("weights_checksum")[0], group.on_all("value_checksum")[0])]
@@ -59,8 +73,9 @@ def test_value_model_learns_beside_the_policy_and_zero3_matches_one_rank(ray_clu
             assert len(set(learner_scores)) > 3, "a trained value model tells states apart"
         finally:
             group.shutdown()
-        assert len({c[0] for c in checksums}) == len(checksums) and len({c[1] for c in checksums}) == len(checksums), \
+        assert len({c[0] for c in checksums}) == len(checksums) and len({c[1] for c in checksums}) == len(checksums), (
             f"{name}: both the policy and the value model must change every step"
+        )
     steps = runs["one rank"]
     assert steps[0]["value_s0_mean"] == 0.0  # the zero-initialized head: V = 0 before training
     assert steps[0]["value_s0_abs_err"] == pytest.approx(0.75)  # |0 - R| averaged: the mean reward
@@ -70,7 +85,14 @@ def test_value_model_learns_beside_the_policy_and_zero3_matches_one_rank(ray_clu
     # explained variance of V against its target: 0 for the all-zero V, above 0 once V tells rows apart
     assert steps[0]["value_explained_variance"] == pytest.approx(0.0, abs=1e-6)
     assert steps[-1]["value_explained_variance"] > 0.05 and not any(k.startswith("value_ev_") for k in steps[-1])
-    for key in ("loss", "value_loss", "policy_bellman_loss", "kl_reg_term", "value_s0_mean", "value_explained_variance"):
+    for key in (
+        "loss",
+        "value_loss",
+        "policy_bellman_loss",
+        "kl_reg_term",
+        "value_s0_mean",
+        "value_explained_variance",
+    ):
         assert [s[key] for s in runs["zero3 packed"]] == pytest.approx([s[key] for s in steps], rel=1e-4, abs=1e-7), key
 
 
@@ -81,18 +103,33 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_oreo_stage_after_grpo_killed_and_resumed_ends_with_the_same_weights(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
+def test_oreo_stage_after_grpo_killed_and_resumed_ends_with_the_same_weights(
+    ray_cluster, tiny_llama, tiny_reward_model, tmp_path
+):
     from transformers import AutoModel
 
     from launch.run import run
     from launch.train import train
     from learner.value import ValueModel
 
-    stages = ["stages=[{name: grpo-warmup, steps: 2, algorithm: {name: grpo}, sync: {interval: 1}}, "
-              "{name: oreo, steps: 4, algorithm: {name: oreo, beta: 0.1, level: step, step_delimiter: ' '}, sync: {interval: 2}}]"]
-    cfg = tiny_config("tiny-oreo", tiny_llama, *stages, "checkpoint.every_steps=3", "learner.value_lr=1e-2",
-                      "logging.controller_name=oreo-resume", *rm_reward(tiny_reward_model),
-                      "eval.at_end=true", "eval.beam_size=2", "eval.num_questions=6", "eval.step_delimiter=' '")  # fmt: skip
+    stages = [
+        "stages=[{name: grpo-warmup, steps: 2, algorithm: {name: grpo}, sync: {interval: 1}}, "
+        "{name: oreo, steps: 4, algorithm: {name: oreo, beta: 0.1, level: step, step_delimiter: ' '}, "
+        "sync: {interval: 2}}]"
+    ]
+    cfg = tiny_config(
+        "tiny-oreo",
+        tiny_llama,
+        *stages,
+        "checkpoint.every_steps=3",
+        "learner.value_lr=1e-2",
+        "logging.controller_name=oreo-resume",
+        *rm_reward(tiny_reward_model),
+        "eval.at_end=true",
+        "eval.beam_size=2",
+        "eval.num_questions=6",
+        "eval.step_delimiter=' '",
+    )
     train(cfg, str(tmp_path / "whole"))
     rows = read_metrics(tmp_path / "whole")
     assert [r["stage"] for r in rows] == ["grpo-warmup"] * 2 + ["oreo"] * 4
@@ -103,9 +140,13 @@ def test_oreo_stage_after_grpo_killed_and_resumed_ends_with_the_same_weights(ray
     assert all(r["batch_actions"] > r["batch_rows"] for r in oreo)  # steps split at ' ': several actions a row
     assert {"policy_bellman_loss", "kl_reg_term", "value_s0_abs_err"} <= set(oreo[0])
     assert [r["engine_version"] for r in oreo] == [2, 4, 4, 6]
-    greedy, beam = read_jsonl(tmp_path / "whole" / "eval.jsonl")  # the end: greedy, then beam search with the learner's V
+    greedy, beam = read_jsonl(
+        tmp_path / "whole" / "eval.jsonl"
+    )  # the end: greedy, then beam search with the learner's V
     assert "beam" not in greedy and beam["beam"] == 2 and beam["questions"] == greedy["questions"] == 6
-    assert greedy["value_answers"] == 6 and "value_mse_last" in greedy and "value_answers" not in beam  # V's diagnostics
+    assert (
+        greedy["value_answers"] == 6 and "value_mse_last" in greedy and "value_answers" not in beam
+    )  # V's diagnostics
     assert all("value_explained_variance" in r for r in oreo)
     assert beam["policy_version"] == 6 and beam["tokens_per_question"] > greedy["tokens_per_question"]
 

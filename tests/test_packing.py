@@ -22,7 +22,10 @@ ROWS = [
 
 def test_shared_prompt_layout_and_mask():
     cb = collate(TrainBatch(ROWS), pad_token_id=3)
-    alone, shared = pack(cb.input_ids, cb.attention_mask, cb.loss_mask), pack(cb.input_ids, cb.attention_mask, cb.loss_mask, share_prompts=True)
+    alone, shared = (
+        pack(cb.input_ids, cb.attention_mask, cb.loss_mask),
+        pack(cb.input_ids, cb.attention_mask, cb.loss_mask, share_prompts=True),
+    )
     assert alone.input_ids.shape[1] == int(cb.attention_mask.sum()) == 26
     assert shared.input_ids.shape[1] == 26 - 2 * 3  # the prompt [1, 5, 9] packed once instead of three times
     assert shared.input_ids[0].tolist() == [1, 5, 9, 20, 21, 22, 23, 24, 25, 26, 1, 7, 30, 1, 2, 3, 4, 5, 40, 41]
@@ -43,7 +46,9 @@ def test_shared_prompt_layout_and_mask():
 def test_packed_equals_padded(tiny_qwen2, attn, share):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32, attn_implementation="sdpa" if attn == "blocks" else attn)
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_qwen2, dtype=torch.float32, attn_implementation="sdpa" if attn == "blocks" else attn
+    )
     if attn == "blocks":  # what the learner runs packed rows with
         assert use_block_attention(model) and model.config._attn_implementation == BLOCK_SDPA
     cb = collate(TrainBatch(ROWS), pad_token_id=3)
@@ -54,12 +59,19 @@ def test_packed_equals_padded(tiny_qwen2, attn, share):
         (values * cb.loss_mask).sum().backward()
         return [p.grad.clone() for p in model.parameters()]
 
-    padded = token_logprobs_and_entropy(model(input_ids=cb.input_ids, attention_mask=cb.attention_mask).logits, cb.input_ids)
+    padded = token_logprobs_and_entropy(
+        model(input_ids=cb.input_ids, attention_mask=cb.attention_mask).logits, cb.input_ids
+    )
     padded_grads = grads_of(padded[0] + 0.1 * padded[1])
     p = pack(cb.input_ids, cb.attention_mask, cb.loss_mask, share_prompts=share)
     spans = dict(packed_spans=p.spans) if attn == "blocks" else {}
-    logits = model(input_ids=p.input_ids, position_ids=p.position_ids, attention_mask=packed_mask(p, torch.float32),
-                   logits_to_keep=p.pred, **spans).logits[0]  # fmt: skip
+    logits = model(
+        input_ids=p.input_ids,
+        position_ids=p.position_ids,
+        attention_mask=packed_mask(p, torch.float32),
+        logits_to_keep=p.pred,
+        **spans,
+    ).logits[0]
     assert logits.shape[0] == int(mask.sum())  # logits on response tokens only
     packed = [unpack(t, p, cb.input_ids.shape) for t in logprobs_and_entropy(logits, p.target)]
     packed_grads = grads_of(packed[0] + 0.1 * packed[1])
@@ -77,7 +89,9 @@ def test_the_token_budget_counts_prompts_as_the_rank_packs_them():
     from learner.trainer import rank_micro_batches
     from rollout.records import TrainBatch, TrainSequence
 
-    rows = [TrainSequence(prompt_ids=list(range(20)), response_ids=[1, 2, 3, 4]) for _ in range(4)]  # one prompt, 4 rows
+    rows = [
+        TrainSequence(prompt_ids=list(range(20)), response_ids=[1, 2, 3, 4]) for _ in range(4)
+    ]  # one prompt, 4 rows
     cfg = LearnerConfig(packing=True, share_prompts=True, micro_batch_size=8, micro_batch_tokens=40)
     shared = rank_micro_batches(TrainBatch(rows), cfg)  # sdpa: 20 + 4 x 4 = 36 tokens
     assert [len(m.sequences) for m in shared] == [4]

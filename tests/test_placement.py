@@ -15,8 +15,13 @@ def config(*overrides: str):
 
 
 def test_run_asks_on_gpus_count_tensor_parallel_gpus_and_custom_resources():
-    cfg = config("rollout.num_workers=2", "rollout.tensor_parallel_size=2", "learner.num_ranks=4",
-                 "learner.placement_strategy=SPREAD", "learner.resources={learner_node: 1}")  # fmt: skip
+    cfg = config(
+        "rollout.num_workers=2",
+        "rollout.tensor_parallel_size=2",
+        "learner.num_ranks=4",
+        "learner.placement_strategy=SPREAD",
+        "learner.resources={learner_node: 1}",
+    )
     engines, rewards, learners = run_asks(cfg, gpu=True)
     assert engines == Ask("engines", 2, {"CPU": 1.0, "GPU": 2.0})
     assert rewards == Ask("reward workers", 1, {"CPU": 1.0})  # no GPU unless reward.num_gpus_per_worker asks
@@ -35,8 +40,12 @@ def test_a_short_cluster_is_named_by_resource_and_group():
 
 
 def test_reward_workers_ask_for_their_gpus_cpus_and_custom_resources():
-    cfg = config("reward.num_workers=2", "reward.num_gpus_per_worker=0.5", "reward.num_cpus_per_worker=2",
-                 "reward.resources={reward_node: 1}")  # fmt: skip
+    cfg = config(
+        "reward.num_workers=2",
+        "reward.num_gpus_per_worker=0.5",
+        "reward.num_cpus_per_worker=2",
+        "reward.resources={reward_node: 1}",
+    )
     rewards = run_asks(cfg, gpu=True)[1]
     assert rewards == Ask("reward workers", 2, {"CPU": 2.0, "GPU": 0.5, "reward_node": 1.0})
     assert run_asks(cfg, gpu=False)[1] == rewards  # the user's GPU ask stands: check_fits says if there are none
@@ -49,7 +58,10 @@ def test_reward_workers_are_counted_with_engines_and_learner_ranks():
     cfg = config("rollout.num_workers=2", "learner.num_ranks=2", "reward.num_workers=2", "reward.num_gpus_per_worker=1")
     with pytest.raises(PlacementError) as err:
         check_fits(run_asks(cfg, gpu=True), [{"CPU": 16.0, "GPU": 4.0}])
-    assert "needs 6 GPU for 2 engines (1 each) + 2 reward workers (1 each) + 2 learner ranks (1 each); the cluster has 4" in str(err.value)
+    assert (
+        "needs 6 GPU for 2 engines (1 each) + 2 reward workers (1 each) + 2 learner ranks (1 each); the cluster has 4"
+        in str(err.value)
+    )
     check_fits(run_asks(cfg, gpu=True), [{"CPU": 8.0, "GPU": 4.0}, {"CPU": 8.0, "GPU": 2.0}])
     cpus = config("reward.num_workers=3", "reward.num_cpus_per_worker=2")  # on CPU: 1 engine + 6 + 1 learner rank
     with pytest.raises(PlacementError, match=r"needs 8 CPU for .*3 reward workers \(2 each\).*; the cluster has 4"):
@@ -73,8 +85,9 @@ def test_a_bundle_no_node_can_hold_and_strict_strategies():
 
 
 def test_gpu_engine_settings_reach_vllm():
-    cfg = engine_settings(config("rollout.tensor_parallel_size=2", "rollout.gpu_memory_utilization=0.8",
-                                 "rollout.seed=3"))  # fmt: skip
+    cfg = engine_settings(
+        config("rollout.tensor_parallel_size=2", "rollout.gpu_memory_utilization=0.8", "rollout.seed=3")
+    )
     gpu = engine_kwargs("/m", cfg, worker_index=1, gpu=True)
     assert gpu["tensor_parallel_size"] == 2 and gpu["distributed_executor_backend"] == "mp"
     assert gpu["gpu_memory_utilization"] == 0.8 and gpu["dtype"] == "bfloat16" and gpu["seed"] == 4
@@ -83,13 +96,19 @@ def test_gpu_engine_settings_reach_vllm():
     assert one["tensor_parallel_size"] == 1 and "distributed_executor_backend" not in one
     # GPU defaults are vLLM's: CUDA graphs and 0.9 of the GPU; on CPU eager (no compile)
     assert one["enforce_eager"] is False and one["gpu_memory_utilization"] == 0.9
-    assert engine_kwargs("/m", engine_settings(config("rollout.enforce_eager=true")), 0, gpu=True)["enforce_eager"] is True
-    assert engine_kwargs("/m", engine_settings(config("rollout.cpu_kv_cache_gib=0.5")), 0, gpu=False)["enforce_eager"] is True
+    assert (
+        engine_kwargs("/m", engine_settings(config("rollout.enforce_eager=true")), 0, gpu=True)["enforce_eager"] is True
+    )
+    assert (
+        engine_kwargs("/m", engine_settings(config("rollout.cpu_kv_cache_gib=0.5")), 0, gpu=False)["enforce_eager"]
+        is True
+    )
     cpu = engine_kwargs("/m", engine_settings(config("rollout.cpu_kv_cache_gib=0.5")), 0, gpu=False)
     assert cpu["kv_cache_memory_bytes"] == 2**29 and cpu["dtype"] == "float32" and "gpu_memory_utilization" not in cpu
     # tensor parallelism on CPU: vLLM's worker processes, each bound to its own cores, and a CPU each in the bundle
-    cpu_tp = engine_kwargs("/m", engine_settings(config("rollout.tensor_parallel_size=2", "rollout.cpu_kv_cache_gib=0.5")),
-                           0, gpu=False)  # fmt: skip
+    cpu_tp = engine_kwargs(
+        "/m", engine_settings(config("rollout.tensor_parallel_size=2", "rollout.cpu_kv_cache_gib=0.5")), 0, gpu=False
+    )
     assert cpu_tp["tensor_parallel_size"] == 2 and cpu_tp["distributed_executor_backend"] == "mp"
     assert engine_bundle(config("rollout.tensor_parallel_size=2").rollout, gpu=False) == {"CPU": 2.0}
     assert engine_bundle(config("rollout.tensor_parallel_size=2").rollout, gpu=True) == {"CPU": 1.0, "GPU": 2.0}
@@ -110,7 +129,9 @@ def test_an_evaluations_value_worker_is_in_the_plan():
     asks = run_asks(config("rollout.num_workers=2"), gpu=True, learner=False, value=True)
     assert [(a.group, a.count, a.bundle) for a in asks][-1] == ("value workers", 1, {"CPU": 1.0, "GPU": 1.0})
     assert run_asks(config(), gpu=False, learner=False, value=True)[-1].bundle == {"CPU": 1.0}
-    with pytest.raises(PlacementError, match=r"needs 3 GPU for 2 engines \(1 each\) \+ 1 value workers \(1 each\); the cluster has 2"):
+    with pytest.raises(
+        PlacementError, match=r"needs 3 GPU for 2 engines \(1 each\) \+ 1 value workers \(1 each\); the cluster has 2"
+    ):
         check_fits(asks, [{"CPU": 8.0, "GPU": 2.0}])
 
 

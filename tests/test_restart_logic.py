@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from actors.faults import ActorFailure, RestartBudgetSpent, Supervisor
-from launch.config import FaultToleranceConfig, load_config, ConfigError
+from launch.config import ConfigError, FaultToleranceConfig, load_config
 from launch.metrics import MetricsLog, read_jsonl, step_record
 from rollout.algorithms import batch_rng, build_dpo_batch, make_algorithm
 from rollout.records import Sample, TrainBatch
@@ -20,7 +20,9 @@ def test_budgets_per_kind_and_per_run():
     sup = Supervisor(FaultToleranceConfig(rollout_restarts=2, reward_restarts=1, learner_restarts=0, max_restarts=3))
     sup.charge(ActorFailure("rollout", "rollout-0", "died"))
     sup.charge(ActorFailure("reward", "reward-0", "died"))
-    with pytest.raises(RestartBudgetSpent, match=r"reward-1 hung; no restart left: fault_tolerance.reward_restarts is 1"):
+    with pytest.raises(
+        RestartBudgetSpent, match=r"reward-1 hung; no restart left: fault_tolerance.reward_restarts is 1"
+    ):
         sup.charge(ActorFailure("reward", "reward-1", "hung"))
     with pytest.raises(RestartBudgetSpent, match="learner_restarts is 0"):
         sup.charge(ActorFailure("learner", "learner-1", "died"))
@@ -44,7 +46,9 @@ def test_without_a_budget_the_failure_itself_is_raised_and_events_drain_once():
     sup = Supervisor(FaultToleranceConfig(), on_event=seen.append)
     sup.charge(failure)
     sup.record(failure, 1.234)
-    assert sup.drain() == seen == [{"actor": "rollout-3", "kind": "rollout", "cause": failure.cause, "recovery_s": 1.23}]
+    assert (
+        sup.drain() == seen == [{"actor": "rollout-3", "kind": "rollout", "cause": failure.cause, "recovery_s": 1.23}]
+    )
     assert sup.drain() == []
 
 
@@ -58,11 +62,18 @@ def test_fault_tolerance_fields_are_validated():
 
 
 def test_rewind_replaces_records_after_the_checkpoint(tmp_path):
-    controller = SimpleNamespace(report=SimpleNamespace(remote=lambda r: None),
-                                 report_eval=SimpleNamespace(remote=lambda r: None))  # fmt: skip
+    controller = SimpleNamespace(
+        report=SimpleNamespace(remote=lambda r: None), report_eval=SimpleNamespace(remote=lambda r: None)
+    )
     log = MetricsLog(str(tmp_path), progress_bar=False, total_steps=6)
-    result = {"policy_version": 0, "accuracy": 0.5, "accuracy_stderr": 0.1, "questions": 4, "boxed_rate": 1.0,
-              "response_len_mean": 3.0}  # fmt: skip
+    result = {
+        "policy_version": 0,
+        "accuracy": 0.5,
+        "accuracy_stderr": 0.1,
+        "questions": 4,
+        "boxed_rate": 1.0,
+        "response_len_mean": 3.0,
+    }
     log.eval(0, result, controller)
     for step in range(1, 5):
         log.write(record(step), controller)
@@ -85,14 +96,32 @@ def test_rewind_replaces_records_after_the_checkpoint(tmp_path):
 
 
 def record(step: int) -> dict:
-    return {"step": step, "stage": "main", "sync_interval": 1, "policy_version": step, "reward_mean": 0.0,
-            "loss": 0.0, "response_len_mean": 1.0, "staleness_max": 0, "time_gen_s": 0.0, "time_train_s": 0.0,
-            "time_sync_s": 0.0}  # fmt: skip
+    return {
+        "step": step,
+        "stage": "main",
+        "sync_interval": 1,
+        "policy_version": step,
+        "reward_mean": 0.0,
+        "loss": 0.0,
+        "response_len_mean": 1.0,
+        "staleness_max": 0,
+        "time_gen_s": 0.0,
+        "time_train_s": 0.0,
+        "time_sync_s": 0.0,
+    }
 
 
 def sample(prompt: str, reward: float, ids: list[int], timed_out: bool = False) -> Sample:
-    return Sample(prompt_id=prompt, prompt_ids=[1, 2], response_ids=ids, logprobs=[-1.0] * len(ids), finish_reason="stop",
-                  policy_version=0, reward=reward, reward_info={"timed_out": timed_out})  # fmt: skip
+    return Sample(
+        prompt_id=prompt,
+        prompt_ids=[1, 2],
+        response_ids=ids,
+        logprobs=[-1.0] * len(ids),
+        finish_reason="stop",
+        policy_version=0,
+        reward=reward,
+        reward_info={"timed_out": timed_out},
+    )
 
 
 def test_grader_timeouts_are_counted_in_the_step_record():
@@ -113,7 +142,9 @@ def test_dpo_ties_depend_on_the_batch_not_on_the_batches_before():
         first.build(other)
         assert ids(first.build(batch)) == picks_fresh
     assert ids(make_algorithm(load_config("tiny-dpo").algorithm, seed=0).build(batch)) == picks_fresh
-    picks = {tuple(s.response_ids[0] for s in build_dpo_batch(batch, batch_rng(seed, batch)).sequences) for seed in range(20)}
+    picks = {
+        tuple(s.response_ids[0] for s in build_dpo_batch(batch, batch_rng(seed, batch)).sequences) for seed in range(20)
+    }
     assert len(picks) > 1  # the seed still matters: ties are not always broken the same way
     assert random.Random(1).random() != batch_rng(1, batch).random()
 

@@ -12,7 +12,7 @@ from rewards.python_function import PythonReward, RewardFunctionError
 from rewards.router import RewardRouter
 from rollout.records import Sample
 
-FUNCTIONS = '''
+FUNCTIONS = """
 import math, time
 
 def exact(prompts, completions, answer, **columns):
@@ -40,14 +40,24 @@ def short(prompts, completions, **columns):
 
 def nan(prompts, completions, **columns):
     return [math.nan for _ in completions]
-'''
+"""
 
 
 def sample(response: str, answer: str = "4", source: str = "math", prompt_id: str = "p0", **columns) -> Sample:
-    return Sample(prompt_id=prompt_id, prompt_ids=[1], response_ids=[2], logprobs=[0.0], finish_reason="stop",
-                  policy_version=0, prompt_text="2 + 2?", response_text=response, answer=answer, source=source,
-                  prompt_messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "2 + 2?"}],
-                  columns=columns)  # fmt: skip
+    return Sample(
+        prompt_id=prompt_id,
+        prompt_ids=[1],
+        response_ids=[2],
+        logprobs=[0.0],
+        finish_reason="stop",
+        policy_version=0,
+        prompt_text="2 + 2?",
+        response_text=response,
+        answer=answer,
+        source=source,
+        prompt_messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "2 + 2?"}],
+        columns=columns,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +83,16 @@ def test_weighted_sum_none_and_columns(functions):
         g.close()
 
 
-@pytest.mark.parametrize("name, cause", [
-    ("raises_on_b", r"raised on sample 1 of the batch \(prompt 'p1'\): ValueError: cannot score b"),
-    ("hangs", r"took longer than timeout_s=1 s on a batch of 2 samples"),
-    ("short", r"returned 1 values for 2 samples"),
-    ("nan", r"returned nan for sample 0 of the batch \(prompt 'p0'\): a reward must be a finite number"),
-    ("only_chat", r"no function of route 'chat' scored sample of prompt 'p0'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, cause",
+    [
+        ("raises_on_b", r"raised on sample 1 of the batch \(prompt 'p1'\): ValueError: cannot score b"),
+        ("hangs", r"took longer than timeout_s=1 s on a batch of 2 samples"),
+        ("short", r"returned 1 values for 2 samples"),
+        ("nan", r"returned nan for sample 0 of the batch \(prompt 'p0'\): a reward must be a finite number"),
+        ("only_chat", r"no function of route 'chat' scored sample of prompt 'p0'"),
+    ],
+)
 def test_each_failure_names_the_function_and_the_sample(functions, name, cause):
     f = PythonReward([f"{functions}:{name}"], timeout_s=1.0, route="chat")
     try:
@@ -104,14 +117,23 @@ def test_on_error_zero_scores_zero_and_counts(functions):
 def test_a_module_function_and_the_router(tmp_path, monkeypatch, functions):
     (tmp_path / "pkg_rewards").mkdir()
     (tmp_path / "pkg_rewards" / "__init__.py").write_text("")
-    (tmp_path / "pkg_rewards" / "fmt.py").write_text(textwrap.dedent('''
+    (tmp_path / "pkg_rewards" / "fmt.py").write_text(
+        textwrap.dedent("""
         def boxed(prompts, completions, **kw):
             return [1.0 if "\\\\boxed" in c else 0.0 for c in completions]
-    '''))
+    """)
+    )
     monkeypatch.chdir(tmp_path)
-    router = RewardRouter({"default": {"kind": "math_verify"},
-                           "chat": {"kind": "python", "function": ["pkg_rewards.fmt:boxed", f"{functions}:length"],
-                                    "weights": [1.0, -0.1]}})  # fmt: skip
+    router = RewardRouter(
+        {
+            "default": {"kind": "math_verify"},
+            "chat": {
+                "kind": "python",
+                "function": ["pkg_rewards.fmt:boxed", f"{functions}:length"],
+                "weights": [1.0, -0.1],
+            },
+        }
+    )
     try:
         scored = router.apply([sample("\\boxed{4}"), sample("\\boxed{5}", source="chat")])
         assert scored[0].reward == 1.0 and scored[0].reward_info["route"] == "default"
@@ -131,11 +153,20 @@ def test_bad_functions_are_one_line_before_ray(tmp_path, functions):
     from tests.test_bad_input import assert_one_line, syncrl
 
     route = "reward.routes.default={kind: python, function: %s}"
-    assert_one_line(syncrl("train", "tiny-grpo", "--set", route % f"{tmp_path}/none.py:f"),
-                    "reward.routes.default.function", "none.py:f", "no file")  # fmt: skip
-    assert_one_line(syncrl("train", "tiny-grpo", "--set", route % f"{functions}:missing"),
-                    "reward.routes.default.function", "'missing' is not defined")  # fmt: skip
-    assert_one_line(syncrl("train", "tiny-grpo", "--set", route % "no_such_module_x:f"), "cannot import module 'no_such_module_x'")
+    assert_one_line(
+        syncrl("train", "tiny-grpo", "--set", route % f"{tmp_path}/none.py:f"),
+        "reward.routes.default.function",
+        "none.py:f",
+        "no file",
+    )
+    assert_one_line(
+        syncrl("train", "tiny-grpo", "--set", route % f"{functions}:missing"),
+        "reward.routes.default.function",
+        "'missing' is not defined",
+    )
+    assert_one_line(
+        syncrl("train", "tiny-grpo", "--set", route % "no_such_module_x:f"), "cannot import module 'no_such_module_x'"
+    )
     assert_one_line(syncrl("train", "tiny-grpo", "--set", route % "nocolon"), "must look like 'pkg.module:name'")
 
 
@@ -150,7 +181,9 @@ def test_a_failing_function_in_a_reward_worker_is_reported_by_name(ray_cluster, 
     group = RewardGroup(cfg, Supervisor(load_config().fault_tolerance))
     try:
         assert [s.reward for s in group.score([sample("a")])] == [0.0]
-        with pytest.raises(RewardFunctionError, match=r"raises_on_b \(route 'default'\) raised on sample 1 .*prompt 'p1'"):
+        with pytest.raises(
+            RewardFunctionError, match=r"raises_on_b \(route 'default'\) raised on sample 1 .*prompt 'p1'"
+        ):
             group.score([sample("a", prompt_id="p0"), sample("b", prompt_id="p1")])
         assert not math.isnan(ray.get(group.workers[0].stats.remote())["default"]["scored"])  # the worker lives on
     finally:
@@ -163,7 +196,9 @@ def test_a_function_that_does_not_import_on_the_worker_fails_its_start(tmp_path)
     f = PythonReward([f"{path}:f"])
     path.unlink()  # checked by the CLI, then gone where the worker runs
     try:
-        with pytest.raises(RewardFunctionError, match=r"reward function .*gone.py:f \(route 'python'\) does not import .*no file"):
+        with pytest.raises(
+            RewardFunctionError, match=r"reward function .*gone.py:f \(route 'python'\) does not import .*no file"
+        ):
             f.start()
     finally:
         f.close()

@@ -152,7 +152,10 @@ def test_verifier_requiring_the_box_counts_only_boxed_answers():
     strict = MathVerifier(timeout_s=5.0, require_boxed=True)
     try:
         cases = ["So 3 + 4 = \\boxed{7}.", "3 + 4 = 7", "3 + 4 = \\boxed{8}", "It is \\boxed{7"]
-        got = [(r.reward, r.info["source"], r.info.get("unboxed_correct")) for r in strict.score([sample(c, "7") for c in cases])]
+        got = [
+            (r.reward, r.info["source"], r.info.get("unboxed_correct"))
+            for r in strict.score([sample(c, "7") for c in cases])
+        ]
         assert got == [(1.0, "boxed", None), (0.0, "number", True), (0.0, "boxed", None), (0.0, "boxed_unclosed", True)]
     finally:
         strict.close()
@@ -278,8 +281,12 @@ def test_reward_model_text_without_chat_template(reward_model_path):
 def spread_samples(n: int = 12) -> list[Sample]:
     """Chat samples from a few tokens to a few hundred, in no order of length."""
     words = [3, 150, 10, 80, 1, 40, 120, 5, 60, 20, 100, 0]
-    return [sample(prompt=f"Tell me about {i}.", response=" ".join(["word"] * words[i % len(words)] + [str(i)]), source="chat")
-            for i in range(n)]  # fmt: skip
+    return [
+        sample(
+            prompt=f"Tell me about {i}.", response=" ".join(["word"] * words[i % len(words)] + [str(i)]), source="chat"
+        )
+        for i in range(n)
+    ]
 
 
 def test_batches_formed_by_tokens_give_the_scores_of_one_padded_batch(reward_model_path):
@@ -332,8 +339,10 @@ def hf_logits(model_path: str, samples: list[Sample]):
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path, dtype=torch.float32).eval()
     with torch.no_grad():
-        return [model(input_ids=torch.tensor([reward_token_ids(tokenizer, s.messages, s.response_text)])).logits[0].tolist()
-                for s in samples]  # fmt: skip
+        return [
+            model(input_ids=torch.tensor([reward_token_ids(tokenizer, s.messages, s.response_text)])).logits[0].tolist()
+            for s in samples
+        ]
 
 
 def test_a_two_label_classifier_is_read_through_label_index_or_refused(two_label_model, reward_model_path):
@@ -348,7 +357,9 @@ def test_a_two_label_classifier_is_read_through_label_index_or_refused(two_label
         assert [r.reward for r in scorer.score(samples)] == pytest.approx([row[label] for row in reference], abs=1e-5)
     router = RewardRouter({"default": {"kind": "reward_model", "model_path": two_label_model, "label_index": 1}})
     assert [s.reward for s in router.apply(samples)] == pytest.approx([row[1] for row in reference], abs=1e-5)
-    with pytest.raises(ConfigError, match=r"2 labels \(id2label \{'0': 'bad', '1': 'good'\}\).*reward\.routes\.<name>\.label_index"):
+    with pytest.raises(
+        ConfigError, match=r"2 labels \(id2label \{'0': 'bad', '1': 'good'\}\).*reward\.routes\.<name>\.label_index"
+    ):
         RewardModelScorer(two_label_model)
     with pytest.raises(ConfigError, match="label_index: 2 is out of range"):
         RewardModelScorer(two_label_model, label_index=2)
@@ -384,8 +395,11 @@ def test_check_reward_model_names_the_field_and_the_fix(two_label_model, reward_
     for path, label in [(reward_model_path, None), (reward_model_path, 0), (two_label_model, 1)]:
         check_reward_model(path, label, field)
     # the CLI runs it before Ray starts: config.json only, torch is not imported
-    code = (f"import sys; from rewards.reward_model import check_reward_model; check_reward_model({reward_model_path!r}, None, 'f');"
-            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")  # fmt: skip
+    code = (
+        "import sys; from rewards.reward_model import check_reward_model; "
+        f"check_reward_model({reward_model_path!r}, None, 'f');"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -492,9 +506,12 @@ def test_reward_group_is_placed_and_a_replacement_takes_its_bundle(ray_cluster, 
     from actors.reward import RewardGroup
     from launch.config import RewardConfig
 
-    cfg = RewardConfig(num_workers=2, num_cpus_per_worker=0.5,
-                       routes={"chat": RewardRoute(kind="reward_model", model_path=reward_model_path, batch_tokens=256)},
-                       default="chat")  # fmt: skip
+    cfg = RewardConfig(
+        num_workers=2,
+        num_cpus_per_worker=0.5,
+        routes={"chat": RewardRoute(kind="reward_model", model_path=reward_model_path, batch_tokens=256)},
+        default="chat",
+    )
     group = RewardGroup(cfg)
     try:
         assert group.placement.ask.bundle == {"CPU": 0.5} and group.placement.ask.count == 2

@@ -23,8 +23,10 @@ pytestmark = pytest.mark.system
 LOGPROB_TOL = 1e-4  # fp32 engine vs fp32 Hugging Face forward; measured ~3e-6
 MAX_NEW = 16
 CFG = RolloutConfig(max_new_tokens=MAX_NEW, max_model_len=256, samples_per_prompt=3, cpu_kv_cache_gib=0.25, seed=1)
-PROMPTS = [Prompt(id=f"p{i}", messages=[{"role": "user", "content": q}], answer=str(i), source="math")
-           for i, q in enumerate(["What is 2 + 3?", "Sum of 17 and 4", "7 times 6 =", "How many apples are left?"])]  # fmt: skip
+PROMPTS = [
+    Prompt(id=f"p{i}", messages=[{"role": "user", "content": q}], answer=str(i), source="math")
+    for i, q in enumerate(["What is 2 + 3?", "Sum of 17 and 4", "7 times 6 =", "How many apples are left?"])
+]
 
 
 def load_state(folder) -> list[tuple[str, torch.Tensor]]:
@@ -45,14 +47,14 @@ def assert_matches_hf(samples, model, temperature: float = 1.0):
         ids = torch.tensor([s.prompt_ids + s.response_ids])
         with torch.no_grad():
             logps, _ = token_logprobs_and_entropy(model(ids).logits, ids, temperature)
-        hf = logps[0, len(s.prompt_ids):]
+        hf = logps[0, len(s.prompt_ids) :]
         assert len(s.logprobs) == len(s.response_ids) > 0
         assert (hf - torch.tensor(s.logprobs)).abs().max().item() < LOGPROB_TOL
 
 
 def hf_greedy(model, prompt_ids: list[int]) -> list[int]:
     out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=MAX_NEW, do_sample=False)
-    return out[0, len(prompt_ids):].tolist()
+    return out[0, len(prompt_ids) :].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +147,14 @@ def test_incomplete_update_is_refused_until_a_whole_one_loads(engine, tiny_llama
 def test_tensors_are_serialized_as_their_bytes_without_a_copy():
     from actors.common import _tensor_bytes, _tensor_from_bytes
 
-    for t in (torch.randn(3, 5), torch.randn(4, 2).to(torch.bfloat16), torch.arange(6), torch.tensor(True),
-              torch.randn(6, 4).t(), torch.tensor(2.5)):  # fmt: skip
+    for t in (
+        torch.randn(3, 5),
+        torch.randn(4, 2).to(torch.bfloat16),
+        torch.arange(6),
+        torch.tensor(True),
+        torch.randn(6, 4).t(),
+        torch.tensor(2.5),
+    ):
         data, dtype, shape = state = _tensor_bytes(t)
         back = _tensor_from_bytes(state)
         assert back.dtype == t.dtype and back.shape == t.shape and torch.equal(back, t)

@@ -14,13 +14,13 @@ from launch.config import ConfigError, LearnerConfig, ModelConfig, SyncRLConfig,
 from learner import trainer
 from learner.trainer import attn_implementation, ds_config, load_kwargs, model_dtype
 
-CUSTOM_CONFIG = '''from transformers import LlamaConfig
+CUSTOM_CONFIG = """from transformers import LlamaConfig
 
 
 class CustomLlamaConfig(LlamaConfig):
     model_type = "syncrl_custom_llama"
-'''
-CUSTOM_MODELING = '''from transformers import LlamaForCausalLM, LlamaModel
+"""
+CUSTOM_MODELING = """from transformers import LlamaForCausalLM, LlamaModel
 
 from .configuration_custom import CustomLlamaConfig
 
@@ -31,7 +31,7 @@ class CustomLlamaModel(LlamaModel):
 
 class CustomLlamaForCausalLM(LlamaForCausalLM):
     config_class = CustomLlamaConfig
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +43,15 @@ def remote_code_llama(tiny_llama, tmp_path_factory) -> str:
     (folder / "configuration_custom.py").write_text(CUSTOM_CONFIG)
     (folder / "modeling_custom.py").write_text(CUSTOM_MODELING)
     config = json.loads((folder / "config.json").read_text())
-    config.update(model_type="syncrl_custom_llama", architectures=["CustomLlamaForCausalLM"], auto_map={
-        "AutoConfig": "configuration_custom.CustomLlamaConfig", "AutoModel": "modeling_custom.CustomLlamaModel",
-        "AutoModelForCausalLM": "modeling_custom.CustomLlamaForCausalLM"})  # fmt: skip
+    config.update(
+        model_type="syncrl_custom_llama",
+        architectures=["CustomLlamaForCausalLM"],
+        auto_map={
+            "AutoConfig": "configuration_custom.CustomLlamaConfig",
+            "AutoModel": "modeling_custom.CustomLlamaModel",
+            "AutoModelForCausalLM": "modeling_custom.CustomLlamaForCausalLM",
+        },
+    )
     (folder / "config.json").write_text(json.dumps(config))
     return str(folder)
 
@@ -54,10 +60,13 @@ def remote_code_llama(tiny_llama, tmp_path_factory) -> str:
 def test_model_settings_give_the_learners_from_pretrained_arguments(monkeypatch):
     monkeypatch.setattr(trainer, "_has_flash_attn", lambda: True)
     assert load_kwargs(None, gpu=False) == dict(dtype=torch.float32, trust_remote_code=False)
-    assert load_kwargs(ModelConfig(), gpu=True) == dict(dtype=torch.bfloat16, trust_remote_code=False,
-                                                        attn_implementation="flash_attention_2")  # fmt: skip
+    assert load_kwargs(ModelConfig(), gpu=True) == dict(
+        dtype=torch.bfloat16, trust_remote_code=False, attn_implementation="flash_attention_2"
+    )
     explicit = ModelConfig(dtype="bfloat16", attn_implementation="eager", trust_remote_code=True)
-    assert load_kwargs(explicit, gpu=False) == dict(dtype=torch.bfloat16, trust_remote_code=True, attn_implementation="eager")
+    assert load_kwargs(explicit, gpu=False) == dict(
+        dtype=torch.bfloat16, trust_remote_code=True, attn_implementation="eager"
+    )
     assert model_dtype("float32", gpu=True) == torch.float32 and model_dtype("float16", gpu=False) == torch.float16
     # fp32 on a GPU: flash attention has no fp32 kernels, so auto keeps transformers' default (sdpa)
     assert load_kwargs(ModelConfig(dtype="float32"), gpu=True) == dict(dtype=torch.float32, trust_remote_code=False)
@@ -78,8 +87,10 @@ def test_flash_attention_that_cannot_run_is_an_error_naming_the_field(monkeypatc
 
 
 def test_deepspeed_precision_follows_the_model_dtype():
-    precision = lambda dtype: (ds_config(LearnerConfig(), dtype)["bf16"]["enabled"],  # noqa: E731
-                               ds_config(LearnerConfig(), dtype)["fp16"]["enabled"])  # fmt: skip
+    def precision(dtype):
+        ds = ds_config(LearnerConfig(), dtype)
+        return ds["bf16"]["enabled"], ds["fp16"]["enabled"]
+
     assert precision(torch.bfloat16) == (True, False)
     assert precision(torch.float16) == (False, True)
     assert precision(torch.float32) == (False, False)
@@ -96,19 +107,40 @@ def test_learner_loads_policy_reference_and_value_model_as_the_model_settings_sa
     from rollout.records import LossSpec, Sample
 
     settings = ModelConfig(dtype="bfloat16", attn_implementation="eager", trust_remote_code=True)
-    group = LearnerGroup(remote_code_llama, LearnerConfig(lr=1e-3), needs_reference=True, needs_value=True, model=settings)
+    group = LearnerGroup(
+        remote_code_llama, LearnerConfig(lr=1e-3), needs_reference=True, needs_value=True, model=settings
+    )
     try:
+
         def inspect(rank):
             models = {"policy": rank.engine.module, "reference": rank.reference, "value": rank.value_engine.module}
-            return {name: (type(m.backbone if name == "value" else m).__name__, {p.dtype for p in m.parameters()},
-                           m.config._attn_implementation) for name, m in models.items()}  # fmt: skip
+            return {
+                name: (
+                    type(m.backbone if name == "value" else m).__name__,
+                    {p.dtype for p in m.parameters()},
+                    m.config._attn_implementation,
+                )
+                for name, m in models.items()
+            }
 
         seen = ray.get(group.workers[0].call.remote(inspect))
-        assert seen == {"policy": ("CustomLlamaForCausalLM", {torch.bfloat16}, "eager"),
-                        "reference": ("CustomLlamaForCausalLM", {torch.bfloat16}, "eager"),
-                        "value": ("CustomLlamaModel", {torch.bfloat16}, "eager")}  # fmt: skip
-        samples = [Sample(prompt_id="p", prompt_ids=[1, 5, 6], response_ids=[7 + k, 8, 9], logprobs=[-4.0] * 3,
-                          finish_reason="stop", policy_version=0, reward=float(k % 2)) for k in range(4)]  # fmt: skip
+        assert seen == {
+            "policy": ("CustomLlamaForCausalLM", {torch.bfloat16}, "eager"),
+            "reference": ("CustomLlamaForCausalLM", {torch.bfloat16}, "eager"),
+            "value": ("CustomLlamaModel", {torch.bfloat16}, "eager"),
+        }
+        samples = [
+            Sample(
+                prompt_id="p",
+                prompt_ids=[1, 5, 6],
+                response_ids=[7 + k, 8, 9],
+                logprobs=[-4.0] * 3,
+                finish_reason="stop",
+                policy_version=0,
+                reward=float(k % 2),
+            )
+            for k in range(4)
+        ]
         metrics = group.train_step(build_grpo_batch(samples), LossSpec(grpo_weight=1.0))
         assert torch.isfinite(torch.tensor(metrics["loss"]))
     finally:
@@ -147,11 +179,16 @@ def test_driver_tokenizer_loads_pass_trust_remote_code(tiny_llama, monkeypatch):
 def test_rollout_dtype_auto_follows_model_dtype_and_explicit_wins():
     from rollout.engine import engine_dtype
 
-    cfg = SyncRLConfig.model_validate({"model": {"dtype": "bfloat16", "trust_remote_code": True},
-                                       "rollout": {"num_workers": 2, "max_new_tokens": 7}})  # fmt: skip
+    cfg = SyncRLConfig.model_validate(
+        {"model": {"dtype": "bfloat16", "trust_remote_code": True}, "rollout": {"num_workers": 2, "max_new_tokens": 7}}
+    )
     settings = engine_settings(cfg)
-    assert (settings.dtype, settings.trust_remote_code, settings.num_workers, settings.max_new_tokens) == \
-        ("bfloat16", True, 2, 7)
+    assert (settings.dtype, settings.trust_remote_code, settings.num_workers, settings.max_new_tokens) == (
+        "bfloat16",
+        True,
+        2,
+        7,
+    )
     assert cfg.rollout.dtype == "auto"  # the config itself is left as written
     explicit = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"dtype": "float32"})})
     assert engine_settings(explicit).dtype == "float32"
@@ -163,6 +200,7 @@ def test_rollout_dtype_auto_follows_model_dtype_and_explicit_wins():
 def test_cpu_kv_cache_holds_one_step_of_sequences_per_engine():
     """rollout.cpu_kv_cache_gib None: each engine's share of a step's prompts, times the samples,
     each as long as the longest prompt plus max_new_tokens allows; at least one max_model_len."""
+
     def tokens(**sections):
         return engine_settings(SyncRLConfig.model_validate(sections)).kv_cache_tokens
 
@@ -171,8 +209,13 @@ def test_cpu_kv_cache_holds_one_step_of_sequences_per_engine():
     # a sequence is never longer than max_model_len
     assert tokens(data={"prompts_per_step": 2}, rollout={"samples_per_prompt": 2, "max_model_len": 300}) == 4 * 300
     # one short sequence: still room for max_model_len (vLLM asks for it)
-    assert tokens(data={"prompts_per_step": 1, "max_prompt_tokens": 8},
-                  rollout={"samples_per_prompt": 1, "max_new_tokens": 8, "max_model_len": 64}) == 64  # fmt: skip
+    assert (
+        tokens(
+            data={"prompts_per_step": 1, "max_prompt_tokens": 8},
+            rollout={"samples_per_prompt": 1, "max_new_tokens": 8, "max_model_len": 64},
+        )
+        == 64
+    )
 
 
 def test_engine_passes_dtype_and_trust_remote_code_to_vllm(tiny_llama, monkeypatch):
@@ -192,8 +235,9 @@ def test_engine_passes_dtype_and_trust_remote_code_to_vllm(tiny_llama, monkeypat
     monkeypatch.setattr(vllm, "LLM", FakeLLM)
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # restored after the test
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    cfg = SyncRLConfig.model_validate({"model": {"dtype": "bfloat16", "trust_remote_code": True},
-                                       "rollout": {"cpu_threads_bind": "nobind"}})  # fmt: skip
+    cfg = SyncRLConfig.model_validate(
+        {"model": {"dtype": "bfloat16", "trust_remote_code": True}, "rollout": {"cpu_threads_bind": "nobind"}}
+    )
     RolloutEngine(tiny_llama, engine_settings(cfg))
     assert seen["model"] == tiny_llama and seen["dtype"] == "bfloat16" and seen["trust_remote_code"] is True
 
@@ -209,10 +253,16 @@ def load_data(cfg, model_path: str) -> list:
 
 def test_a_prompt_longer_than_max_prompt_tokens_stops_the_run_naming_it(tiny_llama, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"id": "short", "prompt": "1 + 1?"}) + "\n" +
-                       json.dumps({"id": "long-one", "prompt": "1 + 1? " * 40}) + "\n")  # fmt: skip
+    prompts.write_text(
+        json.dumps({"id": "short", "prompt": "1 + 1?"})
+        + "\n"
+        + json.dumps({"id": "long-one", "prompt": "1 + 1? " * 40})
+        + "\n"
+    )
     cfg = load_config(None, [f"data.path={prompts}", "data.max_prompt_tokens=64"])
-    with pytest.raises(ConfigError, match=r"data.max_prompt_tokens=64: prompt 'long-one' of .*prompts.jsonl is \d+ tokens"):
+    with pytest.raises(
+        ConfigError, match=r"data.max_prompt_tokens=64: prompt 'long-one' of .*prompts.jsonl is \d+ tokens"
+    ):
         load_data(cfg, tiny_llama)
     cfg = load_config(None, ["data.task=add-1digit", "data.one_shot=true", "data.max_prompt_tokens=20"])
     with pytest.raises(ConfigError, match=r"prompt 'add-1digit/train/\d+' of data.task 'add-1digit' is \d+ tokens"):
@@ -266,7 +316,9 @@ def test_only_the_warnings_of_layers_without_checkpoint_tensors_are_filtered():
 
     quiet = CheckpointlessLayerFilter({"RotaryEmbedding", "ParallelLMHead"})
     record = lambda msg, *args: logging.LogRecord("vllm", logging.WARNING, __file__, 1, msg, args, None)  # noqa: E731
-    assert not quiet.filter(record(UNLOADED, "RotaryEmbedding")) and not quiet.filter(record(UNLOADED, "ParallelLMHead"))
+    assert not quiet.filter(record(UNLOADED, "RotaryEmbedding")) and not quiet.filter(
+        record(UNLOADED, "ParallelLMHead")
+    )
     assert quiet.filter(record(UNLOADED, "QKVParallelLinear"))  # a layer with weights of its own still warns
     assert quiet.filter(record("Allocating %.1f MB of device memory", 3.0))
     assert quiet.dropped == {"RotaryEmbedding": 1, "ParallelLMHead": 1}
@@ -292,11 +344,17 @@ def test_a_push_logs_no_failed_to_load_weights(tiny_llama):
     from rollout.vllm_worker import RELOAD_LOGGER
 
     rollout = {"max_model_len": 128, "max_new_tokens": 4}  # the KV cache sized by the run (cpu_kv_cache_gib None)
-    cfg = SyncRLConfig.model_validate({"model": {"trust_remote_code": True}, "rollout": rollout})  # plain folder: as before
+    cfg = SyncRLConfig.model_validate(
+        {"model": {"trust_remote_code": True}, "rollout": rollout}
+    )  # plain folder: as before
     settings = engine_settings(cfg)
     engine = RolloutEngine(tiny_llama, settings)
     cache = engine.llm.llm_engine.vllm_config.cache_config  # what vLLM allocated from the bytes it was given
-    assert settings.kv_cache_tokens <= cache.num_gpu_blocks * cache.block_size <= settings.kv_cache_tokens + KV_SPARE_TOKENS
+    assert (
+        settings.kv_cache_tokens
+        <= cache.num_gpu_blocks * cache.block_size
+        <= settings.kv_cache_tokens + KV_SPARE_TOKENS
+    )
     reload_log, syncrl_log = logging.getLogger(RELOAD_LOGGER), logging.getLogger("syncrl.rollout")
     seen, trace = Records(), Records()
     reload_log.addHandler(seen)

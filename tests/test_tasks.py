@@ -19,7 +19,9 @@ def test_tasks_are_seeded_disjoint_and_correct(name):
         question = p.messages[-1]["content"]
         if name.startswith("chain"):  # "Start with a. Add b, then multiply by c, ...": apply the words in order
             value = int(question.split(".")[0].removeprefix("Start with "))
-            for step in question.split(". ", 1)[1].split("?")[0].removesuffix(". What number do you get").split(", then "):
+            for step in (
+                question.split(". ", 1)[1].split("?")[0].removesuffix(". What number do you get").split(", then ")
+            ):
                 n = int(step.split()[-1])
                 value = {"add": value + n, "multiply": value * n, "subtract": value - n}[step.split()[0].lower()]
             assert str(value) == p.answer and value > 0

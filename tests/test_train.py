@@ -29,11 +29,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(recipe: str, model: str, *overrides: str):
-    return load_config(recipe, [
-        f"model.path={model}", "steps=4", "data.prompts_per_step=4", "rollout.samples_per_prompt=4",
-        "rollout.max_new_tokens=12", "rollout.cpu_kv_cache_gib=0.25", "learner.lr=5e-3",
-        "logging.progress_bar=false", *overrides,
-    ])  # fmt: skip
+    return load_config(
+        recipe,
+        [
+            f"model.path={model}",
+            "steps=4",
+            "data.prompts_per_step=4",
+            "rollout.samples_per_prompt=4",
+            "rollout.max_new_tokens=12",
+            "rollout.cpu_kv_cache_gib=0.25",
+            "learner.lr=5e-3",
+            "logging.progress_bar=false",
+            *overrides,
+        ],
+    )
 
 
 def rm_reward(model: str) -> list[str]:
@@ -51,8 +60,9 @@ def interval(value) -> float:
 
 @pytest.mark.parametrize("s", [1, 2, "inf"])
 @pytest.mark.parametrize("recipe", ["tiny-grpo", "tiny-dpo"])
-def test_sync_interval_bounds_staleness_and_engine_weights(ray_cluster, tiny_llama, tiny_reward_model, tmp_path,
-                                                            recipe, s):  # fmt: skip
+def test_sync_interval_bounds_staleness_and_engine_weights(
+    ray_cluster, tiny_llama, tiny_reward_model, tmp_path, recipe, s
+):
     from launch.train import train
 
     # DPO on an untrained tiny model rarely finds a correct answer to pair: score with a reward model.
@@ -88,14 +98,25 @@ def check_startup(run_dir, first_step: dict, reference: bool) -> None:
     """startup.json (bench/startup.py's table): every part of the start-up, in the order it ran."""
     startup = json.loads(Path(run_dir, "startup.json").read_text())
     names = lambda rec: [p[0] for p in rec["phases"]]  # noqa: E731
-    assert names(startup["driver"]) == ["task, tokenizer and data", "cluster check and controller",
-                                        "rollout and reward groups started", "learner placement and rendezvous",
-                                        "waiting for the actors", "file check, placement, transport"]  # fmt: skip
+    assert names(startup["driver"]) == [
+        "task, tokenizer and data",
+        "cluster check and controller",
+        "rollout and reward groups started",
+        "learner placement and rendezvous",
+        "waiting for the actors",
+        "file check, placement, transport",
+    ]
     workers = startup["workers"]
     assert names(workers["rollout-0"]) == ["imports", "vLLM engine"]
     assert names(workers["reward-0"]) == ["scorers"]
-    assert names(workers["learner-0"]) == ["imports", "process group", "policy load", "DeepSpeed initialize",
-                                           *(["reference model"] if reference else []), "step memory"]  # fmt: skip
+    assert names(workers["learner-0"]) == [
+        "imports",
+        "process group",
+        "policy load",
+        "DeepSpeed initialize",
+        *(["reference model"] if reference else []),
+        "step memory",
+    ]
     for w in workers.values():
         assert w["submitted"] <= w["start"] <= w["end"] <= startup["driver"]["end"] and w["process"] <= w["start"]
         assert sum(p[2] for p in w["phases"]) == pytest.approx(w["end"] - w["start"], abs=0.01)
@@ -125,7 +146,7 @@ def assert_engines_are_the_learner(rollouts, learners, prompts, version: int, fo
     assert all(s.policy_version == version for s in after)
     for s in after:
         out = hf.generate(torch.tensor([s.prompt_ids]), max_new_tokens=cfg.rollout.max_new_tokens, do_sample=False)
-        assert s.response_ids == out[0, len(s.prompt_ids):].tolist(), folder.name
+        assert s.response_ids == out[0, len(s.prompt_ids) :].tolist(), folder.name
     assert [s.response_ids for s in after] != before, f"{folder.name}: the weights did not change"
     return [s.response_ids for s in after]
 
@@ -169,8 +190,14 @@ def test_push_into_tensor_parallel_engines_and_past_an_engine_lost_at_a_push(ray
     from actors.weight_sync import CollectiveTransport
     from rollout.tasks import make_task
 
-    cfg = tiny_config("tiny-grpo", tiny_llama, "learner.lr=0.05", "rollout.num_workers=2",
-                      "rollout.tensor_parallel_size=2", "fault_tolerance.generate_timeout_s=120")  # fmt: skip
+    cfg = tiny_config(
+        "tiny-grpo",
+        tiny_llama,
+        "learner.lr=0.05",
+        "rollout.num_workers=2",
+        "rollout.tensor_parallel_size=2",
+        "fault_tolerance.generate_timeout_s=120",
+    )
     prompts, _ = make_task("add-2digit", 4, 0)
     supervisor = Supervisor(cfg.fault_tolerance)
     rollouts = RolloutGroup(tiny_llama, cfg.rollout, supervisor)
@@ -184,8 +211,9 @@ def test_push_into_tensor_parallel_engines_and_past_an_engine_lost_at_a_push(ray
                 pid = __import__("ray").get(rollouts.workers[1].call.remote(lambda actor: os.getpid()))
                 os.kill(pid, signal.SIGKILL)
             transport.push(learners, rollouts, version, keep=False)
-            before = assert_engines_are_the_learner(rollouts, learners, prompts, version, tmp_path / str(version),
-                                                    before, cfg)  # fmt: skip
+            before = assert_engines_are_the_learner(
+                rollouts, learners, prompts, version, tmp_path / str(version), before, cfg
+            )
         assert rollouts.call(lambda w, i: w.weight_receivers.remote()) == [2, 2]
         assert [(e["actor"], e["cause"].split(" ")[0]) for e in supervisor.events] == [("rollout-1", "died")]
         assert "during a weight push" in supervisor.events[0]["cause"]
@@ -208,9 +236,19 @@ def test_zero3_two_ranks_packing_and_token_budget_match_one_rank(ray_cluster, ti
     from rollout.algorithms import build_group_dpo_batch
     from rollout.records import Sample
 
-    samples = [Sample(prompt_id=f"g{g}", prompt_ids=[1, 5, 6 + g], response_ids=list(range(10 + k, 13 + 2 * k)),
-                      logprobs=[-4.0] * (3 + k), finish_reason="stop", policy_version=0, reward=float(k % 2))
-               for g in range(3) for k in range(4)]  # fmt: skip
+    samples = [
+        Sample(
+            prompt_id=f"g{g}",
+            prompt_ids=[1, 5, 6 + g],
+            response_ids=list(range(10 + k, 13 + 2 * k)),
+            logprobs=[-4.0] * (3 + k),
+            finish_reason="stop",
+            policy_version=0,
+            reward=float(k % 2),
+        )
+        for g in range(3)
+        for k in range(4)
+    ]
     batch = build_group_dpo_batch(samples, with_advantages=True)
     spec = LossSpec(dpo_weight=1.0, grpo_weight=0.5, nll_coef=0.1, entropy_coef=0.01)
     # a group (4 rows, one shared 3-token prompt, ~21 packed tokens) is one DPO unit; under a
@@ -231,10 +269,23 @@ def test_zero3_two_ranks_packing_and_token_budget_match_one_rank(ray_cluster, ti
         return faults < 1000, optimizer.defaults.get("fused") is True
 
     losses = {}
-    for name, ranks, stage, packing, extra in [("one rank", 1, 0, False, []), ("zero3", 2, 3, False, []),
-                                               ("packed", 2, 3, True, []), ("token budget", 2, 3, True, budget)]:  # fmt: skip
-        cfg = load_config("tiny-grpo", [f"learner.num_ranks={ranks}", f"learner.zero_stage={stage}", f"learner.packing={packing}",
-                                        "learner.lr=1e-2", "learner.micro_batch_size=4", *extra]).learner  # fmt: skip
+    for name, ranks, stage, packing, extra in [
+        ("one rank", 1, 0, False, []),
+        ("zero3", 2, 3, False, []),
+        ("packed", 2, 3, True, []),
+        ("token budget", 2, 3, True, budget),
+    ]:
+        cfg = load_config(
+            "tiny-grpo",
+            [
+                f"learner.num_ranks={ranks}",
+                f"learner.zero_stage={stage}",
+                f"learner.packing={packing}",
+                "learner.lr=1e-2",
+                "learner.micro_batch_size=4",
+                *extra,
+            ],
+        ).learner
         if extra:
             assert sorted(len(rank_micro_batches(s, cfg)) for s in split_batch(batch, 2)) == [1, 2]
         group = LearnerGroup(tiny_llama, cfg, needs_reference=True)
@@ -303,8 +354,13 @@ def kill_after_checkpoint(ray_cluster, cfg, run_dir: Path, step: int) -> None:
     recipe = run_dir.with_name(run_dir.name + "-recipe.yaml")
     recipe.write_text(dump_config(cfg))
     env = dict(os.environ, RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)
-    proc = subprocess.Popen([sys.executable, "-m", "launch", "train", str(recipe), "--output", str(run_dir)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launch", "train", str(recipe), "--output", str(run_dir)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 300
         while not (run_dir / "checkpoints" / f"step_{step:06d}").exists():
@@ -330,8 +386,17 @@ def test_killed_run_resumes_with_the_same_data_and_versions(ray_cluster, tiny_ll
     kill_after_checkpoint(ray_cluster, cfg, killed, step=4)
     run(None, resume=str(killed))
 
-    keys = ("step", "stage", "policy_version", "engine_version", "sample_versions", "prompts_hash", "reward_mean",
-            "sequences", "staleness_max")  # fmt: skip
+    keys = (
+        "step",
+        "stage",
+        "policy_version",
+        "engine_version",
+        "sample_versions",
+        "prompts_hash",
+        "reward_mean",
+        "sequences",
+        "staleness_max",
+    )
     whole, resumed = read_metrics(tmp_path / "whole"), read_metrics(killed)
     assert [r["step"] for r in resumed] == list(range(1, 8))
     assert [{k: r[k] for k in keys} for r in resumed] == [{k: r[k] for k in keys} for r in whole]
@@ -371,8 +436,16 @@ def write_pairs(path: Path, n: int) -> None:
     with open(path, "w") as f:
         for i in range(n):
             a, b = i % 7, (3 * i) % 5
-            f.write(json.dumps({"prompt": f"What is {a} + {b}?", "chosen": f"{a} + {b} = {a + b}. \\boxed{{{a + b}}}",
-                                "rejected": f"The answer is {a * b + 1}"}) + "\n")  # fmt: skip
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": f"What is {a} + {b}?",
+                        "chosen": f"{a} + {b} = {a + b}. \\boxed{{{a + b}}}",
+                        "rejected": f"The answer is {a * b + 1}",
+                    }
+                )
+                + "\n"
+            )
 
 
 def test_offline_dpo_from_a_file_of_pairs(ray_cluster, tiny_llama, tmp_path):
@@ -382,8 +455,15 @@ def test_offline_dpo_from_a_file_of_pairs(ray_cluster, tiny_llama, tmp_path):
 
     pairs = tmp_path / "pairs.jsonl"
     write_pairs(pairs, 12)
-    cfg = tiny_config("tiny-dpo", tiny_llama, f"data.path={pairs}", "sync.interval=inf", "steps=6",
-                      "data.prompts_per_step=6", "learner.lr=1e-3")  # fmt: skip
+    cfg = tiny_config(
+        "tiny-dpo",
+        tiny_llama,
+        f"data.path={pairs}",
+        "sync.interval=inf",
+        "steps=6",
+        "data.prompts_per_step=6",
+        "learner.lr=1e-3",
+    )
     train(cfg, str(tmp_path / "run"))
     rows = read_metrics(tmp_path / "run")
     assert all(r["trained"] and r["batch_pairs"] == 6 and r["engine_version"] == 0 for r in rows)
@@ -423,8 +503,10 @@ def test_reference_sync_makes_the_reference_the_policy(ray_cluster, tiny_llama, 
         The checksum, hashed as each parameter is gathered, is the one of all full weights at once."""
         from rollout.records import weights_checksum
 
-        held = [(int(getattr(p, "ds_tensor", p).numel()), int(p.numel()), int(getattr(p, "ds_numel", p.numel())))
-                for p in rank.reference.parameters()]  # fmt: skip
+        held = [
+            (int(getattr(p, "ds_tensor", p).numel()), int(p.numel()), int(getattr(p, "ds_numel", p.numel())))
+            for p in rank.reference.parameters()
+        ]
         engine = rank.reference_engine or type("Module", (), {"module": rank.reference})
         checksum = rank.weights_checksum(engine)
         assert checksum == weights_checksum(rank.named_full_weights(engine))
@@ -447,10 +529,23 @@ def test_reference_sync_makes_the_reference_the_policy(ray_cluster, tiny_llama, 
                 out.append((all(hasattr(p, "ds_id") for p in params), sum(p.numel() for p in params)))
         return out + [is_deepspeed_zero3_enabled()]
 
-    samples = [Sample(prompt_id=f"g{g}", prompt_ids=[1, 5], response_ids=[10 + k, 20], logprobs=[-3.0, -3.0],
-                      finish_reason="stop", policy_version=0, reward=float(k % 2)) for g in range(2) for k in range(4)]  # fmt: skip
+    samples = [
+        Sample(
+            prompt_id=f"g{g}",
+            prompt_ids=[1, 5],
+            response_ids=[10 + k, 20],
+            logprobs=[-3.0, -3.0],
+            finish_reason="stop",
+            policy_version=0,
+            reward=float(k % 2),
+        )
+        for g in range(2)
+        for k in range(4)
+    ]
     spec = LossSpec(grpo_weight=1.0, kl_coef=0.1)
-    cfg = load_config("tiny-grpo", ["learner.lr=2e-2", f"learner.num_ranks={ranks}", f"learner.zero_stage={stage}"]).learner
+    cfg = load_config(
+        "tiny-grpo", ["learner.lr=2e-2", f"learner.num_ranks={ranks}", f"learner.zero_stage={stage}"]
+    ).learner
     group = LearnerGroup(tiny_llama, cfg, needs_reference=True)
     state = lambda: group.call(lambda w, i: w.call.remote(reference_state))  # noqa: E731
     try:
@@ -478,7 +573,9 @@ def test_reference_sync_makes_the_reference_the_policy(ray_cluster, tiny_llama, 
         else:
             assert all(part == whole == numel for part, whole, numel in held)
     saved = sorted(p.name for p in (tmp_path / "ckpt").glob("reference*"))
-    assert saved == (["reference-zero3-rank0-of-2.pt", "reference-zero3-rank1-of-2.pt"] if stage == 3 else ["reference.pt"])
+    assert saved == (
+        ["reference-zero3-rank0-of-2.pt", "reference-zero3-rank1-of-2.pt"] if stage == 3 else ["reference.pt"]
+    )
 
 
 def test_learner_takes_grpo_log_probs_at_the_sampling_temperature_and_the_others_at_1(ray_cluster, tiny_llama):
@@ -494,12 +591,22 @@ def test_learner_takes_grpo_log_probs_at_the_sampling_temperature_and_the_others
     from rollout.algorithms import build_group_dpo_batch, make_algorithm
     from rollout.records import Sample
 
-    samples = [Sample(prompt_id="g", prompt_ids=[1, 5, 6], response_ids=list(range(10 + k, 13 + k)),
-                      logprobs=[-4.0] * 3, finish_reason="stop", policy_version=0, reward=float(k % 2))
-               for k in range(4)]  # fmt: skip
+    samples = [
+        Sample(
+            prompt_id="g",
+            prompt_ids=[1, 5, 6],
+            response_ids=list(range(10 + k, 13 + k)),
+            logprobs=[-4.0] * 3,
+            finish_reason="stop",
+            policy_version=0,
+            reward=float(k % 2),
+        )
+        for k in range(4)
+    ]
     batch = build_group_dpo_batch(samples, with_advantages=True)
-    cfg = load_config("tiny-grpo", ["algorithm.name=group_dpo_grpo", "algorithm.nll_coef=0.1",
-                                    "rollout.temperature=0.7"])  # fmt: skip
+    cfg = load_config(
+        "tiny-grpo", ["algorithm.name=group_dpo_grpo", "algorithm.nll_coef=0.1", "rollout.temperature=0.7"]
+    )
     spec = make_algorithm(cfg.algorithm, sampling_temperature=cfg.rollout.temperature).loss
     group = LearnerGroup(tiny_llama, cfg.learner, needs_reference=True)
     try:
@@ -515,8 +622,9 @@ def test_learner_takes_grpo_log_probs_at_the_sampling_temperature_and_the_others
     hot, hot_entropy = token_logprobs_and_entropy(logits, cb.input_ids, 0.7)
     rows = torch.unique(cb.chosen)
     assert got["nll_loss"] == pytest.approx(losses.nll_loss(at1[rows] * m[rows], m[rows]).item(), rel=1e-4)
-    grpo, _ = losses.grpo_loss(hot * m, cb.behaviour_logps, cb.advantages, m, spec.clip_low, spec.clip_high, hot * m,
-                               spec.kl_coef)  # fmt: skip
+    grpo, _ = losses.grpo_loss(
+        hot * m, cb.behaviour_logps, cb.advantages, m, spec.clip_low, spec.clip_high, hot * m, spec.kl_coef
+    )
     assert got["grpo_loss"] == pytest.approx(grpo.item(), rel=1e-4)
     assert got["entropy"] == pytest.approx(((hot_entropy * m).sum() / m.sum()).item(), rel=1e-4)
     assert losses.nll_loss(hot[rows] * m[rows], m[rows]).item() != pytest.approx(got["nll_loss"], rel=1e-2)
@@ -531,13 +639,13 @@ def test_a_crashed_worker_is_reported_and_nothing_is_left(ray_cluster, tiny_llam
     from actors.faults import RestartBudgetSpent
     from launch.train import Driver
 
-    cfg = tiny_config("tiny-grpo", tiny_llama, "steps=3", "logging.controller_name=crash-test",
-                      "fault_tolerance.rollout_restarts=0")  # fmt: skip
-    with pytest.raises(RestartBudgetSpent, match="rollout-0 died"):
-        with Driver(cfg, str(tmp_path)) as driver:
-            handles = [*driver.rollouts.workers, *driver.rewards.workers, *driver.learners.workers, driver.controller]
-            ray.kill(driver.rollouts.workers[0])
-            driver.run()
+    cfg = tiny_config(
+        "tiny-grpo", tiny_llama, "steps=3", "logging.controller_name=crash-test", "fault_tolerance.rollout_restarts=0"
+    )
+    with pytest.raises(RestartBudgetSpent, match="rollout-0 died"), Driver(cfg, str(tmp_path)) as driver:
+        handles = [*driver.rollouts.workers, *driver.rewards.workers, *driver.learners.workers, driver.controller]
+        ray.kill(driver.rollouts.workers[0])
+        driver.run()
     for handle in handles:  # ray.kill is asynchronous: a call sent just after it may still be answered
         deadline = time.monotonic() + 30
         with pytest.raises(ray.exceptions.RayActorError):

@@ -19,18 +19,40 @@ from launch.metrics import MetricsLog, step_record, wandb_run_name
 from rollout.records import Sample, TrainBatch
 
 ROOT = Path(__file__).resolve().parents[1]
-EVAL = {"accuracy": 0.25, "accuracy_stderr": 0.1, "questions": 4, "samples_per_question": 1, "response_len_mean": 7.5,
-        "boxed_rate": 0.5, "correct_any_format": 0.25, "truncated_rate": 0.0, "pass@1": 0.25, "policy_version": 2,
-        "time_s": 1.5, "accuracy/gsm8k": 0.5, "questions/gsm8k": 4}  # fmt: skip
+EVAL = {
+    "accuracy": 0.25,
+    "accuracy_stderr": 0.1,
+    "questions": 4,
+    "samples_per_question": 1,
+    "response_len_mean": 7.5,
+    "boxed_rate": 0.5,
+    "correct_any_format": 0.25,
+    "truncated_rate": 0.0,
+    "pass@1": 0.25,
+    "policy_version": 2,
+    "time_s": 1.5,
+    "accuracy/gsm8k": 0.5,
+    "questions/gsm8k": 4,
+}
 BEAM = {**EVAL, "beam": 2, "finished_answers_mean": 1.5}
-CONTROLLER = SimpleNamespace(report=SimpleNamespace(remote=lambda r: None), report_eval=SimpleNamespace(remote=lambda r: None))
+CONTROLLER = SimpleNamespace(
+    report=SimpleNamespace(remote=lambda r: None), report_eval=SimpleNamespace(remote=lambda r: None)
+)
 
 
 @pytest.fixture
 def offline_env(monkeypatch, tmp_path):
     """wandb quiet, offline, and its caches and settings under tmp_path."""
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_NAME"):
+    for name in (
+        "WANDB_MODE",
+        "WANDB_DIR",
+        "WANDB_RUN_ID",
+        "WANDB_RESUME",
+        "WANDB_PROJECT",
+        "WANDB_ENTITY",
+        "WANDB_NAME",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
@@ -41,11 +63,23 @@ def offline_env(monkeypatch, tmp_path):
 def full_record(step: int = 0, reward: float = 0.5, sources: tuple[str, ...] = ("default",)) -> dict:
     """A step record as MetricsLog gets it: one sample per source (the first with ``reward``)."""
     state = SimpleNamespace(step=step, learner_version=step + 1, engine_version=step)
-    samples = [Sample(prompt_id="p", prompt_ids=[1], response_ids=[2] * (3 + i), logprobs=[0.0] * (3 + i), finish_reason="stop",
-                      policy_version=step, reward=reward if i == 0 else 0.25, source=source)
-               for i, source in enumerate(sources)]  # fmt: skip
+    samples = [
+        Sample(
+            prompt_id="p",
+            prompt_ids=[1],
+            response_ids=[2] * (3 + i),
+            logprobs=[0.0] * (3 + i),
+            finish_reason="stop",
+            policy_version=step,
+            reward=reward if i == 0 else 0.25,
+            source=source,
+        )
+        for i, source in enumerate(sources)
+    ]
     loss = {"loss": 0.5 + step, "entropy": 2.0, "kl": None, "tokens": 40.0, "grpo_loss": 0.5}
-    return step_record(state, "main", 1, samples, TrainBatch(sequences=[], counts={"groups": 1}), loss, 1.0, 0.5, 2.0, 0.25)
+    return step_record(
+        state, "main", 1, samples, TrainBatch(sequences=[], counts={"groups": 1}), loss, 1.0, 0.5, 2.0, 0.25
+    )
 
 
 def wandb_records(path: Path, timeout_s: float = 60.0) -> list:
@@ -98,8 +132,11 @@ def offline_run(records: list) -> tuple[str, dict, list[dict]]:
     for r in records:
         if r.WhichOneof("record_type") == "config":
             config.update({key(u): json.loads(u.value_json) for u in r.config.update})
-    rows = [{key(i): json.loads(i.value_json) for i in r.history.item} for r in records
-            if r.WhichOneof("record_type") == "history"]  # fmt: skip
+    rows = [
+        {key(i): json.loads(i.value_json) for i in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
     return run.run_id, config, rows
 
 
@@ -109,8 +146,11 @@ def run_folders(run_dir: Path) -> list[Path]:
 
 def logged(rows: list[dict], prefix: str) -> list[dict]:
     """The rows with ``prefix/`` keys, without wandb's own keys (``_step``, ``_runtime``, ...)."""
-    return [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows
-            if any(k.startswith(prefix + "/") for k in row)]  # fmt: skip
+    return [
+        {k: v for k, v in row.items() if not k.startswith("_")}
+        for row in rows
+        if any(k.startswith(prefix + "/") for k in row)
+    ]
 
 
 def expected(prefix: str, record: dict, step: int) -> dict:
@@ -119,8 +159,10 @@ def expected(prefix: str, record: dict, step: int) -> dict:
 
 
 def test_offline_wandb_run_gets_the_scalars_and_the_config(offline_env, tmp_path):
-    cfg = load_config("tiny-grpo", ["logging.wandb.project=syncrl-test", "logging.wandb.mode=offline",
-                                    "logging.wandb.tags=[unit]", "name=wb"])  # fmt: skip
+    cfg = load_config(
+        "tiny-grpo",
+        ["logging.wandb.project=syncrl-test", "logging.wandb.mode=offline", "logging.wandb.tags=[unit]", "name=wb"],
+    )
     run_dir = tmp_path / "wb-20260101-000000"
     log = MetricsLog(str(run_dir), progress_bar=False, total_steps=3, wandb=cfg.logging.wandb, config=cfg)
     assert "wandb" in sys.modules
@@ -149,7 +191,9 @@ def test_offline_wandb_run_gets_the_scalars_and_the_config(offline_env, tmp_path
 
     # --resume from the checkpoint of step 2: the same wandb run, and step 3 logged again
     time.sleep(1.1)  # offline run folders are named by the second they start in
-    log = MetricsLog(str(run_dir), progress_bar=False, total_steps=3, resume_step=2, wandb=cfg.logging.wandb, config=cfg)
+    log = MetricsLog(
+        str(run_dir), progress_bar=False, total_steps=3, resume_step=2, wandb=cfg.logging.wandb, config=cfg
+    )
     again = full_record(step=4, reward=0.5, sources=("gsm8k", "rm/helpful v2"))  # step 5, two sources
     redo = full_record(step=2, reward=0.9)
     log.write(redo, CONTROLLER)  # adds the times, as it does to every record
@@ -171,8 +215,15 @@ def test_offline_wandb_run_gets_the_scalars_and_the_config(offline_env, tmp_path
 
 
 def test_wandb_dir_and_name(offline_env, tmp_path):
-    cfg = load_config(None, ["logging.wandb.project=p", "logging.wandb.mode=offline", "logging.wandb.name=mine",
-                             f"logging.wandb.dir={tmp_path / 'elsewhere'}"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            "logging.wandb.project=p",
+            "logging.wandb.mode=offline",
+            "logging.wandb.name=mine",
+            f"logging.wandb.dir={tmp_path / 'elsewhere'}",
+        ],
+    )
     log = MetricsLog(str(tmp_path / "run"), progress_bar=False, total_steps=1, wandb=cfg.logging.wandb)  # no config
     log.close()
     (folder,) = sorted((tmp_path / "elsewhere" / "wandb").glob("offline-run-*"))
@@ -189,9 +240,11 @@ def test_no_wandb_unless_configured(tmp_path):
     log.write(full_record(), CONTROLLER)
     log.close()
     assert log.wandb_run is None and not (tmp_path / "wandb").exists() and not (tmp_path / "wandb_run_id").exists()
-    script = ("import sys\nfrom launch.metrics import MetricsLog\n"
-              f"MetricsLog({str(tmp_path / 'again')!r}, progress_bar=False, total_steps=1, tensorboard=True).close()\n"
-              "assert 'wandb' not in sys.modules, 'wandb imported'\n")  # fmt: skip
+    script = (
+        "import sys\nfrom launch.metrics import MetricsLog\n"
+        f"MetricsLog({str(tmp_path / 'again')!r}, progress_bar=False, total_steps=1, tensorboard=True).close()\n"
+        "assert 'wandb' not in sys.modules, 'wandb imported'\n"
+    )
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
 
