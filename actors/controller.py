@@ -29,7 +29,8 @@ DESCRIPTIONS = {
     "step": "steps done",
     "policy_version": "learner (policy) version",
     "engine_version": "version the engines hold",
-    "sync_interval": "learner steps between weight pushes (0: inf, offline)",
+    "sync_interval": "learner steps between weight pushes (0: inf, offline; -1: auto)",
+    "pushed_after": "on a step that pushed: learner steps since the previous push (0: no push)",
     "staleness_mean": "mean staleness of the step's samples (learner version - generating version)",
     "staleness_max": "largest staleness of the step's samples",
     "reward_mean": "mean reward of the step's samples",
@@ -39,6 +40,11 @@ DESCRIPTIONS = {
     "entropy_mean": "mean token entropy",
     "loss": "training loss",
     "kl": "KL to the reference",
+    "drift_kl": "drift of the engines' policy from the learner's: mean k3 over generated tokens (_s<k>: staleness k)",
+    "drift_ratio_mean": "mean importance ratio learner/engine over generated tokens",
+    "drift_ratio_max": "largest importance ratio learner/engine",
+    "drift_ess": "effective sample size per token of the importance ratios (1: no drift)",
+    "drift_clip_frac": "share of generated tokens with an importance ratio outside the clip range",
     "sequences": "sequences trained",
     "tokens_generated": "response tokens generated",
     "tokens_trained": "tokens the learner ran forward and backward",
@@ -88,12 +94,12 @@ def scalar_tag(field: str) -> str:
 
 def numeric_fields(record: dict[str, Any]) -> dict[str, float]:
     """Every numeric field of a step or eval record, by its key, as a float: bools as 0/1,
-    ``sync_interval`` "inf" as 0 (Ray drops a non-finite gauge value). Text, lists, None and NaN
+    ``sync_interval`` "inf" as 0 (Ray drops a non-finite gauge value) and "auto" as -1. Text, lists, None and NaN
     (e.g. the loss of a step that did not train) are left out: the gauge keeps its last value."""
     values = {}
     for key, value in record.items():
-        if key == "sync_interval" and value == "inf":
-            value = 0
+        if key == "sync_interval" and value in ("inf", "auto"):
+            value = 0 if value == "inf" else -1
         if isinstance(value, (int, float)) and math.isfinite(value):
             values[key] = float(value)
     return values
@@ -165,11 +171,11 @@ class Controller:
     def settings(self) -> dict[str, Any]:
         return {"sync_interval": self.sync_interval, "paused": self.paused}
 
-    def set_sync_interval(self, interval: Any) -> float:
+    def set_sync_interval(self, interval: Any) -> int | str:
         value = parse_interval(interval)  # the same validation as a recipe's sync.interval
         self._event(f"sync_interval {interval_text(self.sync_interval)} -> {interval_text(value)} (from the next step)")
         self.sync_interval = value
-        return value
+        return interval_text(value)
 
     def pause(self) -> None:
         self.paused = True

@@ -9,7 +9,7 @@ import ray
 from actors.common import ActorGroup, ActorMixin, serialize_tensors_zero_copy
 from actors.faults import ActorFailure, Supervisor
 from actors.placement import Ask, Placement, bundle_address, cluster_has_gpus, learner_bundle
-from learner.objective import Totals, explained_variance, split_batch
+from learner.objective import Totals, add_metrics, drift_metrics, explained_variance, split_batch
 from learner.trainer import LearnerRank, rank_micro_batches
 from rollout.records import LossSpec, TrainBatch
 
@@ -95,11 +95,13 @@ class LearnerGroup(ActorGroup):
         num_micro = max(len(rank_micro_batches(s, self.cfg, self.shares_prompts)) for s in shards)
         totals = Totals.of(batch)
         results = self.call(lambda w, i: w.train_step.remote(shards[i], spec, totals, num_micro))
-        merged = {k: sum(r.get(k, 0.0) for r in results) for k in set().union(*results)}
+        merged: dict[str, float] = {}
+        for r in results:
+            add_metrics(merged, r)
         merged.update(
             {k: results[0][k] for k in ("grad_norm", "value_grad_norm", "lr") if k in results[0]}
         )  # global, not parts
-        return explained_variance(merged)
+        return drift_metrics(explained_variance(merged))
 
     def score_states(self, states: list) -> list[float]:
         """V of (prompt ids, response ids) states with the learner's value model (beam search's scorer)."""

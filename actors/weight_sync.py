@@ -22,6 +22,8 @@ CPU, where every test runs it, and NCCL on GPUs.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Protocol
 
 import ray
@@ -168,3 +170,48 @@ def make_transport(
     if kind == "nccl" and not gpu:
         raise ValueError("sync.transport: 'nccl' needs GPUs; use 'gloo' or 'object_store' on CPU")
     return CollectiveTransport(learners, rollouts, kind, timeout_s)
+
+
+@dataclass
+class AutoInterval:
+    """``sync.interval: auto``: when to push, from the drift the learner measures every step.
+
+    The rule (deterministic: it reads only the step records' ``drift_kl_s<k>``, the KL of the
+    engines' policy from the learner's on the samples of staleness k):
+
+    - ``mismatch``: the latest ``drift_kl_s0``, the train/inference mismatch that no push removes;
+    - ``growth``: from the step's largest staleness k >= 1, sqrt(max(drift_kl_s<k> - mismatch, 0)) / k:
+      the drift grows about quadratically in the learner steps taken past the engines' weights
+      (a KL is quadratic in a small change of the policy);
+    - after a step that leaves the learner n = steps_since_sync steps past the engines, the next
+      step's samples would have staleness n: ``predicted(n) = mismatch + (growth * n)^2``;
+    - push when n >= max_interval, or n >= min_interval and predicted(n) > target_kl. Until a step
+      with stale samples has given a growth, only max_interval pushes.
+
+    Its fields are part of the run state (a checkpoint, ``--resume``), so a resumed run decides
+    as the run left alone would."""
+
+    mismatch: float = 0.0
+    growth: float | None = None
+
+    def observe(self, record: dict) -> None:
+        """Update from a step's metrics (the learner's ``drift_kl_s<k>``; none for file rows)."""
+        drift = {int(k.removeprefix("drift_kl_s")): v for k, v in record.items() if k.startswith("drift_kl_s")}
+        if 0 in drift:
+            self.mismatch = drift[0]
+        stale = [k for k in drift if k >= 1]
+        if stale:
+            k = max(stale)
+            self.growth = math.sqrt(max(drift[k] - self.mismatch, 0.0)) / k
+
+    def predicted(self, staleness: int) -> float | None:
+        """The drift expected of samples ``staleness`` learner steps behind (None: no growth yet)."""
+        return None if self.growth is None else self.mismatch + (self.growth * staleness) ** 2
+
+    def due(self, steps_since_sync: int, target_kl: float, min_interval: int, max_interval: int) -> bool:
+        if steps_since_sync < min_interval:
+            return False
+        if steps_since_sync >= max_interval:
+            return True
+        expected = self.predicted(steps_since_sync)
+        return expected is not None and expected > target_kl

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import ray
 
+from actors.weight_sync import AutoInterval
 from launch.config import SyncRLConfig, dump_config, interval_text, parse_interval
 
 ENGINE_WEIGHTS = "engine_weights.safetensors"
@@ -30,8 +31,9 @@ class RunState:
     learner_version: int = 0
     engine_version: int = 0  # version of the weights the rollout engines hold
     steps_since_sync: int = 0
-    sync_interval: float = 1
+    sync_interval: float | str = 1
     data_position: int = 0  # prompts (or offline groups) consumed
+    auto_sync: AutoInterval = dataclasses.field(default_factory=AutoInterval)  # sync.interval: auto's estimates
 
     def begin_stage(self, index: int, interval: float, controller) -> None:
         self.stage_index, self.step_in_stage, self.sync_interval = index, 0, interval
@@ -46,6 +48,7 @@ class RunState:
     def from_json(cls, text: str) -> RunState:
         fields = json.loads(text)
         fields["sync_interval"] = parse_interval(fields["sync_interval"])
+        fields["auto_sync"] = AutoInterval(**fields.get("auto_sync", {}))
         return cls(**fields)
 
 

@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     ctl_commands = ctl.add_subparsers(dest="ctl_command", required=True)
     ctl_commands.add_parser("status", help="live settings and the last step's metrics")
     interval = ctl_commands.add_parser("set-sync-interval", help="change s from the next step on")
-    interval.add_argument("interval", help="a positive integer or inf")
+    interval.add_argument(
+        "interval", help="a positive integer, inf or auto (push when the drift would pass sync.target_kl)"
+    )
     ctl_commands.add_parser("pause", help="pause at the next step boundary")
     ctl_commands.add_parser("resume", help="resume a paused run")
 

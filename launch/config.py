@@ -31,9 +31,9 @@ from rollout.records import interval_text, parse_interval
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
-# A sync interval: a positive int, or math.inf (written "inf" in YAML and on the command line).
+# A sync interval: a positive int, math.inf (written "inf" in YAML and on the command line) or "auto".
 SyncInterval = Annotated[
-    float | int,
+    float | int | str,
     BeforeValidator(parse_interval),
     PlainSerializer(interval_text, return_type=Any),
 ]
@@ -300,6 +300,18 @@ class SyncConfig(Section):
     ref_sync: bool = False  # replace the reference model by the policy at every push
     overlap: bool = False  # generate step t+1 while step t trains (staleness bound s instead of s-1)
     transport: Literal["auto", "gloo", "nccl", "object_store"] = "auto"
+    # interval: auto. After each step the run predicts the drift (drift_kl) of the next step's
+    # samples and pushes when it would pass target_kl, never before min_interval learner steps
+    # since the last push and always at max_interval (README, "Choosing s").
+    target_kl: float = Field(0.01, gt=0)
+    min_interval: int = Field(1, ge=1)
+    max_interval: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _interval_bounds(self) -> SyncConfig:
+        if self.min_interval > self.max_interval:
+            raise ValueError(f"min_interval {self.min_interval} is above max_interval {self.max_interval}")
+        return self
 
 
 class StageConfig(Section):
@@ -437,7 +449,7 @@ class SyncRLConfig(Section):
             return self
         if len(rm) != len(stages):
             raise ValueError(f"stages {rm} train a reward model and the others a policy: a run trains one model")
-        online = [s.name for s in stages if not math.isinf(s.sync.interval)]
+        online = [s.name for s in stages if s.sync.interval != math.inf]
         if online:
             raise ValueError(
                 f"algorithm reward_model: sync.interval must be inf (the engines keep the base policy that "

@@ -33,7 +33,7 @@ from rewards.reward_model import reward_token_ids
 from rollout.algorithms import make_algorithm
 from rollout.data import RunData, read_run_data, test_prompts, training_items
 from rollout.phases import Phases
-from rollout.records import Prompt
+from rollout.records import AUTO, Prompt
 from rollout.tasks import ShuffledStream
 
 
@@ -258,6 +258,17 @@ class Driver:
             self.engines_kept = True
         return s
 
+    def push_due(self, s: float | str, sync, metrics: dict) -> bool:
+        """Whether the loop pushes after this step: every s learner steps, or with s = auto when
+        the drift the next step's samples would have passes sync.target_kl (``AutoInterval``)."""
+        state = self.state
+        if s != AUTO:
+            return state.steps_since_sync >= s
+        state.auto_sync.observe(metrics)
+        if not metrics:  # a step that trained nothing moved nothing
+            return False
+        return state.auto_sync.due(state.steps_since_sync, sync.target_kl, sync.min_interval, sync.max_interval)
+
     def evaluate(self) -> None:
         """Held-out accuracy of the engines' policy, with the diagnostics of the learner's value
         model (OREO) on those answers (and value-guided beam search with it, with eval.beam_size), logged."""
@@ -314,12 +325,12 @@ class Driver:
                     state.learner_version += 1
                     state.steps_since_sync += 1
                 t3 = time.perf_counter()
-                if state.steps_since_sync >= s:
+                pushed_after = state.steps_since_sync if self.push_due(s, stage.sync, loss) else 0
+                if pushed_after:
                     self.push(stage.sync.ref_sync, self.engines_may_lag(s, stage))
                 t4 = time.perf_counter()
-                self.end_step(
-                    step_record(state, stage.name, s, samples, batch, loss, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
-                )
+                record = step_record(state, stage.name, s, samples, batch, loss, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+                self.end_step({**record, "pushed_after": pushed_after})
         if cfg.eval.at_end and self.evaluated_at != state.step:  # not already evaluated by every_steps
             if state.engine_version != state.learner_version:  # the engines get the final policy
                 self.push(ref_sync=False)

@@ -31,6 +31,7 @@ class CollatedBatch:
     heldout: torch.Tensor  # [P] bool: a pair only measured, not trained on
     rewards: torch.Tensor  # [N]
     action_starts: torch.Tensor  # [N, T] float, 1 where an action (OREO) begins
+    policy_versions: torch.Tensor  # [N] long: the version of the weights that generated each row
 
     @property
     def num_tokens(self) -> int:
@@ -75,6 +76,7 @@ def collate(batch: TrainBatch, pad_token_id: int) -> CollatedBatch:
         heldout=torch.tensor([k in set(batch.heldout) for k in range(batch.num_pairs)], dtype=torch.bool),
         rewards=torch.tensor([s.reward for s in batch.sequences], dtype=torch.float32),
         action_starts=starts,
+        policy_versions=torch.tensor([s.policy_version for s in batch.sequences], dtype=torch.long),
     )
 
 
@@ -279,6 +281,84 @@ def compute_loss(
 
     metrics["loss"] = loss.item()
     return loss, metrics
+
+
+def drift_sums(
+    logps: torch.Tensor, batch: CollatedBatch, staleness: torch.Tensor, clip_low: float, clip_high: float
+) -> dict[str, float]:
+    """Sums, per staleness k (learner version - generating version of a row), over the response
+    tokens of the rows an engine generated, from which ``drift_metrics`` gives the drift:
+
+        d = log pi_learner(token) - log pi_engine(token),   w = exp(d)   (the importance ratio)
+        k3 = w - 1 - d                                       (>= 0; its mean estimates KL(engine || learner))
+
+    ``logps`` [N, T]: the learner's log-probs at the sampler's temperature, before the step's
+    update. Keys ``drift_sum/<what>/<k>`` for what in n (tokens), k3, w, w2, clip (tokens with w
+    outside [1 - clip_low, 1 + clip_high]) add up over micro-batches and ranks; ``drift_sum/max/<k>``
+    (the largest w) combines by max (``add_metrics``). Rows without engine log-probs (offline
+    data) are left out."""
+    mask = batch.loss_mask.to(torch.float64) * batch.has_behaviour[:, None]
+    d = (logps.detach().double() - batch.behaviour_logps.double()) * mask
+    w = torch.exp(d)
+    outside = ((w < 1 - clip_low) | (w > 1 + clip_high)).double()
+    sums: dict[str, float] = {}
+    for k in sorted(set(staleness[batch.has_behaviour].tolist())):
+        m = mask * (staleness == k)[:, None]
+        if not m.any():
+            continue
+        for what, x in (("n", m), ("k3", (w - 1 - d) * m), ("w", w * m), ("w2", w * w * m), ("clip", outside * m)):
+            sums[f"drift_sum/{what}/{k}"] = float(x.sum())
+        sums[f"drift_sum/max/{k}"] = float(w[m.bool()].max())
+    return sums
+
+
+def add_metrics(into: dict[str, float], metrics: dict[str, float]) -> dict[str, float]:
+    """Add a micro-batch's (or a rank's) metrics into ``into``: sums add, ``drift_sum/max/...`` takes the max."""
+    for key, value in metrics.items():
+        if key.startswith("drift_sum/max/"):
+            into[key] = max(into.get(key, value), value)
+        else:
+            into[key] = into.get(key, 0.0) + value
+    return into
+
+
+def drift_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` with the ``drift_sum`` entries (``drift_sums``, summed over the step) replaced
+    by the drift of the engines' policy from the learner's on the step's generated tokens:
+
+        drift_kl = mean_tokens k3,  drift_ratio_mean = mean w,  drift_ratio_max = max w,
+        drift_ess = (sum w)^2 / (n sum w^2)   (effective sample size per token, 1: no drift),
+        drift_clip_frac = share of tokens with w outside the clip range,
+
+    for all rows, and the same with the suffix ``_s<k>`` for the rows of staleness k (k = 0: the
+    train/inference mismatch alone). Nothing is added for a step with no generated rows."""
+    groups: dict[str, dict[str, float]] = {}
+    out = {}
+    for key, value in metrics.items():
+        if key.startswith("drift_sum/"):
+            _, what, k = key.split("/")
+            groups.setdefault(k, {})[what] = value
+        else:
+            out[key] = value
+    if not groups:
+        return out
+
+    def fields(s: dict[str, float], suffix: str) -> dict[str, float]:
+        n = s["n"]
+        return {
+            f"drift_kl{suffix}": s["k3"] / n,
+            f"drift_ratio_mean{suffix}": s["w"] / n,
+            f"drift_ratio_max{suffix}": s["max"],
+            f"drift_ess{suffix}": s["w"] ** 2 / (n * s["w2"]),
+            f"drift_clip_frac{suffix}": s["clip"] / n,
+        }
+
+    total = {what: sum(g[what] for g in groups.values()) for what in ("n", "k3", "w", "w2", "clip")}
+    total["max"] = max(g["max"] for g in groups.values())
+    out.update(fields(total, ""))
+    for k in sorted(groups, key=int):
+        out.update(fields(groups[k], f"_s{k}"))
+    return out
 
 
 def own_totals(batch: CollatedBatch) -> Totals:

@@ -24,10 +24,12 @@ from learner.losses import kl_full_vocab
 from learner.objective import (
     CollatedBatch,
     Totals,
+    add_metrics,
     collate,
     compute_loss,
     compute_reward_model_loss,
     compute_value_loss,
+    drift_sums,
     micro_batches,
 )
 from learner.packing import Packed, pack, packed_mask, unpack, use_block_attention
@@ -447,8 +449,7 @@ class LearnerRank:
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
             if value_loss is not None:
                 self.value_engine.backward(value_loss * self.world_size, scale_wrt_gas=False)
-            for k, v in metrics.items():
-                summed[k] = summed.get(k, 0.0) + v
+            add_metrics(summed, metrics)
         self.engine.step()
         self.version += 1
         grad_norm = self.engine.get_global_grad_norm()  # None where DeepSpeed does not compute it (ZeRO-0)
@@ -476,7 +477,11 @@ class LearnerRank:
             return loss, None, metrics
         packed = self._pack(cb)
         temps, t_grpo = spec.temperatures, spec.grpo_temperature  # the GRPO term's: the sampler's; the others': 1
-        policy, logits = self._logps(self.engine, cb, packed, keep_logits=spec.needs_full_logits, temperatures=temps)
+        drift = bool(cb.has_behaviour.any())  # rows an engine generated: the drift, at the sampler's temperature
+        forward_temps = tuple(dict.fromkeys(temps + ((spec.temperature,) if drift else ())))
+        policy, logits = self._logps(
+            self.engine, cb, packed, keep_logits=spec.needs_full_logits, temperatures=forward_temps
+        )
         main = 1.0 if 1.0 in temps else t_grpo  # the other terms' temperature (GRPO's when it is the only term)
         logps, entropy = policy[main][0], policy[t_grpo][1]  # the entropy: the sampler's distribution with GRPO
         grpo_logps = policy[t_grpo][0].float() if spec.grpo_weight else None
@@ -507,6 +512,9 @@ class LearnerRank:
         if spec.needs_value:
             value_loss, value_metrics = compute_value_loss(spec, cb, values, logps.float(), ref_logps, totals)
             metrics.update(value_metrics)
+        if drift:
+            staleness = self.version - cb.policy_versions
+            metrics.update(drift_sums(policy[spec.temperature][0], cb, staleness, spec.clip_low, spec.clip_high))
         return loss, value_loss, metrics
 
     @torch.no_grad()

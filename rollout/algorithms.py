@@ -273,11 +273,13 @@ def make_algorithm(
     ``sampling_temperature``: the rollout engines' (``rollout.temperature``); only a GRPO term
     takes its log-probs at it (its importance ratio compares them with the sampler's), every
     other term at 1 (``LossSpec.temperature``)."""
-    grpo_terms = dict(
-        clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef, temperature=sampling_temperature
-    )
+    grpo_terms = dict(kl_coef=cfg.kl_coef)
     dpo_terms = dict(beta=cfg.beta, ld_alpha=cfg.ld_alpha, nll_coef=cfg.nll_coef)
-    common = dict(entropy_coef=cfg.entropy_coef)
+    # Every policy loss knows the sampler's temperature and the clip range: the learner measures
+    # the drift of the engines' log-probs from its own with them, whatever the terms
+    common = dict(
+        entropy_coef=cfg.entropy_coef, temperature=sampling_temperature, clip_low=cfg.clip_low, clip_high=cfg.clip_high
+    )
     if cfg.name == "grpo":
         return Algorithm(
             "grpo",

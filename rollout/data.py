@@ -479,7 +479,7 @@ def read_run_data(cfg: Any) -> RunData:
     if d.path is None:
         return RunData(task=task_splits(d))
     data = read_data(resolve_data_path(d.path), ColumnKeys.of(d), d.split)
-    online = [s.name for s in cfg.resolved_stages() if not math.isinf(s.sync.interval)]
+    online = [s.name for s in cfg.resolved_stages() if s.sync.interval != math.inf]
     if data.kind != "prompts" and online:
         raise ConfigError(
             f"data.path {d.path} holds responses (offline data), so sync.interval must be inf; "

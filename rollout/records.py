@@ -139,7 +139,9 @@ class LossSpec:
     kl_estimator: str = "full"  # "full": over the vocabulary; "k3": the sampled token's estimate
     bradley_terry_weight: float = 0.0
     reward_margin: float = 0.0
-    temperature: float = 1.0  # the sampler's temperature: the GRPO term's log-probs divide the logits by it
+    # The sampler's temperature: the GRPO term's log-probs, and the drift measured for every loss,
+    # divide the logits by it
+    temperature: float = 1.0
 
     @property
     def grpo_temperature(self) -> float:
@@ -194,26 +196,34 @@ def weights_checksum(named_tensors, in_name_order: bool = False) -> str:
     return digest.hexdigest()
 
 
-def parse_interval(value: Any) -> float | int:
-    """A sync interval from a recipe, an override or ``syncrl ctl``: a positive int, or math.inf
-    ("inf", "offline"). Raises ValueError naming what it must be."""
+AUTO = "auto"  # sync.interval: auto, the run pushes when the drift would pass sync.target_kl
+INTERVAL_HELP = "must be a positive integer (1 = online), 'inf' (offline) or 'auto'"
+
+
+def parse_interval(value: Any) -> float | int | str:
+    """A sync interval from a recipe, an override or ``syncrl ctl``: a positive int, math.inf
+    ("inf", "offline") or ``AUTO``. Raises ValueError naming what it must be."""
     if isinstance(value, str) and value.strip().lower() in {"inf", ".inf", "infinity", "offline"}:
         return math.inf
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
     if isinstance(value, float) and math.isinf(value) and value > 0:
         return math.inf
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError("must be a positive integer or 'inf'")
+        raise ValueError(INTERVAL_HELP)
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise ValueError("must be a positive integer or 'inf'") from None
+        raise ValueError(INTERVAL_HELP) from None
     if number != float(value) or number < 1:
-        raise ValueError("must be a positive integer (1 = online) or 'inf' (offline)")
+        raise ValueError(INTERVAL_HELP)
     return number
 
 
-def interval_text(value: float) -> str | int:
-    """A sync interval as written in recipes, metrics and status: an int, or "inf"."""
+def interval_text(value: float | str) -> str | int:
+    """A sync interval as written in recipes, metrics and status: an int, "inf" or "auto"."""
+    if value == AUTO:
+        return AUTO
     return "inf" if math.isinf(value) else int(value)
 
 

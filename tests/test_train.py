@@ -91,6 +91,15 @@ def test_sync_interval_bounds_staleness_and_engine_weights(
         assert len(set(engine)) == len({r["engine_version"] for r in rows})
     if s == 1:
         assert all(r["staleness_max"] == 0 for r in rows)
+    for r in trained:  # the drift of the engines from the learner, by staleness, whatever the algorithm
+        assert r["drift_kl"] >= 0 and 0 < r["drift_ess"] <= 1 and r["drift_ratio_max"] >= r["drift_ratio_mean"] > 0
+        by_staleness = {k for k in r if k.startswith("drift_kl_s")}
+        assert by_staleness and by_staleness <= {f"drift_kl_s{k}" for k in range(r["staleness_max"] + 1)}
+    if s == 1:  # staleness 0: the engine's and the learner's log-probs of the same weights (fp32)
+        assert all(r["drift_kl_s0"] < 1e-4 for r in trained)
+    assert all(
+        r["pushed_after"] == (s if r["engine_version"] == r["policy_version"] else 0) for r in rows if s != math.inf
+    )
     check_startup(tmp_path, rows[0], reference=recipe == "tiny-dpo")
 
 
@@ -372,13 +381,43 @@ def kill_after_checkpoint(ray_cluster, cfg, run_dir: Path, step: int) -> None:
     time.sleep(2)  # Ray reaps the dead driver's actors (the named Controller among them)
 
 
-def test_killed_run_resumes_with_the_same_data_and_versions(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
+def test_auto_interval_pushes_when_the_policy_drifts(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
+    """sync.interval: auto pushes when the drift would pass sync.target_kl: a learner that does not
+    barely moves (lr 1e-12) is pushed to only at max_interval, one that moves fast much more often."""
+    from launch.train import train
+
+    pushes = {}
+    for lr in (1e-12, 0.05):
+        cfg = tiny_config(
+            "tiny-grpo",
+            tiny_llama,
+            "steps=6",
+            "sync.interval=auto",
+            "sync.target_kl=0.001",
+            "sync.max_interval=5",
+            f"learner.lr={lr}",
+            f"logging.controller_name=auto-{lr}",
+            *rm_reward(tiny_reward_model),
+        )
+        train(cfg, str(tmp_path / str(lr)))
+        rows = read_metrics(tmp_path / str(lr))
+        assert all(r["sync_interval"] == "auto" for r in rows)
+        for r in rows:  # pushed_after: the steps since the previous push, on the steps that pushed
+            assert (r["pushed_after"] > 0) == (r["engine_version"] == r["policy_version"])
+        pushes[lr] = [r["step"] for r in rows if r["pushed_after"]]
+    assert pushes[1e-12] == [5], pushes  # the drift stays the mismatch: only max_interval pushes
+    assert len(pushes[0.05]) >= 2, pushes
+
+
+@pytest.mark.parametrize("s", ["3", "auto"])
+def test_killed_run_resumes_with_the_same_data_and_versions(ray_cluster, tiny_llama, tiny_reward_model, tmp_path, s):
     """A run killed (SIGKILL) after its step-4 checkpoint and resumed gives the same data order,
-    policy versions and samples as the uninterrupted run."""
+    policy versions and samples as the uninterrupted run; with s = auto, the same pushes."""
     from launch.run import run
     from launch.train import train
 
-    overrides = ["steps=7", "sync.interval=3", "checkpoint.every_steps=2", "logging.controller_name=resume-test"]
+    overrides = ["steps=7", f"sync.interval={s}", "checkpoint.every_steps=2", "logging.controller_name=resume-test"]
+    overrides += ["sync.target_kl=0.5"] if s == "auto" else []  # pushes after some steps, not others
     cfg = tiny_config("tiny-dpo", tiny_llama, *overrides, *rm_reward(tiny_reward_model))
     train(cfg, str(tmp_path / "whole"))
 
@@ -396,6 +435,7 @@ def test_killed_run_resumes_with_the_same_data_and_versions(ray_cluster, tiny_ll
         "reward_mean",
         "sequences",
         "staleness_max",
+        "pushed_after",
     )
     whole, resumed = read_metrics(tmp_path / "whole"), read_metrics(killed)
     assert [r["step"] for r in resumed] == list(range(1, 8))
