@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -125,8 +126,19 @@ def eval_prefix(result: dict[str, Any]) -> str:
 
 
 class Controller:
-    def __init__(self, sync_interval: float, run_name: str = "", export_metrics: bool = True):
+    """``live``: the learning knobs set so far (``syncrl ctl set``; a resumed run's); ``check(key,
+    value, live)`` gives a knob's typed value or raises naming it (launch.live.LiveSettings.check)."""
+
+    def __init__(
+        self,
+        sync_interval: float,
+        run_name: str = "",
+        export_metrics: bool = True,
+        live: dict[str, Any] | None = None,
+        check: Callable[[str, Any, dict], Any] | None = None,
+    ):
         self.sync_interval = sync_interval
+        self.live, self.check = dict(live or {}), check
         self.paused = False
         self.run_name = run_name
         self.status: dict[str, Any] = {"step": 0}
@@ -169,7 +181,16 @@ class Controller:
             self._gauge(f"syncrl_{prefix}{key}", description).set(value, tags={"run": self.run_name})
 
     def settings(self) -> dict[str, Any]:
-        return {"sync_interval": self.sync_interval, "paused": self.paused}
+        return {"sync_interval": self.sync_interval, "paused": self.paused, "live": dict(self.live)}
+
+    def set(self, key: str, value: Any) -> Any:
+        """A learning knob, from the next step; an error (nothing changed) when it cannot be set."""
+        if self.check is None:
+            raise ValueError("this run takes no live settings")
+        typed = self.check(key, value, self.live)
+        self._event(f"{key} {self.live.get(key, '(recipe)')} -> {typed} (from the next step)")
+        self.live[key] = typed
+        return typed
 
     def set_sync_interval(self, interval: Any) -> int | str:
         value = parse_interval(interval)  # the same validation as a recipe's sync.interval
@@ -229,7 +250,14 @@ class Controller:
 ControllerActor = ray.remote(num_cpus=0)(Controller)
 
 
-def start_controller(name: str, sync_interval: float, run_name: str, export_metrics: bool = True):
+def start_controller(
+    name: str,
+    sync_interval: float,
+    run_name: str,
+    export_metrics: bool = True,
+    live: dict[str, Any] | None = None,
+    check: Callable[[str, Any, dict], Any] | None = None,
+):
     """Create the run's named Controller (one per name on a cluster: a second run needs its own)."""
     try:
         ray.get_actor(name, namespace=NAMESPACE)
@@ -241,5 +269,5 @@ def start_controller(name: str, sync_interval: float, run_name: str, export_metr
             "Give this run another logging.controller_name."
         )
     return ControllerActor.options(name=name, namespace=NAMESPACE, lifetime=None).remote(
-        sync_interval, run_name, export_metrics
+        sync_interval, run_name, export_metrics, live, check
     )

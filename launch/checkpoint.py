@@ -34,6 +34,7 @@ class RunState:
     sync_interval: float | str = 1
     data_position: int = 0  # prompts (or offline groups) consumed
     auto_sync: AutoInterval = dataclasses.field(default_factory=AutoInterval)  # sync.interval: auto's estimates
+    live: dict = dataclasses.field(default_factory=dict)  # the learning knobs set while the run went (syncrl ctl set)
 
     def begin_stage(self, index: int, interval: float, controller) -> None:
         self.stage_index, self.step_in_stage, self.sync_interval = index, 0, interval

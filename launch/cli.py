@@ -54,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     interval.add_argument(
         "interval", help="a positive integer, inf or auto (push when the drift would pass sync.target_kl)"
     )
+    knob = ctl_commands.add_parser(
+        "set", help="change a learning knob from the next step on (syncrl ctl set learner.lr 1e-6)"
+    )
+    knob.add_argument(
+        "key",
+        help="learner.lr, learner.value_lr, algorithm.beta, algorithm.kl_coef, algorithm.entropy_coef, "
+        "algorithm.grpo_weight, algorithm.nll_coef, algorithm.kl_reg, rollout.temperature or sync.target_kl",
+    )
+    knob.add_argument("value", help="the value, as YAML (as --set takes it)")
     ctl_commands.add_parser("pause", help="pause at the next step boundary")
     ctl_commands.add_parser("resume", help="resume a paused run")
 
@@ -339,6 +348,13 @@ def ctl(args: argparse.Namespace) -> int:
             print(f"syncrl ctl: sync.interval: {err.cause}", file=sys.stderr)
             return 2
         print(f"sync interval set to {value}; it applies from the next step")
+    elif args.ctl_command == "set":
+        try:
+            value = ray.get(controller.set.remote(args.key, args.value))
+        except ray.exceptions.RayTaskError as err:
+            print(f"syncrl ctl: {err.cause}", file=sys.stderr)
+            return 2
+        print(f"{args.key} set to {value}; it applies from the next step")
     elif args.ctl_command in ("pause", "resume"):
         ray.get(getattr(controller, args.ctl_command).remote())
         print(f"{args.ctl_command} requested")

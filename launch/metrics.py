@@ -264,14 +264,14 @@ class MetricsLog:
             self.bar.close()
 
 
-def live_sync_interval(controller, log: MetricsLog) -> float:
-    """The Controller's current sync interval, read at a step boundary; waits while paused."""
+def live_settings(controller, log: MetricsLog) -> dict:
+    """The Controller's settings (``sync_interval``, ``live``), read at a step boundary; waits while paused."""
     while True:
         settings, events = ray.get([controller.settings.remote(), controller.drain_events.remote()])
         for e in events:
             log.event(e)
         if not settings["paused"]:
-            return settings["sync_interval"]
+            return settings
         time.sleep(0.5)
 
 

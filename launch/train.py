@@ -25,7 +25,8 @@ from actors.weight_sync import make_transport
 from launch.checkpoint import RunState, latest_checkpoint, load_state, restore, save_checkpoint, save_final
 from launch.config import SyncRLConfig, engine_settings
 from launch.evaluate import Evaluator
-from launch.metrics import MetricsLog, install_grafana_dashboard, live_sync_interval, step_record
+from launch.live import LiveSettings, with_live
+from launch.metrics import MetricsLog, install_grafana_dashboard, live_settings, step_record
 from launch.models import resolve_model
 from launch.plots import plot_run
 from launch.sources import FileSource, RolloutSource
@@ -52,15 +53,12 @@ class Driver:
         Ray starts); None: read here."""
         began = time.time()
         self.phases = phases or Phases()  # the start-up's parts, in startup.json after the first step
-        self.cfg, self.run_dir = cfg, str(Path(run_dir).absolute())  # the same path on every node
-        self.model_path, self.stages = str(Path(resolve_model(cfg.model.path)).absolute()), cfg.resolved_stages()
+        self.recipe, self.run_dir = cfg, str(Path(run_dir).absolute())  # the same path on every node
+        self.model_path = str(Path(resolve_model(cfg.model.path)).absolute())
         tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code)
-        texts = TokenTexts(self.model_path, tokenizer=tokenizer)  # OREO's step level finds steps with it
-        reward_ids = lambda s: reward_token_ids(tokenizer, s.messages, s.response_text)  # noqa: E731  (reward_model)
-        self.algorithms = [
-            make_algorithm(s.algorithm, cfg.seed + i, texts, reward_ids, cfg.rollout.temperature)
-            for i, s in enumerate(self.stages)
-        ]
+        self.texts = TokenTexts(self.model_path, tokenizer=tokenizer)  # OREO's step level finds steps with it
+        self.reward_ids = lambda s: reward_token_ids(tokenizer, s.messages, s.response_text)  # reward_model
+        self.configure(state.live if state else {})
         data = data or read_run_data(cfg)  # bad data fails here, before any actor starts
         self.data = training_items(cfg, data, tokenizer)
         self.state = state or self.initial_state()
@@ -71,8 +69,29 @@ class Driver:
         self.groups: list = []
         self.evaluated_at: int | None = None  # the step of the last every_steps evaluation
         self.mid_step = False  # the learner trained this step and its record is not written yet
+        self.changed: dict = {}  # the live settings applied from this step
         self.probed_at = time.monotonic()
         self.phases.add("task, tokenizer and data", began, time.time() - began)  # syncrl train: while Ray starts
+
+    def configure(self, live: dict) -> None:
+        """The run's settings (``cfg``, its stages and their algorithms): the recipe's, with the
+        live settings (``syncrl ctl set``) in place."""
+        cfg = self.cfg = with_live(self.recipe, live)
+        self.stages = cfg.resolved_stages()
+        self.algorithms = [
+            make_algorithm(s.algorithm, cfg.seed + i, self.texts, self.reward_ids, cfg.rollout.temperature)
+            for i, s in enumerate(self.stages)
+        ]
+
+    def apply_live(self, changed: dict) -> None:
+        """Live settings set since the last step, from this step on (``launch.live``)."""
+        self.state.live.update(changed)
+        self.configure(self.state.live)
+        for key, value_model in (("learner.lr", False), ("learner.value_lr", True)):
+            if key in changed:
+                self.learners.on_all("set_lr", changed[key], value_model)
+        if isinstance(self.source, RolloutSource):
+            self.source.temperature = self.cfg.rollout.temperature
 
     def initial_state(self) -> RunState:
         return RunState(sync_interval=self.stages[0].sync.interval)
@@ -82,8 +101,13 @@ class Driver:
         check_cluster(
             cfg, engines=self.engines
         )  # before any actor starts: the run fits the cluster, or says what is missing
+        check = LiveSettings(
+            self.recipe,
+            has_reference=any(a.loss.needs_reference for a in self.algorithms),
+            has_value=any(a.loss.needs_value for a in self.algorithms),
+        ).check
         self.controller = start_controller(
-            cfg.logging.controller_name, state.sync_interval, cfg.name, cfg.logging.ray_metrics
+            cfg.logging.controller_name, state.sync_interval, cfg.name, cfg.logging.ray_metrics, state.live, check
         )
         self.phases.mark("cluster check and controller")
         if cfg.logging.ray_metrics and (dashboard := install_grafana_dashboard()):
@@ -198,6 +222,7 @@ class Driver:
         restore(self.run_dir, self.state, learners, self.rollouts, self.transport)
         self.engines_kept = True  # the engines hold the base model, or weights the restore kept
         self.source = make_source(self.cfg, self.data, self.rollouts, self.state.data_position)
+        self.apply_live(dict(self.state.live))  # a resumed or restarted run's live settings
 
     def pushed_weights(self, version: int):
         """The weights pushed to the engines as ``version`` (learner rank 0 keeps them): what a
@@ -250,9 +275,14 @@ class Driver:
         return s != 1 or stage.sync.overlap
 
     def sync_interval(self, stage) -> float:
-        """The live sync interval (``syncrl ctl``); an s changed to more than 1 after a push that
-        kept nothing keeps the engines' weights now, while the learner still has them."""
-        s = self.state.sync_interval = live_sync_interval(self.controller, self.log)
+        """The live settings (``syncrl ctl``), applied from this step, and the sync interval; an s
+        changed to more than 1 after a push that kept nothing keeps the engines' weights now, while
+        the learner still has them."""
+        settings = live_settings(self.controller, self.log)
+        self.changed = {k: v for k, v in settings["live"].items() if self.state.live.get(k) != v}
+        if self.changed:
+            self.apply_live(self.changed)
+        s = self.state.sync_interval = settings["sync_interval"]
         if self.engines_may_lag(s, stage) and not self.engines_kept and self.rollouts is not None:
             self.learners.pushed_weights(self.state.engine_version)  # the learner's weights are still that version
             self.engines_kept = True
@@ -303,12 +333,13 @@ class Driver:
             if self.phases is not None:  # not after a restart of the learner group
                 self.phases.mark("eval at start")
         for index in range(state.stage_index, len(self.stages)):
-            stage, algorithm = self.stages[index], self.algorithms[index]
+            stage = self.stages[index]
             if index != state.stage_index:  # a new stage starts from the current policy, with its own s
                 state.begin_stage(index, stage.sync.interval, self.controller)
                 self.push(stage.sync.ref_sync, self.engines_may_lag(stage.sync.interval, stage))
             while state.step_in_stage < stage.steps:
-                s = self.sync_interval(stage)
+                s = self.sync_interval(stage)  # and the live settings, from this step
+                stage, algorithm = self.stages[index], self.algorithms[index]
                 self.probe()
                 t0 = time.perf_counter()
                 samples = self.source.next(
@@ -330,7 +361,9 @@ class Driver:
                     self.push(stage.sync.ref_sync, self.engines_may_lag(s, stage))
                 t4 = time.perf_counter()
                 record = step_record(state, stage.name, s, samples, batch, loss, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
-                self.end_step({**record, "pushed_after": pushed_after})
+                self.end_step(
+                    {**record, "pushed_after": pushed_after, **{f"set/{k}": v for k, v in self.changed.items()}}
+                )
         if cfg.eval.at_end and self.evaluated_at != state.step:  # not already evaluated by every_steps
             if state.engine_version != state.learner_version:  # the engines get the final policy
                 self.push(ref_sync=False)
@@ -432,5 +465,5 @@ class TokenTexts:
 def make_source(cfg: SyncRLConfig, data: list, rollouts: RolloutGroup, position: int):
     stream = ShuffledStream(data, cfg.data.prompts_per_step, cfg.data.seed, position)
     if isinstance(data[0], Prompt):
-        return RolloutSource(rollouts, stream, cfg.rollout.seed)
+        return RolloutSource(rollouts, stream, cfg.rollout.seed, cfg.rollout.temperature)
     return FileSource(stream)

@@ -626,6 +626,20 @@ class LearnerRank:
 
         self.keep_weights(version, list(load_file(path).items()))
 
+    def set_lr(self, lr: float, value_model: bool = False) -> None:
+        """A new learning rate (the policy's, or the value model's) from the next optimizer step on
+        (``syncrl ctl set learner.lr``); a warm-up schedule keeps its shape and ends at ``lr``."""
+        engine = self.value_engine if value_model else self.engine
+        scheduler = engine.lr_scheduler
+        if scheduler is not None:  # DeepSpeed's WarmupLR: min -> max over warmup_num_steps, then max
+            scheduler.max_lrs = [lr] * len(scheduler.max_lrs)
+            scheduler.delta_lrs = [big - small for big, small in zip(scheduler.max_lrs, scheduler.min_lrs)]
+            lrs = scheduler.get_lr()
+        else:
+            lrs = [lr] * len(engine.optimizer.param_groups)
+        for group, value in zip(engine.optimizer.param_groups, lrs):
+            group["lr"] = value
+
     def sync_reference(self) -> None:
         """Reference sync: the frozen reference becomes a copy of the current policy. Under ZeRO-3
         both are partitioned alike (same parameters, same ranks), so each rank copies its own

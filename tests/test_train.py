@@ -317,11 +317,20 @@ def test_zero3_two_ranks_packing_and_token_budget_match_one_rank(ray_cluster, ti
 
 
 def test_set_sync_interval_from_another_process(ray_cluster, tiny_llama, tmp_path):
-    """`syncrl ctl` in another process pauses the run, changes s, resumes it: the new s applies
-    from the next step on. (The tiny run is faster than a CLI round trip, hence the pause.)"""
+    """`syncrl ctl` in another process pauses the run, changes s and the learning rate, resumes
+    it: both apply from the next step on, a bad `ctl set` is refused and the run goes on, and the
+    learning rate set survives a resume. (The tiny run is faster than a CLI round trip, hence the pause.)"""
+    from launch.checkpoint import load_state
     from launch.train import train
 
-    cfg = tiny_config("tiny-grpo", tiny_llama, "steps=10", "sync.interval=1", "logging.controller_name=ctl-test")
+    cfg = tiny_config(
+        "tiny-grpo",
+        tiny_llama,
+        "steps=10",
+        "sync.interval=1",
+        "logging.controller_name=ctl-test",
+        "checkpoint.every_steps=5",
+    )
     runner = threading.Thread(target=train, args=(cfg, str(tmp_path)))
     runner.start()
     address = ray_cluster.get_runtime_context().gcs_address
@@ -345,6 +354,17 @@ def test_set_sync_interval_from_another_process(ray_cluster, tiny_llama, tmp_pat
         assert any("sync_interval 1 -> 3" in e for e in status["events"])
         bad = syncrl_ctl("set-sync-interval", "0")
         assert bad.returncode == 2 and "positive integer" in bad.stderr
+        done = syncrl_ctl("set", "learner.lr", "0.02")
+        assert done.returncode == 0 and "applies from the next step" in done.stdout, done.stderr[-2000:]
+        for args, says in [
+            (("learner.lr", "-1"), "learner.lr: Input should be greater than 0"),
+            (("learner.momentum", "0.9"), "not a setting a running job takes"),
+            (("algorithm.kl_coef", "0.1"), "need a reference model"),  # tiny-grpo starts without one
+            (("learner.value_lr", "1e-5"), "no value model"),
+        ]:
+            refused = syncrl_ctl("set", *args)
+            assert refused.returncode == 2 and says in refused.stderr, (args, refused.stderr[-2000:])
+        assert json.loads(syncrl_ctl("status").stdout)["live"] == {"learner.lr": 0.02}
         time.sleep(1.0)
         assert len(read_metrics(tmp_path)) <= paused_at + 1, "a paused run must not go on"
         assert syncrl_ctl("resume").returncode == 0
@@ -355,6 +375,13 @@ def test_set_sync_interval_from_another_process(ray_cluster, tiny_llama, tmp_pat
     assert first >= 2 and set(seen[:first]) == {1} and set(seen[first:]) == {3}
     rows = read_metrics(tmp_path)[first:]
     assert max(r["staleness_max"] for r in rows) <= 2 and any(r["staleness_max"] > 0 for r in rows)
+    every = read_metrics(tmp_path)  # the learning rate: the recipe's, then the one set, from the same step as s
+    assert [r.get("set/learner.lr") for r in every] == [None] * first + [0.02] + [None] * (len(every) - first - 1)
+    assert all(r["lr"] == 5e-3 for r in every[:first]) and all(r["lr"] == 0.02 for r in every[first:])
+
+    more = cfg.model_copy(update={"steps": 12})  # resumed from the step-10 checkpoint for two more steps
+    train(more, str(tmp_path), state=load_state(str(tmp_path)))
+    assert [r["lr"] for r in read_metrics(tmp_path)[10:]] == [0.02, 0.02]
 
 
 def kill_after_checkpoint(ray_cluster, cfg, run_dir: Path, step: int) -> None:
