@@ -71,6 +71,9 @@ class LiveSettings:
         cfg = config_from_dict(_tree_with(self.tree, {**live, key: value}), f"syncrl ctl set {key} {value!r}")
         section, field = key.split(".")
         typed = getattr(getattr(cfg, section), field)
+        if key == "rollout.temperature" and any(s.sync.overlap for s in cfg.resolved_stages()):
+            # the batch generating while a step trains would be trained at a temperature it was not sampled at
+            raise ValueError(f"{key}: not while sync.overlap generates the next batch ahead")
         if key == "learner.value_lr" and not self.has_value:
             raise ValueError(f"{key}: this run has no value model")
         if section == "algorithm" and not self.has_reference:

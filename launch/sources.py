@@ -17,7 +17,7 @@ class RolloutSource:
 
     def __init__(self, rollouts: RolloutGroup, prompts: ShuffledStream[Prompt], seed: int, temperature: float):
         self.rollouts, self.prompts, self.seed = rollouts, prompts, seed
-        self.temperature = temperature  # rollout.temperature, live (a prefetched batch keeps the one it started with)
+        self.temperature = temperature  # rollout.temperature (syncrl ctl set changes it between steps)
         self.pending = None  # the prefetched generation (a Calls), collected by the next step
 
     def _sampling_seed(self, step: int) -> int:

@@ -39,3 +39,6 @@ def test_check_types_values_and_refuses_what_the_run_cannot_take():
     with pytest.raises(ValueError, match="need a reference model"):
         grpo("algorithm.kl_coef", "0.1", {})
     assert grpo("algorithm.entropy_coef", "0.01", {}) == 0.01
+    overlap = LiveSettings(load_config("tiny-grpo", ["sync.overlap=true"]), has_reference=False, has_value=False)
+    with pytest.raises(ValueError, match="rollout.temperature: not while sync.overlap"):
+        overlap.check("rollout.temperature", "0.5", {})
