@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+import ray
+
+from actors.faults import ActorFailure, Calls, Supervisor
+from actors.placement import Placement, free_port
 
 T = TypeVar("T")
 
@@ -17,7 +21,6 @@ def serialize_tensors_zero_copy() -> None:
     tensors (a GPU tensor's bytes are copied to the host first). The learner ranks call
     it, since they put the weights. What Ray's RAY_ENABLE_ZERO_COPY_TORCH_TENSORS does, without
     giving the actor a runtime environment of its own, which no prestarted worker process fits."""
-    import ray
     import torch
 
     ray.util.register_serializer(torch.Tensor, serializer=_tensor_bytes, deserializer=_tensor_from_bytes)
@@ -65,8 +68,6 @@ class ActorMixin:
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        import ray
-
         if not ray.get_gpu_ids():
             keep_freed_memory()
         super().__init__(*args, **kwargs)
@@ -75,13 +76,9 @@ class ActorMixin:
         return fn(self, *args, **kwargs)
 
     def node_ip(self) -> str:
-        import ray
-
         return ray.util.get_node_ip_address()
 
     def node_id(self) -> str:
-        import ray
-
         return ray.get_runtime_context().get_node_id()
 
     def free_port(self) -> int:
@@ -144,9 +141,6 @@ class ActorGroup:
 
     def start_workers(self, count: int, supervisor: Any = None, wait: bool = True) -> None:
         """Start the workers; ``wait=False``: return at once (``wait_ready`` several groups together)."""
-        from actors.faults import Supervisor
-        from actors.placement import Placement
-
         self.supervisor = supervisor or Supervisor()
         self.submitted = time.time()  # start-up phases (startup.json) count from here
         ask = self.ask(count)
@@ -159,16 +153,12 @@ class ActorGroup:
 
     def calls(self, submit: Callable[[Any, int], Any], indices: list[int] | None = None, version: int | None = None):
         """Start ``submit(worker, i)`` on every worker (or those of ``indices``): a ``Calls``."""
-        from actors.faults import Calls
-
         return Calls(self, submit, list(range(len(self.workers))) if indices is None else indices, version)
 
     def call(self, submit: Callable[[Any, int], Any], indices: list[int] | None = None) -> list:
         return self.calls(submit, indices).collect()
 
     def is_dead(self, i: int) -> bool:
-        import ray
-
         try:
             ray.get(self.workers[i].__ray_ready__.remote(), timeout=10)
         except ray.exceptions.RayActorError:
@@ -181,8 +171,6 @@ class ActorGroup:
         """Worker i died or hung: charge the budget (which raises when it is spent), replace it
         (with the weights of ``version``, by default those the workers hold; ``restore`` False: as
         started, for a caller that brings it up to date itself)."""
-        from actors.faults import ActorFailure
-
         failure = ActorFailure(self.kind, self.name(i), cause)
         self.supervisor.charge(failure)
         t0 = time.perf_counter()
@@ -193,7 +181,6 @@ class ActorGroup:
 
     def restart(self, i: int) -> None:
         """Kill worker i and start it afresh (not counted: ``replace`` counts)."""
-        import ray
 
         ray.kill(self.workers[i])
         self.workers[i] = self._start(i)
@@ -212,8 +199,6 @@ class ActorGroup:
         self.call(lambda w, i: w.__ray_ready__.remote())
 
     def shutdown(self) -> None:
-        import ray
-
         for w in self.workers:
             ray.kill(w)
         self.workers = []
@@ -226,7 +211,6 @@ def wait_ready(*groups: Any) -> None:
     """Wait until every actor of the groups (started together) is up, each group's placement
     first, within ``fault_tolerance.start_timeout_s``; if one fails or does not start in time,
     stop them all (nothing is left running) and raise an error naming it."""
-    import ray
 
     try:
         timeout = groups[0].supervisor.start_timeout if groups else None
@@ -246,13 +230,6 @@ def wait_ready(*groups: Any) -> None:
         for group in groups:
             group.shutdown()
         raise
-
-
-def free_port() -> int:
-    """A TCP port free on this node right now."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def split_evenly(items: list[T], parts: int) -> list[list[T]]:

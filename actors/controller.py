@@ -19,7 +19,6 @@ import ray
 from rollout.records import interval_text, parse_interval
 
 NAMESPACE = "syncrl"
-DEFAULT_NAME = "syncrl-controller"
 # Every numeric field of a step record (launch.metrics.step_record) is the gauge ``syncrl_<field>``
 # (Prometheus: ``ray_syncrl_<field>``), and of an evaluation ``syncrl_eval_<key>`` (value-guided beam
 # search: ``syncrl_eval_beam_<key>``), tagged ``run``. These have a description; the others (the

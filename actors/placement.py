@@ -17,6 +17,7 @@ bundle, so it lands where the group was placed.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,10 +184,15 @@ class Placement:
         remove_placement_group(self.group)
 
 
+def free_port() -> int:
+    """A TCP port free on this node right now."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
 @ray.remote(num_cpus=0)
 def _address_in_bundle() -> tuple[str, int, str]:
-    from actors.common import free_port
-
     return ray.util.get_node_ip_address(), free_port(), ray.get_runtime_context().get_node_id()
 
 

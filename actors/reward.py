@@ -64,6 +64,3 @@ class RewardGroup(ActorGroup):
     def score(self, samples: list[Sample]) -> list[Sample]:
         chunks = dict(enumerate(split_evenly(samples, len(self.workers))))
         return join(self.call(lambda w, i: w.score.remote(chunks[i]), [i for i, c in chunks.items() if c]))
-
-    def stats(self) -> list[dict[str, dict[str, int]]]:
-        return self.call(lambda w, i: w.stats.remote())

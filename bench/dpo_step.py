@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="timed steps per row (after one warm-up)")
     args = ap.parse_args()
 
-    from actors.common import free_port
+    from actors.placement import free_port
     from launch.config import LearnerConfig
     from launch.models import resolve_model
     from learner.objective import Totals

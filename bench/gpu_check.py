@@ -267,7 +267,7 @@ def main() -> int:
         f"{gpu}, Python {sys.version.split()[0]}",
         flush=True,
     )
-    from learner.trainer import _has_flash_attn
+    from learner.loading import _has_flash_attn
 
     attns = ["sdpa"] + (["flash_attention_2"] if device.type == "cuda" and _has_flash_attn() else [])
     if device.type == "cuda" and "flash_attention_2" not in attns:

@@ -84,7 +84,8 @@ def main() -> None:
 
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from actors.common import free_port, keep_freed_memory
+    from actors.common import keep_freed_memory
+    from actors.placement import free_port
     from launch.config import LearnerConfig
     from launch.models import resolve_model
     from learner.packing import use_block_attention

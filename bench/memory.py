@@ -40,7 +40,8 @@ def make_batch(vocab: int):
 
 
 def child(model: str, steps: int, keep: bool) -> dict:
-    from actors.common import free_port, keep_freed_memory
+    from actors.common import keep_freed_memory
+    from actors.placement import free_port
 
     if keep:
         keep_freed_memory()

@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="timed steps per row (one warm-up step before the first)")
     args = ap.parse_args()
 
-    from actors.common import free_port
+    from actors.placement import free_port
     from launch.config import LearnerConfig
     from launch.models import resolve_model
     from learner.objective import Totals

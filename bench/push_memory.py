@@ -213,7 +213,7 @@ def main() -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import torch.multiprocessing as mp
 
-    from actors.common import free_port
+    from actors.placement import free_port
     from launch.models import resolve_model
 
     print(machine())

@@ -57,13 +57,12 @@ def checkpoints(run_dir: str) -> list[Path]:
     return sorted(Path(run_dir, "checkpoints").glob("step_*"), key=lambda p: int(p.name.removeprefix("step_")))
 
 
-def save_checkpoint(run_dir: str, cfg: SyncRLConfig, state: RunState, learners, controller) -> Path:
+def save_checkpoint(run_dir: str, cfg: SyncRLConfig, state: RunState, learners) -> Path:
     final = Path(run_dir, "checkpoints", f"step_{state.step:06d}")
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    settings = ray.get(controller.settings.remote())
-    learners.on_all("save_checkpoint", str(tmp), {"settings": settings})
+    learners.on_all("save_checkpoint", str(tmp), {})  # the live settings are in the run state
     if state.engine_version not in (0, state.learner_version):  # version 0: the base model, on disk already
         ray.get(learners.workers[0].save_pushed_weights.remote(str(tmp / ENGINE_WEIGHTS), state.engine_version))
     (tmp / "run_state.json").write_text(state.to_json())

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from launch.config import ConfigError, dump_config, load_config
+from launch.config import ConfigError, LoggingConfig, dump_config, load_config
 
 # The exit status of bad input (a ConfigError: a recipe, a field, a file or a line of it); 1 is a
 # run that failed (an actor died past its restart budget), as with any uncaught error.
@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ctl = commands.add_parser("ctl", help="talk to a running job's Controller")
     ctl.add_argument("--address", default="auto", help="Ray cluster address (default: the running cluster)")
-    ctl.add_argument("--name", default="syncrl-controller", help="the Controller's name (logging.controller_name)")
+    ctl.add_argument(
+        "--name", default=LoggingConfig().controller_name, help="the Controller's name (logging.controller_name)"
+    )
     ctl_commands = ctl.add_subparsers(dest="ctl_command", required=True)
     ctl_commands.add_parser("status", help="live settings and the last step's metrics")
     interval = ctl_commands.add_parser("set-sync-interval", help="change s from the next step on")

@@ -45,7 +45,7 @@ class RolloutSource:
 
 
 class FileSource:
-    """Scored samples read from a file, ``groups_per_step`` prompt groups a step."""
+    """Scored samples read from a file, ``data.prompts_per_step`` prompt groups a step."""
 
     def __init__(self, groups: ShuffledStream[list[Sample]]):
         self.groups = groups

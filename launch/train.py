@@ -1,7 +1,7 @@
 """The driver: generate -> score -> build training records -> train -> every s steps push weights.
 
-``syncrl train RECIPE`` (``python -m launch train RECIPE``) runs it on the Ray cluster it finds,
-or on a local one it starts. Only the sync interval s separates offline (s=inf), semi-online
+``syncrl train RECIPE`` (``python -m launch train RECIPE``) runs it, on the Ray cluster that
+launch/run.py and launch/cluster.py find or start. Only the sync interval s separates offline (s=inf), semi-online
 (1<s<inf) and online (s=1) training; a run may list stages, each with its own algorithm, step
 count and s (G2D: GRPO with s=1, then DPO with s=inf on the warmed-up policy's rollouts).
 """
@@ -391,7 +391,7 @@ class Driver:
         where = latest_checkpoint(self.run_dir)
         if spent.failure.kind != "learner" and not self.mid_step:
             try:
-                where = save_checkpoint(self.run_dir, self.cfg, self.state, self.learners, self.controller)
+                where = save_checkpoint(self.run_dir, self.cfg, self.state, self.learners)
             except Exception as err:  # the learner may be failing too: the last checkpoint stands
                 print(f"[restart] no checkpoint at the stop ({err!r})", flush=True)
         hint = (
@@ -425,7 +425,7 @@ class Driver:
             self.evaluate()
             self.evaluated_at = state.step
         if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
-            save_checkpoint(self.run_dir, cfg, state, self.learners, self.controller)
+            save_checkpoint(self.run_dir, cfg, state, self.learners)
 
 
 def train(

@@ -33,10 +33,6 @@ class CollatedBatch:
     action_starts: torch.Tensor  # [N, T] float, 1 where an action (OREO) begins
     policy_versions: torch.Tensor  # [N] long: the version of the weights that generated each row
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.attention_mask.sum())
-
 
 def collate(batch: TrainBatch, pad_token_id: int) -> CollatedBatch:
     n = len(batch.sequences)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from learner.loading import model_dtype
 from learner.packing import Packed, pack, packed_mask, use_block_attention
 
 HEAD_FILE = "value_head.safetensors"
@@ -110,8 +111,6 @@ class ValueScorer:
 
     def __init__(self, folder: str, max_tokens: int = 2048, threads: int = 0, model: Any = None):
         import os
-
-        from learner.trainer import model_dtype
 
         gpu = torch.cuda.is_available()
         if not gpu:  # a 1-CPU Ray actor runs 1 thread; score with the cores this process may use

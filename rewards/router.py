@@ -1,8 +1,9 @@
 """Routing: each sample's ``source`` picks the reward function that scores it.
 
 Routes come from the ``reward`` section of the configuration (``RewardRoute``), taken here by
-their fields only (``kind``, ``model_path``, ``timeout_s``, ``batch_size``): any object with
-those attributes, or a dict of them, is a route. One run can so mix verifiable prompts
+their fields only (``kind``, ``model_path``, ``timeout_s``, ``require_boxed``, ``batch_size``,
+``batch_tokens``, ``dtype``, ``label_index``, ``function``, ``weights``, ``on_error``): any
+object with those attributes, or a dict of them, is a route. One run can so mix verifiable prompts
 (``math_verify``) and open-ended ones (``reward_model``).
 """
 
@@ -24,7 +25,14 @@ class Route(Protocol):
     kind: str
     model_path: str | None
     timeout_s: float
+    require_boxed: bool
     batch_size: int
+    batch_tokens: int
+    dtype: str
+    label_index: int | None
+    function: str | list[str] | None
+    weights: list[float] | None
+    on_error: str
 
 
 def build_scorer(route: Route, name: str = "default") -> RewardFunction:

@@ -286,9 +286,6 @@ class RolloutEngine:
     def decode(self, token_ids: list[list[int]]) -> list[str]:
         return self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
 
-    def prefix_caching(self) -> bool:
-        return bool(self.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching)
-
     # -- weights ------------------------------------------------------------------------------
     # An update is a session on every vLLM worker of the engine (rollout.vllm_worker): begin, load
     # bucket by bucket as they arrive, finish. An update that fails part-way leaves some layers new

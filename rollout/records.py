@@ -34,7 +34,9 @@ class Sample:
     prompt_id: str
     prompt_ids: list[int]
     response_ids: list[int]
-    logprobs: list[float]  # behaviour log-prob of each response token (same length as response_ids)
+    # The sampler's log-prob of each response token (as many as response_ids) for generated
+    # samples; empty for beam search's answers and for responses read from a file
+    logprobs: list[float]
     finish_reason: str  # "stop" | "length"
     policy_version: int  # version of the weights that generated it
     prompt_text: str = ""

@@ -69,8 +69,10 @@ class CheckpointlessLayerFilter(logging.Filter):
         self.layers, self.dropped = frozenset(layers), Counter()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == UNLOADED and record.args and record.args[0] in self.layers:
-            self.dropped[record.args[0]] += 1
+        # vLLM's first warning of a kind may come formatted already (its warning_once): read the text
+        layer, sep, rest = record.getMessage().partition(UNLOADED.removeprefix("%s"))
+        if sep and not rest and layer in self.layers:
+            self.dropped[layer] += 1
             return False
         return True
 
@@ -179,8 +181,11 @@ class WeightUpdateExtension:
     def _syncrl_begin(self) -> None:
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
+        model = self.model_runner.get_model()
+        # read before the reload session, which gives a tied lm_head a weight of its own until it ends
+        self._syncrl_checkpointless = checkpointless_layers(model.modules())
         with self._syncrl_config():
-            initialize_layerwise_reload(self.model_runner.get_model())
+            initialize_layerwise_reload(model)
         self._syncrl_loaded = 0
 
     def _syncrl_load(self, named_tensors: list[tuple[str, torch.Tensor]]) -> int:
@@ -194,7 +199,7 @@ class WeightUpdateExtension:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
         model = self.model_runner.get_model()
-        quiet = CheckpointlessLayerFilter(checkpointless_layers(model.modules()))
+        quiet = CheckpointlessLayerFilter(self.__dict__.pop("_syncrl_checkpointless", set()))
         reload_log = logging.getLogger(RELOAD_LOGGER)
         reload_log.addFilter(quiet)
         try:

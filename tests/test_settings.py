@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from launch.config import ConfigError, LearnerConfig, ModelConfig, SyncRLConfig, engine_settings, load_config
-from learner import trainer
-from learner.trainer import attn_implementation, ds_config, load_kwargs, model_dtype
+from learner import loading, trainer
+from learner.loading import attn_implementation, load_kwargs, model_dtype
+from learner.trainer import ds_config
 
 CUSTOM_CONFIG = """from transformers import LlamaConfig
 
@@ -58,7 +59,7 @@ def remote_code_llama(tiny_llama, tmp_path_factory) -> str:
 
 # -- model.dtype, model.attn_implementation, model.trust_remote_code: the learner's loads ---------
 def test_model_settings_give_the_learners_from_pretrained_arguments(monkeypatch):
-    monkeypatch.setattr(trainer, "_has_flash_attn", lambda: True)
+    monkeypatch.setattr(loading, "_has_flash_attn", lambda: True)
     assert load_kwargs(None, gpu=False) == dict(dtype=torch.float32, trust_remote_code=False)
     assert load_kwargs(ModelConfig(), gpu=True) == dict(
         dtype=torch.bfloat16, trust_remote_code=False, attn_implementation="flash_attention_2"
@@ -73,13 +74,13 @@ def test_model_settings_give_the_learners_from_pretrained_arguments(monkeypatch)
     assert attn_implementation("auto", gpu=True, dtype=torch.float16) == "flash_attention_2"
     with pytest.raises(ValueError, match=r"flash_attention_2 runs bf16 or fp16 only, and model.dtype gives float32"):
         attn_implementation("flash_attention_2", gpu=True, dtype=torch.float32)
-    monkeypatch.setattr(trainer, "_has_flash_attn", lambda: False)
+    monkeypatch.setattr(loading, "_has_flash_attn", lambda: False)
     assert attn_implementation("auto", gpu=True) is None  # transformers' default (sdpa)
     assert attn_implementation("sdpa", gpu=True) == "sdpa"
 
 
 def test_flash_attention_that_cannot_run_is_an_error_naming_the_field(monkeypatch):
-    monkeypatch.setattr(trainer, "_has_flash_attn", lambda: False)
+    monkeypatch.setattr(loading, "_has_flash_attn", lambda: False)
     with pytest.raises(ValueError, match=r"model.attn_implementation=flash_attention_2, but the flash_attn package"):
         attn_implementation("flash_attention_2", gpu=True)
     with pytest.raises(ValueError, match=r"model.attn_implementation=flash_attention_2 needs a CUDA GPU"):
