@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import ray
 
@@ -32,7 +32,7 @@ from actors.faults import DEATHS, death_cause
 from actors.learner import LearnerGroup
 from actors.rollout import RolloutGroup
 from learner.trainer import host_copy
-from rollout.records import BUCKET_BYTES
+from rollout.records import AUTO, BUCKET_BYTES
 from rollout.vllm_worker import open_weight_group
 
 
@@ -215,3 +215,64 @@ class AutoInterval:
             return True
         expected = self.predicted(steps_since_sync)
         return expected is not None and expected > target_kl
+
+
+class WeightSync:
+    """The weights the engines hold, and when they get the learner's: the one owner of the
+    transport, the engines' version (in the run state), whether learner rank 0 keeps what it
+    pushed, and the decision "push now?" (every s learner steps, or ``AutoInterval``; s changes
+    live). The loop asks ``due`` after each step and calls ``push``.
+
+    ``state``: the run state (``launch.checkpoint.RunState``: ``learner_version``,
+    ``engine_version``, ``steps_since_sync``, ``auto_sync``), read and written here.
+    ``rollouts`` None: a run without engines (offline data, no evaluation) only syncs the
+    reference. A replacement engine loads the weights of the version the engines hold
+    (``RolloutGroup.held``/``weights_of`` read them here)."""
+
+    def __init__(self, kind: str, learners: LearnerGroup, rollouts: RolloutGroup | None, state, timeout_s: float):
+        self.learners, self.rollouts, self.state, self.transport = learners, rollouts, state, None
+        if rollouts is not None:
+            rollouts.on_replace.clear()  # a collective transport of a previous learner group regrouped there
+            self.transport = make_transport(kind, learners, rollouts, timeout_s)
+            rollouts.held, rollouts.weights_of = lambda: self.state.engine_version, learners.pushed_weights
+        self.kept = True  # the engines hold the base model (on disk), or weights a checkpoint restored
+
+    @staticmethod
+    def may_lag(s: float | str, overlap: bool) -> bool:
+        """Whether the learner can train past the engines' weights before its next push (s > 1 or
+        auto, or a prefetch generating on them while it trains): then rank 0 keeps the weights it
+        pushed on the host, for a replacement engine and a checkpoint. With s = 1 the learner's
+        own weights serve."""
+        return s != 1 or overlap
+
+    def interval(self, s: float | str, overlap: bool) -> None:
+        """The sync interval of this step: an s changed to more than 1 after a push that kept
+        nothing keeps the engines' weights now, while the learner still has them."""
+        if self.may_lag(s, overlap) and not self.kept and self.rollouts is not None:
+            self.learners.pushed_weights(self.state.engine_version)  # the learner's weights are still that version
+            self.kept = True
+
+    def due(self, s: float | str, sync: Any, metrics: dict) -> int:
+        """After a step (``metrics``: its learner metrics, {} when it trained nothing): the learner
+        steps since the last push when it is time to push now, else 0. Every s steps, or with s =
+        auto when the drift the next step's samples would have passes ``sync.target_kl``."""
+        state = self.state
+        if s == AUTO:
+            state.auto_sync.observe(metrics)
+            now = bool(metrics) and state.auto_sync.due(
+                state.steps_since_sync, sync.target_kl, sync.min_interval, sync.max_interval
+            )
+        else:
+            now = state.steps_since_sync >= s
+        return state.steps_since_sync if now else 0
+
+    def push(self, ref_sync: bool, keep: bool) -> None:
+        """The learner's weights to every engine, as the learner's version (and to the reference,
+        with ``ref_sync``). ``keep``: rank 0 keeps a host copy of them (``may_lag``)."""
+        if self.rollouts is not None:
+            self.transport.push(self.learners, self.rollouts, self.state.learner_version, keep)
+            self.state.engine_version = self.state.learner_version
+            self.kept = keep
+        if ref_sync:
+            self.learners.on_all("sync_reference")
+        self.state.steps_since_sync = 0

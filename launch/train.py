@@ -21,7 +21,7 @@ from actors.learner import LearnerGroup
 from actors.placement import check_cluster, check_visible, where
 from actors.reward import RewardGroup
 from actors.rollout import RolloutGroup
-from actors.weight_sync import make_transport
+from actors.weight_sync import WeightSync
 from launch.checkpoint import RunState, latest_checkpoint, load_state, restore, save_checkpoint, save_final
 from launch.config import SyncRLConfig, engine_settings
 from launch.evaluate import Evaluator
@@ -34,7 +34,7 @@ from rewards.reward_model import reward_token_ids
 from rollout.algorithms import make_algorithm
 from rollout.data import RunData, read_run_data, test_prompts, training_items
 from rollout.phases import Phases
-from rollout.records import AUTO, Prompt
+from rollout.records import Prompt
 from rollout.tasks import ShuffledStream
 
 
@@ -128,8 +128,6 @@ class Driver:
             check_visible(self.groups, self.shared_paths(), self.run_dir, self.supervisor.start_timeout)
             self.write_placement()
             self.rollouts, self.rewards = rollouts, rewards
-            if rollouts is not None:
-                rollouts.held, rollouts.weights_of = lambda: self.state.engine_version, self.pushed_weights
             self.attach_learners()
             self.phases.mark("file check, placement, transport")
             self.log = MetricsLog(
@@ -211,23 +209,15 @@ class Driver:
     def attach_learners(self) -> None:
         """The weight transport, and the actors brought to the run state (the last checkpoint's,
         for a resumed or restarted run), with a data source at its position."""
-        learners, self.transport = self.learners, None
-        if self.rollouts is not None:
-            self.rollouts.on_replace.clear()  # a collective transport of the previous group regrouped there
-            self.transport = make_transport(
-                self.cfg.sync.transport, learners, self.rollouts, self.cfg.fault_tolerance.push_timeout_s
-            )
+        learners, cfg = self.learners, self.cfg
+        self.sync = WeightSync(
+            cfg.sync.transport, learners, self.rollouts, self.state, cfg.fault_tolerance.push_timeout_s
+        )
         if any(stage.sync.overlap for stage in self.stages):  # a prefetch may need the version before a push
             ray.get(learners.workers[0].set_pushed_kept.remote(2))
-        restore(self.run_dir, self.state, learners, self.rollouts, self.transport)
-        self.engines_kept = True  # the engines hold the base model, or weights the restore kept
+        restore(self.run_dir, self.state, learners, self.rollouts, self.sync.transport)
         self.source = make_source(self.cfg, self.data, self.rollouts, self.state.data_position)
         self.apply_live(dict(self.state.live))  # a resumed or restarted run's live settings
-
-    def pushed_weights(self, version: int):
-        """The weights pushed to the engines as ``version`` (learner rank 0 keeps them): what a
-        replacement engine loads, not the learner's newer weights."""
-        return self.learners.pushed_weights(version)
 
     def restart_learners(self, failure: ActorFailure) -> None:
         """A learner rank died or hung: restart the group from the last checkpoint (from the start
@@ -255,49 +245,18 @@ class Driver:
             group.shutdown()
         ray.kill(self.controller)
 
-    def push(self, ref_sync: bool, keep: bool = False) -> None:
-        """The learner's weights to every engine (and to the reference, with ref_sync); a run
-        without engines only syncs the reference. ``keep``: learner rank 0 keeps a host copy of
-        them (``engines_may_lag``)."""
-        if self.rollouts is not None:
-            self.transport.push(self.learners, self.rollouts, self.state.learner_version, keep)
-            self.state.engine_version = self.state.learner_version
-            self.engines_kept = keep
-        if ref_sync:
-            self.learners.on_all("sync_reference")
-        self.state.steps_since_sync = 0
+    def push(self, ref_sync: bool, s: float | str, stage) -> None:
+        self.sync.push(ref_sync, keep=self.sync.may_lag(s, stage.sync.overlap))
 
-    @staticmethod
-    def engines_may_lag(s: float, stage) -> bool:
-        """Whether the learner can train past the engines' weights before its next push (s > 1, or a
-        prefetch generating on them while it trains): then the weights pushed are kept on the host,
-        for a replacement engine and a checkpoint. With s = 1 the learner's own weights serve."""
-        return s != 1 or stage.sync.overlap
-
-    def sync_interval(self, stage) -> float:
-        """The live settings (``syncrl ctl``), applied from this step, and the sync interval; an s
-        changed to more than 1 after a push that kept nothing keeps the engines' weights now, while
-        the learner still has them."""
+    def sync_interval(self, stage) -> float | str:
+        """The live settings (``syncrl ctl``), applied from this step, and the sync interval."""
         settings = live_settings(self.controller, self.log)
         self.changed = {k: v for k, v in settings["live"].items() if self.state.live.get(k) != v}
         if self.changed:
             self.apply_live(self.changed)
         s = self.state.sync_interval = settings["sync_interval"]
-        if self.engines_may_lag(s, stage) and not self.engines_kept and self.rollouts is not None:
-            self.learners.pushed_weights(self.state.engine_version)  # the learner's weights are still that version
-            self.engines_kept = True
+        self.sync.interval(s, stage.sync.overlap)
         return s
-
-    def push_due(self, s: float | str, sync, metrics: dict) -> bool:
-        """Whether the loop pushes after this step: every s learner steps, or with s = auto when
-        the drift the next step's samples would have passes sync.target_kl (``AutoInterval``)."""
-        state = self.state
-        if s != AUTO:
-            return state.steps_since_sync >= s
-        state.auto_sync.observe(metrics)
-        if not metrics:  # a step that trained nothing moved nothing
-            return False
-        return state.auto_sync.due(state.steps_since_sync, sync.target_kl, sync.min_interval, sync.max_interval)
 
     def evaluate(self) -> None:
         """Held-out accuracy of the engines' policy, with the diagnostics of the learner's value
@@ -336,7 +295,7 @@ class Driver:
             stage = self.stages[index]
             if index != state.stage_index:  # a new stage starts from the current policy, with its own s
                 state.begin_stage(index, stage.sync.interval, self.controller)
-                self.push(stage.sync.ref_sync, self.engines_may_lag(stage.sync.interval, stage))
+                self.push(stage.sync.ref_sync, stage.sync.interval, stage)
             while state.step_in_stage < stage.steps:
                 s = self.sync_interval(stage)  # and the live settings, from this step
                 stage, algorithm = self.stages[index], self.algorithms[index]
@@ -356,17 +315,15 @@ class Driver:
                     state.learner_version += 1
                     state.steps_since_sync += 1
                 t3 = time.perf_counter()
-                pushed_after = state.steps_since_sync if self.push_due(s, stage.sync, loss) else 0
+                pushed_after = self.sync.due(s, stage.sync, loss)  # steps since the last push, when pushing now
                 if pushed_after:
-                    self.push(stage.sync.ref_sync, self.engines_may_lag(s, stage))
+                    self.push(stage.sync.ref_sync, s, stage)
                 t4 = time.perf_counter()
                 record = step_record(state, stage.name, s, samples, batch, loss, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
-                self.end_step(
-                    {**record, "pushed_after": pushed_after, **{f"set/{k}": v for k, v in self.changed.items()}}
-                )
+                self.end_step({**record, "pushed_after": pushed_after})
         if cfg.eval.at_end and self.evaluated_at != state.step:  # not already evaluated by every_steps
             if state.engine_version != state.learner_version:  # the engines get the final policy
-                self.push(ref_sync=False)
+                self.sync.push(ref_sync=False, keep=False)
             self.evaluate()
         save_final(self.run_dir, cfg, state, self.learners, self.model_path)
         self.log.close()
@@ -410,6 +367,7 @@ class Driver:
                 learner_checksum=self.learners.on_all("weights_checksum")[0][:16],
                 engine_checksums=[c[:16] for c in self.rollouts.weights_checksums()] if self.rollouts else [],
             )
+        record.update({f"set/{k}": v for k, v in self.changed.items()})  # the live settings applied from it
         record["restarts"] = self.supervisor.drain()
         if self.phases is not None:  # the first step of this process: its start-up, once
             self.write_startup(record)
