@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from rollout.algorithms import ALGORITHMS
 from rollout.errors import ConfigError  # noqa: F401  (launch.config.ConfigError: the config's error)
 from rollout.records import interval_text, parse_interval
 
@@ -94,10 +95,8 @@ OREO_KL_REG = {"token": 0.01, "step": 0.1, "response": 0.3}  # the OREO paper's 
 
 
 class AlgorithmConfig(Section):
-    # grpo | dpo | group_dpo | group_dpo_grpo (GroupDPO + grpo_weight * GRPO) | oreo (policy and
-    # value model, soft Bellman losses) | rejection_sampling (NLL on the responses with reward 1) |
-    # reward_model (a Bradley-Terry reward model on preference pairs, saved as a sequence classifier)
-    name: Literal["grpo", "dpo", "group_dpo", "group_dpo_grpo", "oreo", "rejection_sampling", "reward_model"] = "grpo"
+    # A name in rollout.algorithms.ALGORITHMS (its module docstring says what each builds)
+    name: Literal[tuple(ALGORITHMS)] = "grpo"
     beta: float = Field(0.1, gt=0)  # DPO temperature; OREO's KL coefficient (the paper: 0.03)
     ld_alpha: float = Field(1.0, ge=0, le=1)  # LD-DPO weight of tokens past the shorter response; 1 = DPO
     nll_coef: float = Field(0.0, ge=0)  # NLL on the chosen response (length-normalized)

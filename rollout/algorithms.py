@@ -27,6 +27,7 @@ import hashlib
 import math
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from rollout.records import LossSpec, Sample, TrainBatch, TrainSequence
@@ -259,6 +260,31 @@ class Algorithm:
         return f"Algorithm({self.name!r}, {self.loss})"
 
 
+@dataclass
+class Context:
+    """What an algorithm may need besides its settings (``make_algorithm``'s arguments)."""
+
+    seed: int
+    token_texts: Callable[[list[int]], list[str]] | None
+    reward_ids: Callable[[Sample], list[int]] | None
+    sampling_temperature: float
+
+
+# The algorithms by name: each turns its settings (an ``AlgorithmConfig``) and a Context into an
+# Algorithm. ``algorithm.name`` takes exactly these names (launch/config.py reads them here).
+ALGORITHMS: dict[str, Callable[[Any, Context], Algorithm]] = {}
+
+
+def register(name: str):
+    """Add an algorithm builder to ``ALGORITHMS`` under ``name``."""
+
+    def add(builder: Callable[[Any, Context], Algorithm]) -> Callable[[Any, Context], Algorithm]:
+        ALGORITHMS[name] = builder
+        return builder
+
+    return add
+
+
 def make_algorithm(
     cfg: Any,
     seed: int = 0,
@@ -266,61 +292,98 @@ def make_algorithm(
     reward_ids: Callable[[Sample], list[int]] | None = None,
     sampling_temperature: float = 1.0,
 ) -> Algorithm:
-    """Build the algorithm an ``AlgorithmConfig`` names (duck-typed: rollout does not import launch).
-    ``token_texts`` maps token ids to their texts (OREO's step level finds steps with it);
-    ``reward_ids`` gives the token ids a reward model reads for a sample (reward_model; the driver
-    makes it with ``rewards.reward_model.reward_token_ids``, which the reward worker scores).
-    ``sampling_temperature``: the rollout engines' (``rollout.temperature``); only a GRPO term
-    takes its log-probs at it (its importance ratio compares them with the sampler's), every
+    """Build the algorithm an ``AlgorithmConfig`` names (``ALGORITHMS``; duck-typed: rollout does
+    not import launch). ``token_texts`` maps token ids to their texts (OREO's step level finds steps
+    with it); ``reward_ids`` gives the token ids a reward model reads for a sample (reward_model;
+    the driver makes it with ``rewards.reward_model.reward_token_ids``, which the reward worker
+    scores). ``sampling_temperature``: the rollout engines' (``rollout.temperature``); only a GRPO
+    term takes its log-probs at it (its importance ratio compares them with the sampler's), every
     other term at 1 (``LossSpec.temperature``)."""
-    grpo_terms = dict(kl_coef=cfg.kl_coef)
-    dpo_terms = dict(beta=cfg.beta, ld_alpha=cfg.ld_alpha, nll_coef=cfg.nll_coef)
-    # Every policy loss knows the sampler's temperature and the clip range: the learner measures
-    # the drift of the engines' log-probs from its own with them, whatever the terms
-    common = dict(
-        entropy_coef=cfg.entropy_coef, temperature=sampling_temperature, clip_low=cfg.clip_low, clip_high=cfg.clip_high
+    if cfg.name not in ALGORITHMS:
+        raise ValueError(f"algorithm.name: unknown algorithm {cfg.name!r}; known: {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[cfg.name](cfg, Context(seed, token_texts, reward_ids, sampling_temperature))
+
+
+def _common(cfg: Any, ctx: Context) -> dict[str, Any]:
+    """Every policy loss knows the sampler's temperature and the clip range: the learner measures
+    the drift of the engines' log-probs from its own with them, whatever the terms."""
+    return dict(
+        entropy_coef=cfg.entropy_coef,
+        temperature=ctx.sampling_temperature,
+        clip_low=cfg.clip_low,
+        clip_high=cfg.clip_high,
     )
-    if cfg.name == "grpo":
-        return Algorithm(
-            "grpo",
-            lambda samples: build_grpo_batch(samples, cfg.scale_by_std, cfg.skip_uniform_groups),
-            LossSpec(grpo_weight=1.0, **grpo_terms, **common),
-        )
-    if cfg.name == "dpo":
-        return Algorithm(
-            "dpo",
-            lambda samples: build_dpo_batch(samples, batch_rng(seed, samples)),
-            LossSpec(dpo_weight=1.0, **dpo_terms, **common),
-        )
-    if cfg.name == "group_dpo":
-        return Algorithm("group_dpo", build_group_dpo_batch, LossSpec(dpo_weight=1.0, **dpo_terms, **common))
-    if cfg.name == "group_dpo_grpo":
-        return Algorithm(
-            "group_dpo_grpo",
-            lambda samples: build_group_dpo_batch(samples, with_advantages=True, scale_by_std=cfg.scale_by_std),
-            LossSpec(dpo_weight=1.0, grpo_weight=cfg.grpo_weight, **dpo_terms, **grpo_terms, **common),
-        )
-    if cfg.name == "oreo":
-        return Algorithm(
-            "oreo",
-            lambda samples: build_oreo_batch(samples, cfg.level, cfg.step_delimiter, token_texts),
-            LossSpec(
-                bellman_weight=1.0,
-                value_weight=1.0,
-                beta=cfg.beta,
-                kl_reg=cfg.oreo_kl_reg,
-                kl_estimator=cfg.kl_estimator,
-                **common,
-            ),
-        )
-    if cfg.name == "rejection_sampling":
-        return Algorithm("rejection_sampling", build_rejection_sampling_batch, LossSpec(sft_weight=1.0, **common))
-    if cfg.name == "reward_model":
-        if reward_ids is None:
-            raise ValueError("reward_model needs reward_ids: the token ids a reward model reads for a sample")
-        return Algorithm(
-            "reward_model",
-            lambda samples: build_reward_model_batch(samples, reward_ids, cfg.heldout_share, seed),
-            LossSpec(bradley_terry_weight=1.0, reward_margin=cfg.reward_margin),
-        )
-    raise ValueError(f"algorithm.name: unknown algorithm {cfg.name!r}")
+
+
+def _dpo_terms(cfg: Any) -> dict[str, Any]:
+    return dict(beta=cfg.beta, ld_alpha=cfg.ld_alpha, nll_coef=cfg.nll_coef)
+
+
+@register("grpo")
+def _grpo(cfg: Any, ctx: Context) -> Algorithm:
+    return Algorithm(
+        "grpo",
+        lambda samples: build_grpo_batch(samples, cfg.scale_by_std, cfg.skip_uniform_groups),
+        LossSpec(grpo_weight=1.0, kl_coef=cfg.kl_coef, **_common(cfg, ctx)),
+    )
+
+
+@register("dpo")
+def _dpo(cfg: Any, ctx: Context) -> Algorithm:
+    return Algorithm(
+        "dpo",
+        lambda samples: build_dpo_batch(samples, batch_rng(ctx.seed, samples)),
+        LossSpec(dpo_weight=1.0, **_dpo_terms(cfg), **_common(cfg, ctx)),
+    )
+
+
+@register("group_dpo")
+def _group_dpo(cfg: Any, ctx: Context) -> Algorithm:
+    return Algorithm(
+        "group_dpo", build_group_dpo_batch, LossSpec(dpo_weight=1.0, **_dpo_terms(cfg), **_common(cfg, ctx))
+    )
+
+
+@register("group_dpo_grpo")
+def _group_dpo_grpo(cfg: Any, ctx: Context) -> Algorithm:
+    return Algorithm(
+        "group_dpo_grpo",
+        lambda samples: build_group_dpo_batch(samples, with_advantages=True, scale_by_std=cfg.scale_by_std),
+        LossSpec(
+            dpo_weight=1.0, grpo_weight=cfg.grpo_weight, kl_coef=cfg.kl_coef, **_dpo_terms(cfg), **_common(cfg, ctx)
+        ),
+    )
+
+
+@register("oreo")
+def _oreo(cfg: Any, ctx: Context) -> Algorithm:
+    return Algorithm(
+        "oreo",
+        lambda samples: build_oreo_batch(samples, cfg.level, cfg.step_delimiter, ctx.token_texts),
+        LossSpec(
+            bellman_weight=1.0,
+            value_weight=1.0,
+            beta=cfg.beta,
+            kl_reg=cfg.oreo_kl_reg,
+            kl_estimator=cfg.kl_estimator,
+            **_common(cfg, ctx),
+        ),
+    )
+
+
+@register("rejection_sampling")
+def _rejection_sampling(cfg: Any, ctx: Context) -> Algorithm:
+    return Algorithm(
+        "rejection_sampling", build_rejection_sampling_batch, LossSpec(sft_weight=1.0, **_common(cfg, ctx))
+    )
+
+
+@register("reward_model")
+def _reward_model(cfg: Any, ctx: Context) -> Algorithm:
+    if ctx.reward_ids is None:
+        raise ValueError("reward_model needs reward_ids: the token ids a reward model reads for a sample")
+    return Algorithm(
+        "reward_model",
+        lambda samples: build_reward_model_batch(samples, ctx.reward_ids, cfg.heldout_share, ctx.seed),
+        LossSpec(bradley_terry_weight=1.0, reward_margin=cfg.reward_margin),
+    )
