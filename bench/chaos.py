@@ -59,7 +59,8 @@ def main() -> None:
     from launch.config import load_config
     from launch.metrics import read_jsonl
     from launch.models import build_tiny_model, build_tiny_reward_model
-    from launch.train import Driver, train
+    from launch.run import run
+    from launch.train import Driver
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-chaos-"))
     model, reward_model = build_tiny_model(tmp / "model", "llama", seed=0), build_tiny_reward_model(tmp / "rm", seed=0)
@@ -93,7 +94,7 @@ def main() -> None:
     )
 
     t0 = time.perf_counter()
-    train(load_config("tiny-grpo", [*overrides, "logging.controller_name=chaos-clean"]), str(tmp / "clean"))
+    run(load_config("tiny-grpo", [*overrides, "logging.controller_name=chaos-clean"]), str(tmp / "clean"))
     clean_s = time.perf_counter() - t0
 
     rng, killed = random.Random(args.seed), []

@@ -7,7 +7,7 @@ no top-p/top-k), clip range, learning rate, micro-batch and reward: syncrl's mat
 ``prompts x samples`` responses, score them, one optimizer step. The two systems run one after
 the other, never at the same time.
 
-- syncrl: the real loop, ``launch.train.train(cfg, run_dir)`` on a config built from the
+- syncrl: the real loop, ``launch.run.run(cfg, run_dir)`` on a config built from the
   ``tiny-grpo`` recipe (vLLM engine, reward worker, DeepSpeed learner as Ray actors; a local Ray
   cluster is started through ``launch.cluster.connect_ray`` if none runs). metrics.jsonl has no
   timestamp, so the bench stamps each step as the driver logs it (``MetricsLog.write`` is wrapped
@@ -162,7 +162,7 @@ def ensure_ray(cfg) -> bool:
 class SyncrlRun:
     records: list[dict]  # metrics.jsonl
     wall: list[float]  # wall seconds of steps 2..N (gaps between the driver's step logs)
-    first: float  # seconds from train() to the end of step 1: actor and engine start-up + step 1
+    first: float  # seconds from run() to the end of step 1: actor and engine start-up + step 1
     prefetch: dict[int, float] = field(default_factory=dict)  # step -> background generation seconds
     loads: list[float] = field(default_factory=list)  # 1-min load average at the end of each step
 
@@ -173,9 +173,9 @@ class SyncrlRun:
 
 
 def run_syncrl(cfg, run_dir: str | None = None) -> SyncrlRun:
-    """Run ``launch.train.train(cfg, run_dir)`` to the end and time its steps."""
+    """Run ``launch.run.run(cfg, run_dir)`` to the end and time its steps."""
     from launch.config import dump_config
-    from launch.train import train
+    from launch.run import run
 
     _instrument()
     run_dir = run_dir or tempfile.mkdtemp(prefix=f"bench-{cfg.name}-")
@@ -185,7 +185,7 @@ def run_syncrl(cfg, run_dir: str | None = None) -> SyncrlRun:
     _PREFETCH.clear()
     print(f"syncrl run in {run_dir}: 1-min load average before it {os.getloadavg()[0]:.2f}", flush=True)
     t0 = time.perf_counter()
-    train(cfg, run_dir)
+    run(cfg, run_dir)
     records = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
     stamps = list(_STAMPS)
     if len(stamps) != len(records):

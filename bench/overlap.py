@@ -1,7 +1,7 @@
 """Overlap of generation and training: syncrl GRPO with sync.interval=2 and sync.overlap=true
 (step t+1's batch generates while step t trains) against sync.interval=1 without overlap.
 
-Both runs are the real loop (``launch.train.train``) with the same model, task, batch and
+Both runs are the real loop (``launch.run.run``, what ``syncrl train`` runs) with the same model, task, batch and
 seeds; only ``sync.interval`` and ``sync.overlap`` differ. Per step, from metrics.jsonl:
 time_gen_s, time_train_s, time_sync_s; a step's wall time is the gap between two of the driver's
 step logs (metrics.jsonl has no timestamp: the bench stamps ``MetricsLog.write``, see

@@ -258,6 +258,13 @@ class Driver:
         self.sync.interval(s, stage.sync.overlap)
         return s
 
+    def evaluate_at_start(self) -> None:
+        """eval.at_start, before the first step (a part of the start-up, in startup.json)."""
+        if self.cfg.eval.at_start and self.state.step == 0:
+            self.evaluate()
+            if self.phases is not None:  # not after a restart of the learner group
+                self.phases.mark("eval at start")
+
     def evaluate(self) -> None:
         """Held-out accuracy of the engines' policy, with the diagnostics of the learner's value
         model (OREO) on those answers (and value-guided beam search with it, with eval.beam_size), logged."""
@@ -287,10 +294,7 @@ class Driver:
     def run_stages(self) -> RunState:
         """For each stage, for each step: generate, score, build, train; push every s steps."""
         cfg, state = self.cfg, self.state
-        if cfg.eval.at_start and state.step == 0:
-            self.evaluate()
-            if self.phases is not None:  # not after a restart of the learner group
-                self.phases.mark("eval at start")
+        self.evaluate_at_start()
         for index in range(state.stage_index, len(self.stages)):
             stage = self.stages[index]
             if index != state.stage_index:  # a new stage starts from the current policy, with its own s
@@ -384,20 +388,6 @@ class Driver:
             self.evaluated_at = state.step
         if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
             save_checkpoint(self.run_dir, cfg, state, self.learners)
-
-
-def train(
-    cfg: SyncRLConfig,
-    run_dir: str,
-    state: RunState | None = None,
-    phases: Phases | None = None,
-    data: RunData | None = None,
-) -> RunState:
-    """Run every stage of ``cfg`` in ``run_dir``; ``state`` continues a checkpointed run;
-    ``phases``: the start-up so far (``syncrl train``'s, from its process start); ``data``: the
-    run's data, already read (``read_run_data``)."""
-    with Driver(cfg, run_dir, state, phases, data) as driver:
-        return driver.run()
 
 
 def load_tokenizer(model_path: str, trust_remote_code: bool = False):

@@ -22,7 +22,7 @@ def shortness(prompts, completions, source, difficulty, **columns):
 
 
 def test_verl_parquet_grpo_with_math_verify_and_a_python_function(ray_cluster, tiny_llama, tmp_path):
-    from launch.train import train
+    from launch.run import run
 
     rows = []
     for i in range(8):
@@ -58,7 +58,7 @@ def test_verl_parquet_grpo_with_math_verify_and_a_python_function(ray_cluster, t
         f"'{tmp_path}/my_reward.py:shortness'}}}}",
         "reward.default=math",
     )
-    train(cfg, str(tmp_path / "run"))
+    run(cfg, str(tmp_path / "run"))
     metrics = read_metrics(tmp_path / "run")
     assert all(r["trained"] for r in metrics)
     for r in metrics:  # both routes scored their own prompts
@@ -67,7 +67,7 @@ def test_verl_parquet_grpo_with_math_verify_and_a_python_function(ray_cluster, t
 
 
 def test_trl_preference_data_saved_to_disk_trains_dpo(ray_cluster, tiny_llama, tmp_path):
-    from launch.train import train
+    from launch.run import run
 
     pairs = [
         {
@@ -87,7 +87,7 @@ def test_trl_preference_data_saved_to_disk_trains_dpo(ray_cluster, tiny_llama, t
         "data.prompts_per_step=6",
         "learner.lr=1e-3",
     )
-    train(cfg, str(tmp_path / "run"))
+    run(cfg, str(tmp_path / "run"))
     rows = read_metrics(tmp_path / "run")
     assert all(r["trained"] and r["batch_pairs"] == 6 and r["sample_versions"] == [-1] for r in rows)
     assert rows[-1]["dpo_margin"] > rows[0]["dpo_margin"] + 0.1
@@ -101,7 +101,7 @@ def test_tiny_rm_trains_then_rewards_a_grpo_run(ray_cluster, tiny_llama, tmp_pat
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from launch.config import load_config
-    from launch.train import train
+    from launch.run import run
     from rewards.reward_model import RewardModelScorer, reward_token_ids
     from rollout.data import groups_of, read_data, resolve_data_path
 
@@ -109,7 +109,7 @@ def test_tiny_rm_trains_then_rewards_a_grpo_run(ray_cluster, tiny_llama, tmp_pat
         "tiny-rm",
         [f"model.path={tiny_llama}", "logging.progress_bar=false", "steps=12", "algorithm.heldout_share=0.25"],
     )
-    train(cfg, str(tmp_path / "rm"))
+    run(cfg, str(tmp_path / "rm"))
     workers = json.loads((tmp_path / "rm" / "placement.json").read_text())["workers"]
     assert sorted(workers) == ["learner-0"]  # pairs in a file, no evaluation: no engine or reward worker started
     rows = read_metrics(tmp_path / "rm")
@@ -136,7 +136,7 @@ def test_tiny_rm_trains_then_rewards_a_grpo_run(ray_cluster, tiny_llama, tmp_pat
         "reward.routes.default.kind=reward_model",
         f"reward.routes.default.model_path={final}",
     )
-    train(grpo, str(tmp_path / "grpo"))
+    run(grpo, str(tmp_path / "grpo"))
     rows = read_metrics(tmp_path / "grpo")
     assert all(r["trained"] and r["reward_mean"] == r["reward_mean"] for r in rows)  # scored (not NaN) by the RM
 
@@ -237,7 +237,7 @@ def test_reward_model_on_zero3_ranks_and_from_a_checkpoint(ray_cluster, tiny_lla
 def test_reward_model_from_scored_rollouts(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
     """Pairs built from the engines' samples scored by the run's reward routes: every (above-mean,
     below-mean) pair of a prompt's samples."""
-    from launch.train import train
+    from launch.run import run
 
     cfg = tiny_config(
         "tiny-rm",
@@ -248,7 +248,7 @@ def test_reward_model_from_scored_rollouts(ray_cluster, tiny_llama, tiny_reward_
         "reward.routes.default.kind=reward_model",
         f"reward.routes.default.model_path={tiny_reward_model}",
     )
-    train(cfg, str(tmp_path / "run"))
+    run(cfg, str(tmp_path / "run"))
     rows = read_metrics(tmp_path / "run")
     assert all(
         r["trained"] and r["sample_versions"] == [0] and r["batch_pairs"] + r["batch_heldout_pairs"] > 0 for r in rows

@@ -136,7 +136,7 @@ def test_eval_before_and_after_matches_hf_greedy(ray_cluster, tiny_llama, tmp_pa
 
     from launch.config import load_config
     from launch.evaluate import test_prompts
-    from launch.train import train
+    from launch.run import run
     from rewards.math_verify import MathVerifier
 
     cfg = load_config(
@@ -153,7 +153,7 @@ def test_eval_before_and_after_matches_hf_greedy(ray_cluster, tiny_llama, tmp_pa
             "logging.progress_bar=false",
         ],
     )
-    train(cfg, str(tmp_path))  # every_steps=3 evaluates the last step: at_end does not repeat it
+    run(cfg, str(tmp_path))  # every_steps=3 evaluates the last step: at_end does not repeat it
     before, after = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert (before["step"], before["policy_version"]) == (0, 0)
     assert (after["step"], after["policy_version"]) == (3, 3) and after["questions"] == 6

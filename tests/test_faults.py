@@ -66,7 +66,7 @@ def test_killed_and_hung_rollout_and_reward_workers_are_replaced_losing_nothing(
     load the pushed version, not the learner's), and the rollout worker hung after step 5 (the
     next push and the prefetch behind it time out; the prefetch started before the push must run
     again on the version before it)."""
-    from launch.train import train
+    from launch.run import run
 
     overrides = [
         "steps=7",
@@ -79,7 +79,7 @@ def test_killed_and_hung_rollout_and_reward_workers_are_replaced_losing_nothing(
     cfg = tiny_config(
         "tiny-grpo", tiny_llama, *overrides, *rm_reward(tiny_reward_model), "logging.controller_name=ft-clean"
     )
-    train(cfg, str(tmp_path / "clean"))
+    run(cfg, str(tmp_path / "clean"))
 
     cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"controller_name": "ft-chaos"})})
     actions = {
@@ -118,7 +118,6 @@ def test_a_dead_learner_rank_restarts_the_group_and_a_spent_budget_stops_resumab
     budget, after a checkpoint of step 5; ``--resume`` ends it like the run left alone."""
     from actors.faults import RestartBudgetSpent
     from launch.run import run
-    from launch.train import train
 
     overrides = [
         "steps=6",
@@ -132,7 +131,7 @@ def test_a_dead_learner_rank_restarts_the_group_and_a_spent_budget_stops_resumab
     cfg = tiny_config(
         "tiny-grpo", tiny_llama, *overrides, *rm_reward(tiny_reward_model), "logging.controller_name=ft-l-clean"
     )
-    train(cfg, str(tmp_path / "clean"))
+    run(cfg, str(tmp_path / "clean"))
 
     cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"controller_name": "ft-l-chaos"})})
     chaos = tmp_path / "chaos"

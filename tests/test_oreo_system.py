@@ -109,7 +109,6 @@ def test_oreo_stage_after_grpo_killed_and_resumed_ends_with_the_same_weights(
     from transformers import AutoModel
 
     from launch.run import run
-    from launch.train import train
     from learner.value import ValueModel
 
     stages = [
@@ -130,7 +129,7 @@ def test_oreo_stage_after_grpo_killed_and_resumed_ends_with_the_same_weights(
         "eval.num_questions=6",
         "eval.step_delimiter=' '",
     )
-    train(cfg, str(tmp_path / "whole"))
+    run(cfg, str(tmp_path / "whole"))
     rows = read_metrics(tmp_path / "whole")
     assert [r["stage"] for r in rows] == ["grpo-warmup"] * 2 + ["oreo"] * 4
     assert [r["sync_interval"] for r in rows] == [1, 1, 2, 2, 2, 2]

@@ -63,12 +63,12 @@ def interval(value) -> float:
 def test_sync_interval_bounds_staleness_and_engine_weights(
     ray_cluster, tiny_llama, tiny_reward_model, tmp_path, recipe, s
 ):
-    from launch.train import train
+    from launch.run import run
 
     # DPO on an untrained tiny model rarely finds a correct answer to pair: score with a reward model.
     rewards = rm_reward(tiny_reward_model) if recipe == "tiny-dpo" else []
     cfg = tiny_config(recipe, tiny_llama, f"sync.interval={s}", "logging.weight_checksums=true", *rewards)
-    train(cfg, str(tmp_path))
+    run(cfg, str(tmp_path))
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     s = interval(s)
@@ -107,8 +107,13 @@ def check_startup(run_dir, first_step: dict, reference: bool) -> None:
     """startup.json (bench/startup.py's table): every part of the start-up, in the order it ran."""
     startup = json.loads(Path(run_dir, "startup.json").read_text())
     names = lambda rec: [p[0] for p in rec["phases"]]  # noqa: E731
-    assert names(startup["driver"]) == [
+    driver = names(startup["driver"])  # syncrl train's: Ray starts while a thread imports and reads the data
+    assert driver[0] == "command (Python, imports, config)" and set(driver[1:4]) == {
+        "Ray",
+        "driver's imports (torch, transformers, the actors')",
         "task, tokenizer and data",
+    }
+    assert driver[4:] == [
         "cluster check and controller",
         "rollout and reward groups started",
         "learner placement and rendezvous",
@@ -321,7 +326,8 @@ def test_set_sync_interval_from_another_process(ray_cluster, tiny_llama, tmp_pat
     it: both apply from the next step on, a bad `ctl set` is refused and the run goes on, and the
     learning rate set survives a resume. (The tiny run is faster than a CLI round trip, hence the pause.)"""
     from launch.checkpoint import load_state
-    from launch.train import train
+    from launch.run import run
+    from launch.train import Driver
 
     cfg = tiny_config(
         "tiny-grpo",
@@ -331,7 +337,7 @@ def test_set_sync_interval_from_another_process(ray_cluster, tiny_llama, tmp_pat
         "logging.controller_name=ctl-test",
         "checkpoint.every_steps=5",
     )
-    runner = threading.Thread(target=train, args=(cfg, str(tmp_path)))
+    runner = threading.Thread(target=run, args=(cfg, str(tmp_path)))
     runner.start()
     address = ray_cluster.get_runtime_context().gcs_address
     ctl = [sys.executable, "-m", "launch", "ctl", "--address", address, "--name", "ctl-test"]
@@ -380,7 +386,8 @@ def test_set_sync_interval_from_another_process(ray_cluster, tiny_llama, tmp_pat
     assert all(r["lr"] == 5e-3 for r in every[:first]) and all(r["lr"] == 0.02 for r in every[first:])
 
     more = cfg.model_copy(update={"steps": 12})  # resumed from the step-10 checkpoint for two more steps
-    train(more, str(tmp_path), state=load_state(str(tmp_path)))
+    with Driver(more, str(tmp_path), load_state(str(tmp_path))) as driver:  # a longer run than the recipe
+        driver.run()
     assert [r["lr"] for r in read_metrics(tmp_path)[10:]] == [0.02, 0.02]
 
 
@@ -411,7 +418,7 @@ def kill_after_checkpoint(ray_cluster, cfg, run_dir: Path, step: int) -> None:
 def test_auto_interval_pushes_when_the_policy_drifts(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
     """sync.interval: auto pushes when the drift would pass sync.target_kl: a learner that does not
     barely moves (lr 1e-12) is pushed to only at max_interval, one that moves fast much more often."""
-    from launch.train import train
+    from launch.run import run
 
     pushes = {}
     for lr in (1e-12, 0.05):
@@ -426,7 +433,7 @@ def test_auto_interval_pushes_when_the_policy_drifts(ray_cluster, tiny_llama, ti
             f"logging.controller_name=auto-{lr}",
             *rm_reward(tiny_reward_model),
         )
-        train(cfg, str(tmp_path / str(lr)))
+        run(cfg, str(tmp_path / str(lr)))
         rows = read_metrics(tmp_path / str(lr))
         assert all(r["sync_interval"] == "auto" for r in rows)
         for r in rows:  # pushed_after: the steps since the previous push, on the steps that pushed
@@ -441,12 +448,11 @@ def test_killed_run_resumes_with_the_same_data_and_versions(ray_cluster, tiny_ll
     """A run killed (SIGKILL) after its step-4 checkpoint and resumed gives the same data order,
     policy versions and samples as the uninterrupted run; with s = auto, the same pushes."""
     from launch.run import run
-    from launch.train import train
 
     overrides = ["steps=7", f"sync.interval={s}", "checkpoint.every_steps=2", "logging.controller_name=resume-test"]
     overrides += ["sync.target_kl=0.5"] if s == "auto" else []  # pushes after some steps, not others
     cfg = tiny_config("tiny-dpo", tiny_llama, *overrides, *rm_reward(tiny_reward_model))
-    train(cfg, str(tmp_path / "whole"))
+    run(cfg, str(tmp_path / "whole"))
 
     killed = tmp_path / "killed"
     kill_after_checkpoint(ray_cluster, cfg, killed, step=4)
@@ -473,10 +479,10 @@ def test_killed_run_resumes_with_the_same_data_and_versions(ray_cluster, tiny_ll
 
 def test_g2d_two_stages(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
     """G2D: GRPO online, then DPO offline on rollouts of the warmed-up policy."""
-    from launch.train import train
+    from launch.run import run
 
     cfg = tiny_config("tiny-g2d", tiny_llama, "stages.0.steps=2", "stages.1.steps=3", *rm_reward(tiny_reward_model))
-    train(cfg, str(tmp_path))
+    run(cfg, str(tmp_path))
     rows = read_metrics(tmp_path)
     assert [r["stage"] for r in rows] == ["grpo-warmup"] * 2 + ["offline-dpo"] * 3
     assert [r["sync_interval"] for r in rows] == [1, 1, "inf", "inf", "inf"]
@@ -490,9 +496,9 @@ def test_g2d_two_stages(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
 
 def test_overlap_adds_one_step_of_staleness(ray_cluster, tiny_llama, tmp_path):
     """sync.overlap: the next batch generates while this one trains, so staleness reaches s."""
-    from launch.train import train
+    from launch.run import run
 
-    train(tiny_config("tiny-grpo", tiny_llama, "steps=5", "sync.interval=2", "sync.overlap=true"), str(tmp_path))
+    run(tiny_config("tiny-grpo", tiny_llama, "steps=5", "sync.interval=2", "sync.overlap=true"), str(tmp_path))
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     assert max(r["staleness_max"] for r in rows) == 2  # bound s, reached
@@ -518,7 +524,7 @@ def write_pairs(path: Path, n: int) -> None:
 def test_offline_dpo_from_a_file_of_pairs(ray_cluster, tiny_llama, tmp_path):
     """s = inf with a file of preference pairs: no generation, the learner trains on the file
     and the DPO margin of the chosen responses grows."""
-    from launch.train import train
+    from launch.run import run
 
     pairs = tmp_path / "pairs.jsonl"
     write_pairs(pairs, 12)
@@ -531,7 +537,7 @@ def test_offline_dpo_from_a_file_of_pairs(ray_cluster, tiny_llama, tmp_path):
         "data.prompts_per_step=6",
         "learner.lr=1e-3",
     )
-    train(cfg, str(tmp_path / "run"))
+    run(cfg, str(tmp_path / "run"))
     rows = read_metrics(tmp_path / "run")
     assert all(r["trained"] and r["batch_pairs"] == 6 and r["engine_version"] == 0 for r in rows)
     assert all(r["sample_versions"] == [-1] for r in rows)  # no engine generated them
@@ -540,15 +546,15 @@ def test_offline_dpo_from_a_file_of_pairs(ray_cluster, tiny_llama, tmp_path):
 
 def test_bad_offline_data_fails_before_actors_start(tiny_llama, tmp_path):
     from launch.config import ConfigError
-    from launch.train import train
+    from launch.run import run
 
     pairs = tmp_path / "pairs.jsonl"
     write_pairs(pairs, 3)
     with pytest.raises(ConfigError, match="sync.interval must be inf"):
-        train(tiny_config("tiny-dpo", tiny_llama, f"data.path={pairs}", "sync.interval=2"), str(tmp_path / "a"))
+        run(tiny_config("tiny-dpo", tiny_llama, f"data.path={pairs}", "sync.interval=2"), str(tmp_path / "a"))
     pairs.write_text(pairs.read_text() + json.dumps({"prompt": "x", "chosen": "y"}) + "\n")
     with pytest.raises(ValueError, match=r"pairs.jsonl:4: 'rejected' must be a non-empty string"):
-        train(tiny_config("tiny-dpo", tiny_llama, f"data.path={pairs}", "sync.interval=inf"), str(tmp_path / "b"))
+        run(tiny_config("tiny-dpo", tiny_llama, f"data.path={pairs}", "sync.interval=inf"), str(tmp_path / "b"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
