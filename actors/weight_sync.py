@@ -159,8 +159,8 @@ class CollectiveTransport:
 def make_transport(
     kind: str, learners: LearnerGroup, rollouts: RolloutGroup, timeout_s: float = 300.0
 ) -> WeightTransport:
-    """``auto``: NCCL broadcast on GPUs, the object store on CPU (zero-copy tensors: SmolLM2-135M
-    0.8-1.0 s per push here against 1.5-1.9 s for a gloo broadcast, docs/PERFORMANCE.md).
+    """``auto``: NCCL broadcast on GPUs, the object store on CPU (zero-copy tensors, faster here
+    than a gloo broadcast: ``python bench/weight_sync.py --model smollm2``, docs/PERFORMANCE.md 2).
     ``timeout_s``: a collective push's broadcast timeout (``fault_tolerance.push_timeout_s``)."""
     gpu = ray.cluster_resources().get("GPU", 0) > 0
     if kind == "auto":

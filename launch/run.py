@@ -1,9 +1,10 @@
-"""``syncrl train``: the run directory, Ray, and the driver (``launch.train``) in one command.
+"""``syncrl train``: the run directory, Ray, and the driver (``launch.train``) in one command,
+the one entry point of a run (the tests take it too).
 
 This module imports only Ray and the configuration: the driver's own modules (torch,
 transformers, the actors') load in a thread while the local Ray cluster starts, with the task,
-the tokenizer and the data, instead of before it (~1.7 s of imports off the start-up's critical
-path, which runs Ray -> the engines; docs/PERFORMANCE.md section 7).
+the tokenizer and the data, instead of before it (the imports leave the start-up's critical
+path, which runs Ray -> the engines: ``python bench/startup.py``, docs/PERFORMANCE.md section 7).
 """
 
 from __future__ import annotations

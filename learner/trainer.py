@@ -182,8 +182,8 @@ def step_memory(model: torch.nn.Module, zero_stage: int, world_size: int) -> int
 def reserve_memory(nbytes: int) -> None:
     """Fault ``nbytes`` of fresh memory into this process and free it again, where it stays for
     the next allocations (``actors.common.keep_freed_memory``): done while the engines start, it
-    takes the first step's page faults off that step (SmolLM2 4 x 4 here: the first train step
-    9.5 s without, 5.7 s with; its steps after it take ~5.5 s). Without that setting the memory
+    takes the first step's page faults off that step (``python bench/learner.py`` times the first
+    step against the later ones). Without that setting the memory
     goes back to the kernel and this only costs the time it takes."""
     torch.empty(nbytes, dtype=torch.uint8).fill_(0)
 
