@@ -31,8 +31,8 @@ def keep_freed_memory() -> None:
     own for big blocks, no trimming of the heap. By default glibc maps every block over 32 MB (a
     micro-batch's logits, the embedding's gradient, a received weight) fresh from the kernel and
     unmaps it when it is freed, so each step page-faults its big tensors in again (the faults and
-    the step time with and without: ``python bench/memory.py``). The process's resident memory stays at its peak instead, as under a
-    caching allocator (CUDA's, jemalloc, tcmalloc). Does nothing where the C library is not glibc."""
+    the step time with and without: ``python bench/memory.py``). The process's resident memory
+    stays at its peak instead, as under a caching allocator (CUDA's, jemalloc, tcmalloc). Does nothing where the C library is not glibc."""
     import ctypes
 
     try:
