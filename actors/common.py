@@ -32,7 +32,8 @@ def keep_freed_memory() -> None:
     micro-batch's logits, the embedding's gradient, a received weight) fresh from the kernel and
     unmaps it when it is freed, so each step page-faults its big tensors in again (the faults and
     the step time with and without: ``python bench/memory.py``). The process's resident memory
-    stays at its peak instead, as under a caching allocator (CUDA's, jemalloc, tcmalloc). Does nothing where the C library is not glibc."""
+    stays at its peak instead, as under a caching allocator (CUDA's, jemalloc, tcmalloc). Does
+    nothing where the C library is not glibc."""
     import ctypes
 
     try:
