@@ -31,7 +31,7 @@ import ray
 from actors.faults import DEATHS, death_cause
 from actors.learner import LearnerGroup
 from actors.rollout import RolloutGroup
-from learner.trainer import host_copy
+from learner.weights import host_copy
 from rollout.records import AUTO, BUCKET_BYTES
 from rollout.vllm_worker import open_weight_group
 
