@@ -1,8 +1,10 @@
 """`syncrl eval ... --value DIR` with the value diagnostics also over the answers that finished
 (not cut at the token limit): is V at the last state more than a detector of unfinished answers?"""
+
 import sys
 
 import launch.evaluate as E
+from launch.cli import main
 from rollout.evaluation import auc, is_correct, value_diagnostics
 
 
@@ -20,6 +22,5 @@ def diagnostics(v_s0, v_last, samples):
 
 
 E.value_diagnostics = diagnostics
-from launch.cli import main
 
 sys.exit(main(sys.argv[1:]))
