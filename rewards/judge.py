@@ -18,7 +18,7 @@ response, giving a score in [0, 1].
 - ``fluency``: the mean of two proxies: the share of words found in an English word list
   (``english-words``: web2 and GCIDE, after ``stem``), and a function-word term, 1 while the
   share of stop words among the words is between 0.25 and 0.65, falling linearly to 0 at 0.05
-  and at 0.85 (a list of keywords has none; English prose has about 0.4-0.5).
+  and at 0.85 (a list of keywords has none).
 - ``finished``: 1 if the last line of 4 or more words ends with ".", "!" or "?" (a closing
   quote or bracket after it allowed), else 0: an answer cut at the token limit ends
   mid-sentence. Shorter closing lines (a sign-off, a name) are not checked.

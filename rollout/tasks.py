@@ -6,14 +6,14 @@ Arithmetic is split into train and test by item, so test questions never appear 
 package, generated offline) is split by template, so test problems are of kinds never trained on.
 ``chat`` (``rollout/chat.py``) yields open-ended instructions with ``source="chat"`` and no
 reference answer, split by template too. Tasks joined by ``+`` (``chat+add-2digit``) mix: each
-part gives ``num_train`` and ``num_test`` prompts, interleaved one of each part in turn.
+part gives the same number of prompts, ``num_train`` (and ``num_test``) or as many as its
+smallest part has, interleaved one of each part in turn.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from itertools import zip_longest
 from typing import Generic, TypeVar
 
 from rollout.errors import ConfigError
@@ -161,8 +161,9 @@ def make_task(
     name: str, num_train: int, num_test: int, seed: int = 0, one_shot: bool = False, system_prompt: str | None = None
 ) -> tuple[list[Prompt], list[Prompt]]:
     """Distinct questions of task ``name``, split into (train, test); tasks joined by ``+`` are
-    mixed, each giving ``num_train`` and ``num_test`` prompts, interleaved. ``one_shot`` applies
-    to the math tasks only (a chat prompt is the instruction alone)."""
+    mixed, each giving as many prompts as the smallest part has (at most ``num_train`` and
+    ``num_test``), interleaved. ``one_shot`` applies to the math tasks only (a chat prompt is the
+    instruction alone)."""
     check_task(name)
     if "+" in name:
         splits = [make_task(part, num_train, num_test, seed, one_shot, system_prompt) for part in name.split("+")]
@@ -183,8 +184,8 @@ def make_task(
 
 
 def _interleave(lists: list[list[T]]) -> list[T]:
-    """One item of each list in turn (a list that runs out is skipped)."""
-    return [item for row in zip_longest(*lists) for item in row if item is not None]
+    """One item of each list in turn, as many of each as the shortest list has."""
+    return [item for row in zip(*lists) for item in row]
 
 
 def _generated(name: str, num_train: int, num_test: int, seed: int) -> tuple[list, list]:

@@ -58,6 +58,8 @@ def test_tasks_mix_with_a_plus_and_bad_names_are_refused():
     train, test = make_task("chat+add-1digit", 6, 4, one_shot=True)
     assert [p.source for p in train] == ["chat", "math"] * 6 and [p.source for p in test] == ["chat", "math"] * 4
     assert len(train[0].messages) == 1 and len(train[1].messages) == 3  # one-shot applies to the math task only
+    train, test = make_task("chat+add-1digit", 2000, 100)  # add-1digit has 80 training and 20 test questions
+    assert [p.source for p in train] == ["chat", "math"] * 80 and [p.source for p in test] == ["chat", "math"] * 20
     for bad, says in [("chat+nope", r"unknown task 'nope' in 'chat\+nope'"), ("chat+chat", "names a task twice")]:
         with pytest.raises(ConfigError, match=says):
             check_task(bad)
