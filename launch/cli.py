@@ -359,9 +359,10 @@ def chat_pairs(args: argparse.Namespace) -> int:
     """``syncrl chat-pairs``: see ``launch.reward_pairs``."""
     from launch.cluster import ray_session
     from launch.models import check_model_path, resolve_model
-    from launch.reward_pairs import make_pairs
+    from launch.reward_pairs import check_samples, make_pairs
     from rewards.preferences import DEFAULT_TEMPERATURE
 
+    check_samples(args.samples)
     label_t: float | str = DEFAULT_TEMPERATURE
     if args.label_temperature is not None:
         try:

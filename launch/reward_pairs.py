@@ -97,6 +97,12 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
+def check_samples(samples: int) -> None:
+    """Answers per prompt must be even (pairs are made two by two): a ConfigError otherwise."""
+    if samples < 2 or samples % 2:
+        raise ConfigError(f"--samples: an even number of answers per prompt (pairs are made two by two), got {samples}")
+
+
 def make_pairs(
     model: str,
     cfg: Any,
@@ -116,8 +122,7 @@ def make_pairs(
     from actors.rollout import RolloutGroup
     from launch.config import engine_settings
 
-    if samples < 2 or samples % 2:
-        raise ConfigError(f"--samples: an even number of answers per prompt (pairs are made two by two), got {samples}")
+    check_samples(samples)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = chat_prompts(num_prompts + heldout_prompts, "rm", cfg.data.seed, cfg.data.system_prompt)

@@ -223,3 +223,20 @@ def test_lc_win_rate_against_a_hand_computation():
     assert win_rate([0.3, 0.5], [0.3, 0.1])[0] == 0.75
     assert lc_win_rate([0.3] * 4, [0.3] * 4, [1, 2, 3, 4], [4, 3, 2, 1])[0] == pytest.approx(0.5)
     assert 0.99 < lc_win_rate([1.0] * 6, [0.0] * 6, [5] * 6, [5] * 6)[0] < 1.0
+
+
+def test_bad_chat_commands_are_one_line_before_ray(capsys, tmp_path):
+    from launch.cli import USER_ERROR, main
+
+    for args, says in [
+        (["eval", "tiny-llama", "--task", "chat+add-1digit"], "evaluate chat on its own"),
+        (["eval", "tiny-llama", "--task", "chat", "--beam", "2"], "--beam and --value apply to math tasks only"),
+        (["eval", "tiny-llama", "--task", "add-1digit", "--baseline", "tiny-llama"], "apply to --task chat only"),
+        (["eval", "tiny-llama", "--task", "chat", "--reward-model", str(tmp_path)], "no config.json"),
+        (["chat-pairs", "tiny-llama", "--out", str(tmp_path), "--samples", "3"], "an even number of answers"),
+        (["chat-pairs", "tiny-llama", "--out", str(tmp_path), "--label-temperature", "hot"], "a number >= 0 or auto"),
+        (["rm-check", str(tmp_path), "--pairs", "x.jsonl"], "no config.json"),
+    ]:
+        assert main(args) == USER_ERROR, args
+        err = capsys.readouterr().err
+        assert err.startswith("syncrl: ") and says in err and err.count("\n") == 1, (args, err)
