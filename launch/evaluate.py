@@ -180,6 +180,22 @@ def evaluate_models(
     return results
 
 
+CHUNK_TOKENS = 16384  # generate_in_chunks: about this many new tokens per call
+
+
+def generate_in_chunks(
+    rollouts: RolloutGroup, prompts: list[Prompt], n: int, seed: int, **sampling: Any
+) -> list[Sample]:
+    """``rollouts.generate`` in calls of a few prompts (about ``CHUNK_TOKENS`` new tokens each at
+    ``max_tokens``), so that no call runs into the hung-worker timeout on a slow machine; prompt i
+    is still sampled with seed + i, as in one call."""
+    per_call = max(1, CHUNK_TOKENS // (n * sampling.get("max_tokens", 128)))
+    samples: list[Sample] = []
+    for start in range(0, len(prompts), per_call):
+        samples += rollouts.generate(prompts[start : start + per_call], n=n, seed=seed + start, **sampling)
+    return samples
+
+
 def judge_samples(samples: list[Sample]) -> list[float]:
     """The gold judge's score of each chat answer (its prompt's request fields in ``columns``)."""
     return [judge(s.columns, s.response_text).score for s in samples]
@@ -204,13 +220,15 @@ def judged_evaluation(
     base_answers: list[Sample] = []
     for _, folder, rollouts in model_engines(folders, cfg, supervisor):
         if folder == baseline:
-            base_answers = rollouts.generate(prompts, n=1, seed=EVAL_SEED, temperature=0.0, max_tokens=max_tokens)
+            base_answers = generate_in_chunks(
+                rollouts, prompts, n=1, seed=EVAL_SEED, temperature=0.0, max_tokens=max_tokens
+            )
         if folder in model_dirs:
             answers[folder] = (
                 base_answers
                 if folder == baseline and e.temperature == 0
-                else rollouts.generate(
-                    prompts, n=e.samples_per_prompt, seed=EVAL_SEED, temperature=e.temperature, max_tokens=max_tokens
+                else generate_in_chunks(
+                    rollouts, prompts, e.samples_per_prompt, EVAL_SEED, temperature=e.temperature, max_tokens=max_tokens
                 )
             )
     scorer = None

@@ -121,6 +121,7 @@ def make_pairs(
     from actors.placement import check_cluster
     from actors.rollout import RolloutGroup
     from launch.config import engine_settings
+    from launch.evaluate import generate_in_chunks
 
     check_samples(samples)
     out = Path(out_dir)
@@ -129,10 +130,11 @@ def make_pairs(
     check_cluster(cfg, learner=False)
     rollouts = RolloutGroup(model, engine_settings(cfg), Supervisor(cfg.fault_tolerance))
     try:
-        answers = rollouts.generate(
+        answers = generate_in_chunks(
+            rollouts,
             prompts,
-            n=samples,
-            seed=PAIR_SEED,
+            samples,
+            PAIR_SEED,
             temperature=cfg.rollout.temperature,
             max_tokens=cfg.rollout.max_new_tokens,
         )
@@ -217,7 +219,7 @@ def best_of_n(model: str, cfg: Any, scorer: Any, n: int) -> dict[str, Any]:
     from actors.placement import check_cluster
     from actors.rollout import RolloutGroup
     from launch.config import engine_settings
-    from launch.evaluate import EVAL_SEED, judge_samples
+    from launch.evaluate import EVAL_SEED, generate_in_chunks, judge_samples
     from rollout.data import test_prompts
     from rollout.evaluation import mean_stderr, win_rate
 
@@ -226,9 +228,9 @@ def best_of_n(model: str, cfg: Any, scorer: Any, n: int) -> dict[str, Any]:
     max_tokens = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
     rollouts = RolloutGroup(model, engine_settings(cfg), Supervisor(cfg.fault_tolerance))
     try:
-        greedy = rollouts.generate(prompts, n=1, seed=EVAL_SEED, temperature=0.0, max_tokens=max_tokens)
-        sampled = rollouts.generate(
-            prompts, n=n, seed=EVAL_SEED, temperature=cfg.rollout.temperature, max_tokens=max_tokens
+        greedy = generate_in_chunks(rollouts, prompts, 1, EVAL_SEED, temperature=0.0, max_tokens=max_tokens)
+        sampled = generate_in_chunks(
+            rollouts, prompts, n, EVAL_SEED, temperature=cfg.rollout.temperature, max_tokens=max_tokens
         )
     finally:
         rollouts.shutdown()

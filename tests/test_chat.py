@@ -240,3 +240,22 @@ def test_bad_chat_commands_are_one_line_before_ray(capsys, tmp_path):
         assert main(args) == USER_ERROR, args
         err = capsys.readouterr().err
         assert err.startswith("syncrl: ") and says in err and err.count("\n") == 1, (args, err)
+
+
+def test_generation_in_chunks_seeds_each_prompt_as_one_call():
+    from launch.evaluate import generate_in_chunks
+
+    calls = []
+
+    class Engines:  # records the calls (the engines themselves: test_bring_your_own.py)
+        def generate(self, prompts, n, seed, **sampling):
+            calls.append((list(prompts), n, seed))
+            return [(p, seed + i) for i, p in enumerate(prompts) for _ in range(n)]
+
+    prompts = list(range(10))
+    out = generate_in_chunks(Engines(), prompts, 4, 100, max_tokens=4096, temperature=1.0)
+    assert [len(c[0]) for c in calls] == [1] * 10  # 16384 tokens a call: one prompt of 4 x 4096
+    assert out == [(p, 100 + p) for p in prompts for _ in range(4)]
+    calls.clear()
+    generate_in_chunks(Engines(), prompts, 2, 7, max_tokens=2048)
+    assert [(c[0], c[2]) for c in calls] == [([0, 1, 2, 3], 7), ([4, 5, 6, 7], 11), ([8, 9], 15)]
