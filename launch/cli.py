@@ -123,11 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     pairs.add_argument("--heldout-prompts", type=int, default=64, help="prompts of the held-out pairs (rm-check)")
     pairs.add_argument("--samples", type=int, default=2, help="answers per prompt (even: paired two by two)")
     pairs.add_argument("--temperature", type=float, default=1.0, help="the answers' sampling temperature")
-    pairs.add_argument("--max-new-tokens", type=int, default=128)
+    pairs.add_argument("--max-new-tokens", type=int, default=256)
     pairs.add_argument(
         "--label-temperature",
         default=None,
-        help="the labeller's Bradley-Terry temperature (default 0.05); auto: 75%% expected agreement on these pairs",
+        help="the labeller's Bradley-Terry temperature (default 0.1); auto: 75%% expected agreement on these pairs",
     )
     pairs.add_argument(
         "--length-bias", type=float, default=0.0, help="the labeller's length bias, in logits per 100 words"
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--best-of", type=int, default=16, metavar="N")
     check.add_argument("--num-questions", type=int, default=32, help="chat test prompts of the best-of-N check")
     check.add_argument("--temperature", type=float, default=1.0, help="best-of-N's sampling temperature")
-    check.add_argument("--max-new-tokens", type=int, default=128)
+    check.add_argument("--max-new-tokens", type=int, default=256)
     check.add_argument("--recipe", default=None, help="take rollout settings from this recipe")
     check.add_argument("--output", help="write the results as JSON here")
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

@@ -17,9 +17,10 @@ import math
 import random
 from collections.abc import Sequence
 
-# The labeller's default temperature: on pairs of SmolLM2-135M-Instruct's own answers to chat
-# prompts its expected agreement with the judge is about 75% (README, "Making a reward model").
-DEFAULT_TEMPERATURE = 0.05
+# The labeller's default temperature: on 128 pairs of SmolLM2-135M-Instruct's own answers to chat
+# prompts (temperature 1, up to 128 new tokens; mean |J(a) - J(b)| 0.14) the temperature of 75%
+# expected agreement with the judge was 0.0995 (README, "Making a reward model").
+DEFAULT_TEMPERATURE = 0.1
 
 
 def sigmoid(x: float) -> float:

@@ -146,7 +146,7 @@ def test_chat_reward_model_rewards_mixed_grpo_then_judged_eval(ray_cluster, tiny
     args = ["--prompts", "8", "--heldout-prompts", "4", "--samples", "4", "--max-new-tokens", "16"]
     assert main(["chat-pairs", tiny_llama, "--out", str(pairs), *args, *engine]) == 0
     summary = json.loads((pairs / "summary.json").read_text())
-    assert summary["train"]["pairs"] > 8 and summary["train"]["label_temperature"] == 0.05
+    assert summary["train"]["pairs"] > 8 and summary["train"]["label_temperature"] == 0.1
     records = [json.loads(line) for line in (pairs / "pairs.jsonl").read_text().splitlines()]
     assert all(r["source"] == "chat" and r["id"].startswith("chat/rm/") and "judge_chosen" in r for r in records)
 
