@@ -68,9 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
     ctl_commands.add_parser("pause", help="pause at the next step boundary")
     ctl_commands.add_parser("resume", help="resume a paused run")
 
-    ev = commands.add_parser("eval", help="accuracy of model folders on a task's held-out questions, through vLLM")
+    ev = commands.add_parser(
+        "eval",
+        help="accuracy of model folders on a task's held-out questions, through vLLM (chat: win rates under the judge)",
+    )
     ev.add_argument("models", nargs="+", help="model folders (or built-in names)")
-    ev.add_argument("--task", required=True, help="a generated task, e.g. add-1digit")
+    ev.add_argument("--task", required=True, help="a generated task, e.g. add-1digit, or chat")
+    ev.add_argument(
+        "--baseline",
+        default=None,
+        metavar="MODEL",
+        help="--task chat: win rates against this model's greedy answers (default: the first model)",
+    )
+    ev.add_argument(
+        "--reward-model",
+        default=None,
+        metavar="RM_DIR",
+        help="--task chat: also this reward model's mean score of each model's answers",
+    )
     ev.add_argument("--recipe", default=None, help="take rollout/reward/data settings from this recipe")
     ev.add_argument("--num-questions", type=int, default=100)
     ev.add_argument("--samples", type=int, default=1, help="samples per question (pass@k needs k)")
@@ -109,6 +124,42 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-steps", type=int, default=16, help="at most this many steps per answer")
     ev.add_argument("--step-delimiter", default="\n", help="a reasoning step ends here (default: a newline)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    pairs = commands.add_parser(
+        "chat-pairs",
+        help="a model's own answers to the chat task's reward-model prompts, labelled by the judge with noise",
+    )
+    pairs.add_argument("model", help="the model folder (or built-in name) that answers")
+    pairs.add_argument("--out", required=True, help="folder for pairs.jsonl, heldout.jsonl and summary.json")
+    pairs.add_argument("--recipe", default=None, help="take rollout settings from this recipe")
+    pairs.add_argument("--prompts", type=int, default=256, help="prompts of the training pairs")
+    pairs.add_argument("--heldout-prompts", type=int, default=64, help="prompts of the held-out pairs (rm-check)")
+    pairs.add_argument("--samples", type=int, default=2, help="answers per prompt (even: paired two by two)")
+    pairs.add_argument("--temperature", type=float, default=1.0, help="the answers' sampling temperature")
+    pairs.add_argument("--max-new-tokens", type=int, default=256)
+    pairs.add_argument(
+        "--label-temperature",
+        default=None,
+        help="the labeller's Bradley-Terry temperature (default 0.1); auto: 75%% expected agreement on these pairs",
+    )
+    pairs.add_argument(
+        "--length-bias", type=float, default=0.0, help="the labeller's length bias, in logits per 100 words"
+    )
+    pairs.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    check = commands.add_parser("rm-check", help="a chat reward model against the judge: pair accuracy, best-of-N")
+    check.add_argument("reward_model", help="the reward model folder (syncrl train's final/)")
+    check.add_argument("--pairs", required=True, help="held-out pairs written by syncrl chat-pairs (heldout.jsonl)")
+    check.add_argument(
+        "--model", default=None, help="also best-of-N of this model's samples against its greedy answers"
+    )
+    check.add_argument("--best-of", type=int, default=16, metavar="N")
+    check.add_argument("--num-questions", type=int, default=32, help="chat test prompts of the best-of-N check")
+    check.add_argument("--temperature", type=float, default=1.0, help="best-of-N's sampling temperature")
+    check.add_argument("--max-new-tokens", type=int, default=256)
+    check.add_argument("--recipe", default=None, help="take rollout settings from this recipe")
+    check.add_argument("--output", help="write the results as JSON here")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     exp = commands.add_parser("experiment", help="run an experiment's arms x seeds one after another, then tabulate")
     exp.add_argument("spec", help="an experiments file, or a name in launch/experiments (e.g. paper)")
@@ -178,7 +229,21 @@ def main(argv: list[str] | None = None) -> int:
             ks = pass_at(args.pass_at)
             from launch.evaluate import main as evaluate
 
-            return evaluate(args.models, cfg, args.task, ks, args.output, tuple(args.beam), args.value)
+            return evaluate(
+                args.models,
+                cfg,
+                args.task,
+                ks,
+                args.output,
+                tuple(args.beam),
+                args.value,
+                args.baseline,
+                args.reward_model,
+            )
+        elif args.command == "chat-pairs":
+            return chat_pairs(args)
+        elif args.command == "rm-check":
+            return rm_check(args)
         elif args.command == "experiment":
             from launch.experiment import main as experiment
 
@@ -287,6 +352,104 @@ def check_eval_inputs(args: argparse.Namespace) -> None:
     if args.value:
         check_model_path(args.value, "--value")
     check_task(args.task, "--task")
+    chat = args.task == "chat"
+    if "chat" in args.task.split("+") and not chat:
+        raise ConfigError(f"--task {args.task}: evaluate chat on its own (--task chat) and each math task on its own")
+    if chat and (args.beam or args.value is not None):
+        raise ConfigError("--task chat: --beam and --value apply to math tasks only")
+    if not chat and (args.baseline or args.reward_model):
+        raise ConfigError(f"--baseline and --reward-model apply to --task chat only (got --task {args.task})")
+    if args.baseline:
+        check_model_path(args.baseline, "--baseline")
+    if args.reward_model:
+        from rewards.reward_model import check_reward_model
+
+        check_model_path(args.reward_model, "--reward-model")
+        check_reward_model(args.reward_model, None, "--reward-model")
+
+
+def chat_pairs(args: argparse.Namespace) -> int:
+    """``syncrl chat-pairs``: see ``launch.reward_pairs``."""
+    from launch.cluster import ray_session
+    from launch.models import check_model_path, resolve_model
+    from launch.reward_pairs import check_samples, make_pairs
+    from rewards.preferences import DEFAULT_TEMPERATURE
+
+    check_samples(args.samples)
+    label_t: float | str = DEFAULT_TEMPERATURE
+    if args.label_temperature is not None:
+        try:
+            label_t = "auto" if args.label_temperature == "auto" else float(args.label_temperature)
+        except ValueError:
+            label_t = -1.0
+        if label_t != "auto" and not label_t >= 0:
+            raise ConfigError(f"--label-temperature: a number >= 0 or auto (got {args.label_temperature!r})")
+    if args.prompts < 1 or args.heldout_prompts < 0:
+        raise ConfigError("--prompts must be >= 1 and --heldout-prompts >= 0")
+    overrides = [
+        f"rollout.temperature={args.temperature}",
+        f"rollout.max_new_tokens={args.max_new_tokens}",
+        f"rollout.samples_per_prompt={args.samples}",
+    ]
+    cfg = load_config(args.recipe, [*overrides, *args.overrides])
+    check_model_path(args.model, "chat-pairs: model")
+    with ray_session(cfg):
+        summaries = make_pairs(
+            resolve_model(args.model),
+            cfg,
+            args.out,
+            args.prompts,
+            args.heldout_prompts,
+            args.samples,
+            label_t,
+            args.length_bias,
+        )
+    for split in ("train", "heldout"):
+        if split in summaries:
+            s = summaries[split]
+            print(
+                f"{split}: {s['pairs']} pairs, label temperature {s['label_temperature']:.4f}, agreement with the "
+                f"judge {s['agreement']:.3f} (expected {s['expected_agreement']:.3f}), mean |J(a) - J(b)| "
+                f"{s['mean_abs_judge_difference']:.3f}, chosen longer {s['chosen_longer']:.2f}"
+            )
+    print(f"pairs in {Path(args.out, 'pairs.jsonl')}; train with: syncrl train smollm2-rm --set data.path=...")
+    return 0
+
+
+def rm_check(args: argparse.Namespace) -> int:
+    """``syncrl rm-check``: see ``launch.reward_pairs``."""
+    from launch.models import check_model_path, resolve_model
+    from launch.reward_pairs import check_reward_model as check_rm
+    from launch.reward_pairs import format_check
+    from rewards.reward_model import check_reward_model
+
+    check_model_path(args.reward_model, "rm-check: reward_model")
+    check_reward_model(args.reward_model, None, "rm-check: reward_model")
+    if not Path(args.pairs).is_file():
+        raise ConfigError(f"--pairs: no file {args.pairs!r}")
+    if args.best_of < 1:
+        raise ConfigError(f"--best-of must be >= 1 (got {args.best_of})")
+    overrides = [
+        f"rollout.temperature={args.temperature}",
+        f"eval.max_new_tokens={args.max_new_tokens}",
+        f"eval.num_questions={args.num_questions}",
+    ]
+    cfg = load_config(args.recipe, [*overrides, *args.overrides])
+    model = None
+    if args.model:
+        check_model_path(args.model, "--model")
+        model = resolve_model(args.model)
+    if model:
+        from launch.cluster import ray_session
+
+        with ray_session(cfg):
+            result = check_rm(args.reward_model, args.pairs, cfg, model, args.best_of)
+    else:
+        result = check_rm(args.reward_model, args.pairs, cfg, None, args.best_of)
+    print(format_check(result))
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=1))
+    return 0
 
 
 def prepare_model(args: argparse.Namespace) -> int:

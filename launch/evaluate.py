@@ -21,10 +21,12 @@ from actors.reward import RewardGroup
 from actors.rollout import RolloutGroup
 from actors.value import ValueGroup
 from launch.config import ConfigError, engine_settings
+from rewards.judge import judge
 from rollout.beam_search import beam_search
 from rollout.data import test_prompts
-from rollout.evaluation import format_table, summarize, value_diagnostics
+from rollout.evaluation import format_judged_table, format_table, judged_summary, summarize, value_diagnostics
 from rollout.records import Prompt, Sample
+from rollout.tasks import CHAT
 
 EVAL_SEED = 12345  # evaluations sample reproducibly (when not greedy)
 
@@ -118,6 +120,29 @@ def value_result(samples: list[Sample], score) -> dict[str, float]:
     return value_diagnostics([v_s0[tuple(s.prompt_ids)] for s in samples], values[len(prompts) :], samples)
 
 
+def model_engines(model_dirs: list[str], cfg: Any, supervisor: Supervisor):
+    """For each folder in turn, (its index, the folder, rollout engines holding its weights):
+    engines start once per run of interchangeable folders (each next one's weights are loaded into
+    the running engines, as a push does) and stop when the iteration ends."""
+    rollouts, loaded, base = None, None, None
+    try:
+        for version, folder in enumerate(model_dirs):
+            if rollouts is None or not interchangeable(loaded, folder, cfg.model.trust_remote_code):
+                if rollouts is not None:
+                    rollouts.shutdown()
+                rollouts, base = RolloutGroup(folder, engine_settings(cfg), supervisor), folder
+                # a replacement engine starts on `base` and loads the folder being evaluated
+                rollouts.held = lambda: 0 if loaded == base else model_dirs.index(loaded)
+                rollouts.weights_of = lambda v: ray.put(folder_weights(model_dirs[v]))
+            elif folder != loaded:
+                rollouts.update_weights(folder_weights(folder), version)
+            loaded = folder
+            yield version, folder, rollouts
+    finally:
+        if rollouts is not None:
+            rollouts.shutdown()
+
+
 def evaluate_models(
     model_dirs: list[str],
     cfg: Any,
@@ -136,20 +161,10 @@ def evaluate_models(
     prompts = test_prompts(cfg, task)
     check_cluster(cfg, learner=False, value=bool(value_dirs))  # engines, reward and value workers fit, before any start
     supervisor = Supervisor(cfg.fault_tolerance)  # a dead or hung worker is replaced, as in training
-    rewards, rollouts, loaded, base = RewardGroup(cfg.reward, supervisor), None, None, None
+    rewards = RewardGroup(cfg.reward, supervisor)
     results = []
     try:
-        for version, folder in enumerate(model_dirs):
-            if rollouts is None or not interchangeable(loaded, folder, cfg.model.trust_remote_code):
-                if rollouts is not None:
-                    rollouts.shutdown()
-                rollouts, base = RolloutGroup(folder, engine_settings(cfg), supervisor), folder
-                # a replacement engine starts on `base` and loads the folder being evaluated
-                rollouts.held = lambda: 0 if loaded == base else model_dirs.index(loaded)
-                rollouts.weights_of = lambda v: ray.put(folder_weights(model_dirs[v]))
-            elif folder != loaded:
-                rollouts.update_weights(folder_weights(folder), version)
-            loaded = folder
+        for version, _, rollouts in model_engines(model_dirs, cfg, supervisor):
             evaluator = Evaluator(rollouts, rewards, prompts, cfg.eval, cfg.rollout.max_new_tokens, ks)
             if not value_dirs:
                 results.append(evaluator())
@@ -161,9 +176,80 @@ def evaluate_models(
             finally:
                 values.shutdown()
     finally:
-        if rollouts is not None:
-            rollouts.shutdown()
         rewards.shutdown()
+    return results
+
+
+CHUNK_TOKENS = 16384  # generate_in_chunks: about this many new tokens per call
+
+
+def generate_in_chunks(
+    rollouts: RolloutGroup, prompts: list[Prompt], n: int, seed: int, **sampling: Any
+) -> list[Sample]:
+    """``rollouts.generate`` in calls of a few prompts (about ``CHUNK_TOKENS`` new tokens each at
+    ``max_tokens``), so that no call runs into the hung-worker timeout on a slow machine; prompt i
+    is still sampled with seed + i, as in one call."""
+    per_call = max(1, CHUNK_TOKENS // (n * sampling.get("max_tokens", 128)))
+    samples: list[Sample] = []
+    for start in range(0, len(prompts), per_call):
+        samples += rollouts.generate(prompts[start : start + per_call], n=n, seed=seed + start, **sampling)
+    return samples
+
+
+def judge_samples(samples: list[Sample]) -> list[float]:
+    """The gold judge's score of each chat answer (its prompt's request fields in ``columns``)."""
+    return [judge(s.columns, s.response_text).score for s in samples]
+
+
+def judged_evaluation(
+    model_dirs: list[str], cfg: Any, baseline: str, reward_model: str | None = None
+) -> list[dict[str, float]]:
+    """The chat task's judged evaluation of each folder against ``baseline``'s greedy answers to
+    the same held-out prompts (``judged_summary``: win rate and LC win rate under the judge, mean
+    judge score, the reward model's mean score with ``reward_model``, length, truncation). Each
+    model answers with the eval settings (greedy by default); with several samples per prompt,
+    each is compared with the baseline's answer to its prompt. Judge and reward model score in
+    this process; the engines start once per run of interchangeable folders."""
+    prompts = test_prompts(cfg, CHAT)
+    check_cluster(cfg, learner=False, engines=True)
+    supervisor = Supervisor(cfg.fault_tolerance)
+    e = cfg.eval
+    max_tokens = e.max_new_tokens or cfg.rollout.max_new_tokens
+    folders = [baseline, *[d for d in model_dirs if d != baseline]]
+    answers: dict[str, list[Sample]] = {}
+    base_answers: list[Sample] = []
+    for _, folder, rollouts in model_engines(folders, cfg, supervisor):
+        if folder == baseline:
+            base_answers = generate_in_chunks(
+                rollouts, prompts, n=1, seed=EVAL_SEED, temperature=0.0, max_tokens=max_tokens
+            )
+        if folder in model_dirs:
+            answers[folder] = (
+                base_answers
+                if folder == baseline and e.temperature == 0
+                else generate_in_chunks(
+                    rollouts, prompts, e.samples_per_prompt, EVAL_SEED, temperature=e.temperature, max_tokens=max_tokens
+                )
+            )
+    scorer = None
+    if reward_model:
+        from rewards.reward_model import RewardModelScorer
+
+        scorer = RewardModelScorer(reward_model)
+    base_of = {s.prompt_id: s for s in base_answers}
+    base_scores = dict(zip(base_of, judge_samples(list(base_of.values()))))
+    results = []
+    for folder in model_dirs:
+        samples = answers[folder]
+        result = judged_summary(
+            judge_samples(samples),
+            [base_scores[s.prompt_id] for s in samples],
+            [s.response_len for s in samples],
+            [base_of[s.prompt_id].response_len for s in samples],
+            [s.finish_reason == "length" for s in samples],
+            [r.reward for r in scorer.score(samples)] if scorer else None,
+        )
+        results.append({**result, "baseline": baseline})
     return results
 
 
@@ -212,11 +298,25 @@ def main(
     output: str | None,
     beams: tuple[int, ...] = (),
     value: str | None = None,
+    baseline: str | None = None,
+    reward_model: str | None = None,
 ) -> int:
+    """``syncrl eval``: a table of each model folder's results (``--task chat``: judged against
+    ``baseline``, default the first folder), and with ``output`` the same as JSON."""
     from launch.cluster import ray_session
     from launch.models import resolve_model
 
     folders = [resolve_model(d) for d in model_dirs]
+    if task == CHAT:
+        base = resolve_model(baseline) if baseline else folders[0]
+        rm = resolve_model(reward_model) if reward_model else None
+        with ray_session(cfg):
+            results = list(zip(model_dirs, judged_evaluation(folders, cfg, base, rm)))
+        print(f"judged against the greedy answers of {baseline or model_dirs[0]}")
+        print(format_judged_table(results))
+        if output:
+            Path(output).write_text(json.dumps({d: r for d, r in results}, indent=1))
+        return 0
     # --value [DIR]: DIR, or each model's own value/ ("" or, with --beam, None)
     values = value_folders(folders, value and resolve_model(value)) if beams or value is not None else None
     names = [name for d in model_dirs for name in [d, *(f"{d} beam={b}" for b in beams)]]

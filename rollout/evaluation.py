@@ -5,7 +5,9 @@ standard error over questions; pass@k by the unbiased estimator of Chen et al. (
 response length; the share of answers written inside \\boxed{}; the share cut at the token limit.
 Per reward-route source (``Sample.source``) of the questions: accuracy, mean reward and counts.
 A value model's diagnostics on graded answers: the AUC of V(s_0) and of V at the last state
-against correctness, and V's mean squared error beside a constant predictor's.
+against correctness, and V's mean squared error beside a constant predictor's. Judged
+evaluation of open-ended answers against a baseline's (``win_rate``, ``lc_win_rate``,
+``mean_stderr``, ``judged_summary``).
 """
 
 from __future__ import annotations
@@ -164,3 +166,128 @@ def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
     ]
     widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in [header, *body])
+
+
+# judged evaluation (open-ended answers against a baseline's answers to the same prompts)
+
+
+def mean_stderr(values: list[float]) -> tuple[float, float]:
+    """The mean of ``values`` and its standard error (sample std / sqrt(n); 0 for one value)."""
+    n = len(values)
+    if not n:
+        raise ValueError("no values")
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var / n)
+
+
+def preferences(model_scores: list[float], base_scores: list[float]) -> list[float]:
+    """1 where the model's answer scores above the baseline's to the same prompt, 0 below, 0.5 on a tie."""
+    if len(model_scores) != len(base_scores) or not model_scores:
+        raise ValueError(f"win rates need one baseline score per answer: {len(model_scores)} vs {len(base_scores)}")
+    return [1.0 if m > b else 0.0 if m < b else 0.5 for m, b in zip(model_scores, base_scores)]
+
+
+def win_rate(model_scores: list[float], base_scores: list[float]) -> tuple[float, float]:
+    """The share of prompts where the model's answer beats the baseline's (a tie counts one half),
+    and its standard error."""
+    return mean_stderr(preferences(model_scores, base_scores))
+
+
+def logistic_fit(x: list[float], y: list[float], ridge: float = 1e-4, iterations: int = 100):
+    """Maximum-likelihood (with a small ridge penalty ``ridge`` * |w|^2 / 2, which keeps a fit
+    finite when the data separate) of P(y = 1) = sigmoid(a + b x) by Newton's method (IRLS);
+    ``y`` may be fractional (a tie is 0.5). Returns (a, b) and their covariance (the inverse of
+    the penalized Fisher information)."""
+    import numpy as np
+
+    X = np.column_stack([np.ones(len(x)), np.asarray(x, dtype=float)])
+    Y = np.asarray(y, dtype=float)
+    w = np.zeros(2)
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(X @ w)))
+        gradient = X.T @ (Y - p) - ridge * w
+        hessian = (X * (p * (1 - p))[:, None]).T @ X + ridge * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        w = w + step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    p = 1.0 / (1.0 + np.exp(-(X @ w)))
+    covariance = np.linalg.inv((X * (p * (1 - p))[:, None]).T @ X + ridge * np.eye(2))
+    return (float(w[0]), float(w[1])), covariance
+
+
+def lc_win_rate(
+    model_scores: list[float],
+    base_scores: list[float],
+    model_lengths: list[float],
+    base_lengths: list[float],
+    ridge: float = 1e-4,
+) -> tuple[float, float]:
+    """The length-controlled win rate (AlpacaEval 2.0's idea) and its standard error. A logistic
+    model of the preference (``preferences``: 1, 0, or 0.5 on a tie) with an intercept and a
+    length term,
+
+        P(model preferred) = sigmoid(a + b * tanh((n_model - n_base) / sd)),
+
+    sd the standard deviation of the length differences (1 when they are all equal), is fitted by
+    ``logistic_fit``; the LC win rate is the model read at no length difference, sigmoid(a), its
+    standard error sigmoid'(a) * SE(a) (the delta method)."""
+    if not (len(model_lengths) == len(base_lengths) == len(model_scores)):
+        raise ValueError("LC win rate needs one length of each answer per prompt")
+    y = preferences(model_scores, base_scores)
+    diffs = [m - b for m, b in zip(model_lengths, base_lengths)]
+    _, sd = mean_stderr(diffs)
+    sd = sd * math.sqrt(len(diffs)) or 1.0
+    (a, _), covariance = logistic_fit([math.tanh(d / sd) for d in diffs], y, ridge)
+    p = 1.0 / (1.0 + math.exp(-a))
+    return p, p * (1 - p) * math.sqrt(covariance[0, 0])
+
+
+def judged_summary(
+    model_scores: list[float],
+    base_scores: list[float],
+    model_lengths: list[int],
+    base_lengths: list[int],
+    truncated: list[bool],
+    rm_scores: list[float] | None = None,
+) -> dict[str, float]:
+    """A model's judged evaluation against a baseline's answers to the same prompts: win rate and
+    LC win rate under the judge, mean judge score, the reward model's mean score (when given),
+    response length and truncation rate, each with its standard error (``_stderr``)."""
+    out: dict[str, float] = {}
+    out["win_rate"], out["win_rate_stderr"] = win_rate(model_scores, base_scores)
+    out["lc_win_rate"], out["lc_win_rate_stderr"] = lc_win_rate(model_scores, base_scores, model_lengths, base_lengths)
+    out["judge_mean"], out["judge_mean_stderr"] = mean_stderr(model_scores)
+    if rm_scores is not None:
+        out["rm_mean"], out["rm_mean_stderr"] = mean_stderr(rm_scores)
+    out["response_len_mean"], out["response_len_stderr"] = mean_stderr([float(n) for n in model_lengths])
+    out["truncated_rate"], out["truncated_rate_stderr"] = mean_stderr([float(t) for t in truncated])
+    out["questions"] = len(model_scores)
+    return out
+
+
+JUDGED_COLUMNS = (
+    "win_rate",
+    "lc_win_rate",
+    "judge_mean",
+    "rm_mean",
+    "response_len_mean",
+    "truncated_rate",
+)
+
+
+def format_judged_table(rows: list[tuple[str, dict[str, float]]]) -> str:
+    """A plain-text table of judged evaluations: each metric as value +- standard error."""
+    keys = [k for k in JUDGED_COLUMNS if any(k in r for _, r in rows)]
+    header = ["model", *keys, "questions"]
+
+    def cell(r: dict, k: str) -> str:
+        if k not in r:
+            return ""
+        err = r.get(k.removesuffix("_mean") + "_stderr" if k.endswith("_len_mean") else f"{k}_stderr")
+        return f"{r[k]:.3f} +- {err:.3f}" if err is not None else f"{r[k]:.3f}"
+
+    body = [[name, *(cell(r, k) for k in keys), str(r.get("questions", ""))] for name, r in rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [header, *body])

@@ -1,7 +1,9 @@
 """Users' own data and rewards, end to end on a real local Ray cluster with vLLM engines and
 DeepSpeed ranks: a verl-layout parquet file trains GRPO with math-verify and a Python reward
 function routed by data_source; a TRL-layout preference data set saved with save_to_disk trains
-DPO; a reward model trained by syncrl (tiny-rm) then rewards a GRPO run."""
+DPO; a reward model trained by syncrl (tiny-rm) scores as its trainer does; a reward model trained
+on judge-labelled chat pairs then rewards the chat half of a GRPO run on chat + math (math_verify
+for the math half), whose model `syncrl eval --task chat` judges against the base model."""
 
 from __future__ import annotations
 
@@ -93,10 +95,10 @@ def test_trl_preference_data_saved_to_disk_trains_dpo(ray_cluster, tiny_llama, t
     assert rows[-1]["dpo_margin"] > rows[0]["dpo_margin"] + 0.1
 
 
-def test_tiny_rm_trains_then_rewards_a_grpo_run(ray_cluster, tiny_llama, tmp_path):
+def test_tiny_rm_trains_and_scores_as_its_trainer(ray_cluster, tiny_llama, tmp_path):
     """tiny-rm's held-out pair accuracy rises from chance; final/ is a plain one-label
-    sequence classifier whose reward-worker scores equal the trainer's forward on the same texts;
-    it is then the reward_model route of a GRPO run."""
+    sequence classifier whose reward-worker scores equal the trainer's forward on the same texts
+    (a reward model rewarding a run: test_chat_reward_model_rewards_mixed_grpo_then_judged_eval)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -129,16 +131,59 @@ def test_tiny_rm_trains_then_rewards_a_grpo_run(ray_cluster, tiny_llama, tmp_pat
     assert [r.reward for r in scorer.score(samples)] == pytest.approx(trainer, abs=1e-4)
     assert all(trainer[i] > trainer[i + 1] for i in range(0, len(trainer), 2))  # chosen above rejected
 
+
+def test_chat_reward_model_rewards_mixed_grpo_then_judged_eval(ray_cluster, tiny_llama, tmp_path, capsys):
+    """syncrl chat-pairs labels the tiny model's chat answers with the judge (noisily); tiny-rm
+    trains on them; rm-check measures it against the judge; a GRPO run on chat + add-1digit is
+    rewarded by source (the reward model for chat, math_verify for math); syncrl eval --task chat
+    judges the trained model against the base model's greedy answers, with the reward model."""
+    from launch.cli import main
+    from launch.config import load_config
+    from launch.run import run
+
+    engine = ["--set", "rollout.cpu_kv_cache_gib=0.25"]
+    pairs = tmp_path / "pairs"
+    args = ["--prompts", "8", "--heldout-prompts", "4", "--samples", "4", "--max-new-tokens", "16"]
+    assert main(["chat-pairs", tiny_llama, "--out", str(pairs), *args, *engine]) == 0
+    summary = json.loads((pairs / "summary.json").read_text())
+    assert summary["train"]["pairs"] > 8 and summary["train"]["label_temperature"] == 0.1
+    records = [json.loads(line) for line in (pairs / "pairs.jsonl").read_text().splitlines()]
+    assert all(r["source"] == "chat" and r["id"].startswith("chat/rm/") and "judge_chosen" in r for r in records)
+
+    rm = load_config(
+        "tiny-rm",
+        [f"model.path={tiny_llama}", f"data.path={pairs / 'pairs.jsonl'}", "steps=3", "logging.progress_bar=false"],
+    )
+    run(rm, str(tmp_path / "rm"))
+    final = str(tmp_path / "rm" / "final")
+    assert main(["rm-check", final, "--pairs", str(pairs / "heldout.jsonl")]) == 0
+    assert "reward model accuracy vs the judge:" in capsys.readouterr().out
+
     grpo = tiny_config(
         "tiny-grpo",
         tiny_llama,
+        "data.task=chat+add-1digit",
         "steps=2",
-        "reward.routes.default.kind=reward_model",
-        f"reward.routes.default.model_path={final}",
+        f"reward.routes={{math: {{kind: math_verify}}, chat: {{kind: reward_model, model_path: {final}}}}}",
+        "reward.default=math",
     )
     run(grpo, str(tmp_path / "grpo"))
     rows = read_metrics(tmp_path / "grpo")
-    assert all(r["trained"] and r["reward_mean"] == r["reward_mean"] for r in rows)  # scored (not NaN) by the RM
+    assert all(r["trained"] and r.get("samples/chat", 0) + r.get("samples/math", 0) == 16 for r in rows)
+    assert sum(r.get("samples/chat", 0) for r in rows) and sum(r.get("samples/math", 0) for r in rows)  # both routes
+    assert all(r["reward_mean/chat"] == r["reward_mean/chat"] for r in rows if "reward_mean/chat" in r)  # not NaN
+    assert all(0 <= r["reward_mean/math"] <= 1 for r in rows if "reward_mean/math" in r)
+
+    out = tmp_path / "eval.json"
+    models = [tiny_llama, str(tmp_path / "grpo" / "final"), "--task", "chat", "--reward-model", final]
+    assert main(["eval", *models, "--num-questions", "6", "--max-new-tokens", "16", "--output", str(out), *engine]) == 0
+    printed = capsys.readouterr().out
+    assert "win_rate" in printed and "lc_win_rate" in printed and "rm_mean" in printed
+    base, trained = json.loads(out.read_text()).values()
+    assert base["win_rate"] == 0.5 and base["lc_win_rate"] == pytest.approx(0.5, abs=1e-6)  # itself
+    assert base["questions"] == trained["questions"] == 6 and 0 <= trained["win_rate"] <= 1
+    for key in ("judge_mean", "rm_mean", "response_len_mean", "truncated_rate", "lc_win_rate_stderr"):
+        assert trained[key] == trained[key], key
 
 
 def test_a_reward_model_that_loads_only_on_a_worker_fails_in_one_line(tiny_reward_model, tmp_path):

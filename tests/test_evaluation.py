@@ -216,10 +216,11 @@ def test_eval_cli_passes_the_beam_temperature_and_the_value_folder(tiny_llama, m
     assert (
         main(["eval", tiny_llama, "--task", "add-1digit", "--beam", "2", "--beam-temperature", "0.6", "--value"]) == 0
     )
-    models, cfg, task, ks, output, beams, value = seen[-1]
+    models, cfg, task, ks, output, beams, value, baseline, reward_model = seen[-1]
     assert cfg.eval.beam_temperature == 0.6 and beams == (2,) and value == ""  # "": each model's own value/
+    assert baseline is None and reward_model is None  # --task chat's
     assert main(["eval", tiny_llama, "--task", "add-1digit", "--value", tiny_llama]) == 0
-    assert seen[-1][5:] == ((), tiny_llama) and seen[-1][1].eval.beam_temperature == 1.0
+    assert seen[-1][5:] == ((), tiny_llama, None, None) and seen[-1][1].eval.beam_temperature == 1.0
     assert main(["eval", tiny_llama, "--task", "add-1digit"]) == 0 and seen[-1][6] is None  # no value model
     assert main(["eval", tiny_llama, "--task", "add-1digit", "--beam", "2", "--beam-temperature", "0"]) != 0
     assert "beam_temperature" in capsys.readouterr().err and len(seen) == 3
