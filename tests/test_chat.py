@@ -259,3 +259,20 @@ def test_generation_in_chunks_seeds_each_prompt_as_one_call():
     calls.clear()
     generate_in_chunks(Engines(), prompts, 2, 7, max_tokens=2048)
     assert [(c[0], c[2]) for c in calls] == [([0, 1, 2, 3], 7), ([4, 5, 6, 7], 11), ([8, 9], 15)]
+
+
+def test_a_python_route_names_the_judge():
+    """The judge as a reward route (labelling, control arms): the chat samples of a mixed batch,
+    scored in the route's grader process, get the judge's score; math goes to math_verify."""
+    from rewards.router import RewardRouter
+    from rollout.records import Sample
+
+    chat = Sample("c", [], [], [], "stop", 0, response_text=TIPS_ANSWER, source="chat", columns=dict(TIPS))
+    math_ = Sample("m", [], [], [], "stop", 0, response_text="\\boxed{4}", answer="4", source="math")
+    routes = {"math": {"kind": "math_verify"}, "chat": {"kind": "python", "function": "rewards.judge:judge_reward"}}
+    router = RewardRouter(routes, default="math")
+    try:
+        results = router.score([chat, math_])
+    finally:
+        router.close()
+    assert results[0].reward == pytest.approx(judge(TIPS, TIPS_ANSWER).score) and results[1].reward == 1.0
