@@ -177,7 +177,17 @@ def run_summary(run_dir: Path) -> dict[str, float]:
         "tokens_generated": sum(s.get("tokens_generated", 0) for s in steps),
         "tokens_trained": sum(s.get("tokens_trained", 0) for s in steps),
         "minutes": sum(s["time_gen_s"] + s["time_score_s"] + s["time_train_s"] + s["time_sync_s"] for s in steps) / 60,
+        "wall_minutes": sum(s.get("time_wall_s", 0.0) for s in steps) / 60,  # step 1's includes the start-up
+        "pushes": sum(bool(s.get("pushed_after")) for s in steps),
+        "sync_s": sum(s["time_sync_s"] for s in steps),
+        # the mean over steps of drift_kl (the engines' policy against the learner's, on the step's
+        # samples, before its update): nan for runs without engine log-probs (offline file rows)
+        "drift_kl_mean": _mean([s["drift_kl"] for s in steps if "drift_kl" in s]),
     }
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -215,6 +225,10 @@ def summarize(
         "eval len after",
         "generated tokens",
         "trained tokens",
+        "pushes",
+        "time in sync (s)",
+        "drift KL (step mean)",
+        "wall time (min)",
     ]
     lines = [
         f"## {exp['title']}",
@@ -249,6 +263,10 @@ def summarize(
             col("eval_len_end", "{:.1f}"),
             f"{mean_se([s['tokens_generated'] for s in sums])[0]:.0f}",
             f"{mean_se([s['tokens_trained'] for s in sums])[0]:.0f}",
+            col("pushes", "{:.1f}"),
+            col("sync_s", "{:.1f}"),
+            col("drift_kl_mean", "{:.4f}"),
+            col("wall_minutes", "{:.1f}"),
         ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
         curves[arm] = ([read_jsonl(r / "metrics.jsonl") for r in runs], sums)
@@ -292,8 +310,8 @@ def _transfer_table(
 
 
 def _plot(curves: dict[str, tuple[list[list[dict]], list[dict]]], path: Path, title: str) -> Path | None:
-    """Training reward and response length per step (mean over seeds), and the held-out accuracy
-    after training per arm (mean +- standard error, the dashed line: before)."""
+    """Training reward, response length and drift KL per step (mean over seeds), and the held-out
+    accuracy after training per arm (mean +- standard error, the dashed line: before)."""
     if not curves:
         return None
     import matplotlib
@@ -301,12 +319,13 @@ def _plot(curves: dict[str, tuple[list[list[dict]], list[dict]]], path: Path, ti
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_r, ax_l, ax_a) = plt.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [1, 1, 0.8]})
+    fig, (ax_r, ax_l, ax_d, ax_a) = plt.subplots(1, 4, figsize=(18, 3.8), gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
     for index, (arm, (runs, sums)) in enumerate(curves.items()):
         steps = min(len(r) for r in runs)
-        for ax, key in ((ax_r, "reward_mean"), (ax_l, "response_len_mean")):
-            ys = [sum(r[i][key] for r in runs) / len(runs) for i in range(steps)]
-            ax.plot(range(1, steps + 1), ys, label=arm, color=f"C{index}")
+        for ax, key in ((ax_r, "reward_mean"), (ax_l, "response_len_mean"), (ax_d, "drift_kl")):
+            if all(key in r[i] for r in runs for i in range(steps)):  # drift: none for offline file rows
+                ys = [sum(r[i][key] for r in runs) / len(runs) for i in range(steps)]
+                ax.plot(range(1, steps + 1), ys, label=arm, color=f"C{index}")
         mean, se = mean_se([s["accuracy_end"] for s in sums])
         ax_a.bar(index, mean, yerr=0 if math.isnan(se) else se, color=f"C{index}", capsize=4)
     before = mean_se([s["accuracy_start"] for _, sums in curves.values() for s in sums])[0]
@@ -314,6 +333,7 @@ def _plot(curves: dict[str, tuple[list[list[dict]], list[dict]]], path: Path, ti
     ax_a.set_xticks(range(len(curves)), list(curves), rotation=25, ha="right", fontsize=7)
     ax_r.set(xlabel="learner step", ylabel="training reward (mean over seeds)")
     ax_l.set(xlabel="learner step", ylabel="response length (tokens)")
+    ax_d.set(xlabel="learner step", ylabel="drift KL, engines vs learner (before the step)")
     ax_a.set(ylabel="held-out accuracy after (before: dashed)")
     ax_r.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)

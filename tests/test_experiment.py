@@ -110,8 +110,9 @@ def test_experiment_runs_every_arm_and_seed_once(ray_cluster, tiny_llama, tmp_pa
     configs = arm_configs(SPEC, "mini", [0, 1], overrides_tree(overrides))
     table = (out / "mini.md").read_text()
     starts, ends = [], {}
+    header = next(line for line in table.splitlines() if line.startswith("| arm |")).split(" | ")
     for arm in ("grpo", "offline-dpo"):
-        finals = []
+        finals, pushes = [], []
         for seed in (0, 1):
             run = arm_run_dir(out, arm, configs[arm, seed])
             assert (run / "final" / "config.json").is_file()
@@ -119,10 +120,15 @@ def test_experiment_runs_every_arm_and_seed_once(ray_cluster, tiny_llama, tmp_pa
             assert [e["step"] for e in evals] == [0, 2]
             finals.append(evals[-1]["accuracy"])
             starts.append(evals[0]["accuracy"])
+            steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            pushes.append(sum(1 for r in steps if r["pushed_after"] > 0))
         ends[arm] = finals
-        row = next(line for line in table.splitlines() if line.startswith(f"| {arm} |"))
+        row = next(line for line in table.splitlines() if line.startswith(f"| {arm} |")).split(" | ")
         mean, se = mean_se(finals)
-        assert row.split(" | ")[1] == "2" and f"{mean:.3f} +- {se:.3f}" == row.split(" | ")[3]
+        assert row[1] == "2" and f"{mean:.3f} +- {se:.3f}" == row[3]
+        # s=1 pushes after every step, offline never
+        assert pushes == ([2, 2] if arm == "grpo" else [0, 0]), pushes
+        assert row[header.index("pushes")] == mean_pm_se([float(p) for p in pushes], "{:.1f}")
     assert (out / "mini.png").stat().st_size > 0
     # transfer: every final model and the base model on the task's held-out questions, in one engine
     # start; here the training task with the run's settings, so it must give the runs' own evaluations
