@@ -121,8 +121,8 @@ class ActorGroup:
 
     kind = "actor"
     workers: list
-    supervisor: Any = None
-    placement: Any = None  # a Placement (actors/placement.py) when the group's workers hold bundles
+    supervisor: Supervisor | None = None
+    placement: Placement | None = None  # when the group's workers hold bundles
 
     def ask(self, count: int) -> Any:
         """The ``Ask`` of ``count`` workers placed in a placement group, or None (placed anywhere)."""
@@ -139,7 +139,7 @@ class ActorGroup:
         ``version``, by default those the engines hold: it alone has ``held``/``reload``, which
         ``Calls`` uses for calls made with a version)."""
 
-    def start_workers(self, count: int, supervisor: Any = None, wait: bool = True) -> None:
+    def start_workers(self, count: int, supervisor: Supervisor | None = None, wait: bool = True) -> None:
         """Start the workers; ``wait=False``: return at once (``wait_ready`` several groups together)."""
         self.supervisor = supervisor or Supervisor()
         self.submitted = time.time()  # start-up phases (startup.json) count from here

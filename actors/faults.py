@@ -21,6 +21,8 @@ from typing import Any
 
 import ray
 
+from rollout.settings import FaultToleranceConfig
+
 # What says an actor is gone: its process died, its node died, or the object it returned is lost.
 DEATHS = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
 
@@ -50,12 +52,12 @@ def death_cause(err: BaseException) -> str:
 
 
 class Supervisor:
-    """Budgets and timeouts of one run (a ``FaultToleranceConfig``, duck-typed), and its events."""
+    """Budgets and timeouts of one run (``fault_tolerance``; None: no timeouts, no restarts), and its events."""
 
     BUDGETS = {"rollout": "rollout_restarts", "reward": "reward_restarts", "learner": "learner_restarts"}
     TIMEOUTS = {"rollout": "generate_timeout_s", "reward": "score_timeout_s", "learner": "train_timeout_s"}
 
-    def __init__(self, cfg: Any | None = None, on_event: Callable[[dict], None] | None = None):
+    def __init__(self, cfg: FaultToleranceConfig | None = None, on_event: Callable[[dict], None] | None = None):
         self.cfg, self.on_event = cfg, on_event
         self.used = {kind: 0 for kind in self.BUDGETS}
         self.events: list[dict] = []  # since the last drain (the driver's step record takes them)

@@ -12,6 +12,7 @@ from actors.placement import Ask, Placement, bundle_address, cluster_has_gpus, l
 from learner.objective import Totals, add_metrics, drift_metrics, explained_variance, split_batch
 from learner.trainer import LearnerRank, rank_micro_batches
 from rollout.records import LossSpec, TrainBatch
+from rollout.settings import LearnerConfig, ModelConfig
 
 
 @ray.remote
@@ -45,12 +46,12 @@ class LearnerGroup(ActorGroup):
     def __init__(
         self,
         model_path: str,
-        cfg: Any,
+        cfg: LearnerConfig,
         needs_reference: bool = False,
         needs_value: bool = False,
-        supervisor: Any = None,
+        supervisor: Supervisor | None = None,
         wait: bool = True,
-        model: Any = None,
+        model: ModelConfig | None = None,
         reward_model: bool = False,
     ):
         self.cfg, self.gpu, self.shares_prompts = cfg, cluster_has_gpus(), None
@@ -74,7 +75,7 @@ class LearnerGroup(ActorGroup):
             needs_value,
             model,
             reward_model,
-        )  # model: the model settings (ModelConfig); reward_model: a scalar head
+        )  # reward_model: a scalar head
         self.start_workers(cfg.num_ranks, supervisor, wait)
 
     def ask(self, count: int) -> Ask:

@@ -23,6 +23,8 @@ from typing import Any
 
 import ray
 
+from rollout.settings import LearnerConfig, RewardConfig, RolloutConfig, SyncRLConfig
+
 
 class PlacementError(RuntimeError):
     """The cluster cannot hold what the run asks for (the message says what is missing)."""
@@ -42,8 +44,8 @@ def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def engine_bundle(cfg: Any, gpu: bool) -> dict[str, float]:
-    """The resources of one rollout engine (a ``RolloutConfig``, duck-typed): on GPUs one GPU per
+def engine_bundle(cfg: RolloutConfig, gpu: bool) -> dict[str, float]:
+    """The resources of one rollout engine: on GPUs one GPU per
     tensor-parallel worker, on CPU at least one CPU per tensor-parallel worker."""
     tp = cfg.tensor_parallel_size
     if gpu:
@@ -51,13 +53,13 @@ def engine_bundle(cfg: Any, gpu: bool) -> dict[str, float]:
     return {"CPU": max(cfg.num_cpus_per_worker, float(tp)), **cfg.resources}
 
 
-def learner_bundle(cfg: Any, gpu: bool) -> dict[str, float]:
-    """The resources of one learner rank (a ``LearnerConfig``, duck-typed)."""
+def learner_bundle(cfg: LearnerConfig, gpu: bool) -> dict[str, float]:
+    """The resources of one learner rank."""
     return {"CPU": 1.0, **({"GPU": 1.0} if gpu else {}), **cfg.resources}
 
 
-def reward_bundle(cfg: Any) -> dict[str, float]:
-    """The resources of one reward worker (a ``RewardConfig``, duck-typed): GPUs only when it
+def reward_bundle(cfg: RewardConfig) -> dict[str, float]:
+    """The resources of one reward worker: GPUs only when it
     asks for some, whether the cluster has GPUs or not (a reward model's GPU is the user's call)."""
     gpus = float(cfg.num_gpus_per_worker)
     return {"CPU": float(cfg.num_cpus_per_worker), **({"GPU": gpus} if gpus > 0 else {}), **cfg.resources}
@@ -68,8 +70,10 @@ def value_bundle(gpu: bool) -> dict[str, float]:
     return {"CPU": 1.0, **({"GPU": 1.0} if gpu else {})}
 
 
-def run_asks(cfg: Any, gpu: bool, learner: bool = True, value: bool = False, engines: bool = True) -> list[Ask]:
-    """What a run (a ``SyncRLConfig``, duck-typed) asks for: engines and reward workers (unless
+def run_asks(
+    cfg: SyncRLConfig, gpu: bool, learner: bool = True, value: bool = False, engines: bool = True
+) -> list[Ask]:
+    """What a run asks for: engines and reward workers (unless
     ``engines`` is False: a run on data of scored responses), learner ranks, and (``value``) an
     evaluation's value worker."""
     asks = (
@@ -137,7 +141,7 @@ def cluster_nodes() -> list[dict[str, float]]:
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
-def check_cluster(cfg: Any, learner: bool = True, value: bool = False, engines: bool = True) -> None:
+def check_cluster(cfg: SyncRLConfig, learner: bool = True, value: bool = False, engines: bool = True) -> None:
     """``check_fits`` for a run on the connected cluster; ``value``: with an evaluation's value
     worker; ``engines`` False: without engines and reward workers."""
     check_fits(run_asks(cfg, cluster_has_gpus(), learner, value, engines), cluster_nodes())

@@ -9,11 +9,13 @@ from typing import Any
 import ray
 
 from actors.common import ActorGroup, ActorMixin, join, split_evenly
+from actors.faults import Supervisor
 from actors.placement import Ask, reward_bundle
 from rewards.reward_model import check_reward_model
-from rewards.router import RewardRouter, Route
+from rewards.router import RewardRouter
 from rollout.phases import Phases
 from rollout.records import Sample
+from rollout.settings import RewardConfig, RewardRoute
 
 
 @ray.remote(num_cpus=1)
@@ -23,7 +25,7 @@ class RewardWorker(ActorMixin):
     A worker given GPUs (``reward.num_gpus_per_worker``) runs its reward models on them; one
     given none hides the node's GPUs from itself, so that it never takes one it did not ask for."""
 
-    def __init__(self, routes: Mapping[str, Route | Mapping[str, Any]], default: str = "default") -> None:
+    def __init__(self, routes: Mapping[str, RewardRoute | Mapping[str, Any]], default: str = "default") -> None:
         if not ray.get_gpu_ids():  # before torch first looks for a GPU
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
         super().__init__()
@@ -51,7 +53,7 @@ class RewardGroup(ActorGroup):
 
     kind = "reward"
 
-    def __init__(self, cfg: Any, supervisor: Any = None, wait: bool = True) -> None:
+    def __init__(self, cfg: RewardConfig, supervisor: Supervisor | None = None, wait: bool = True) -> None:
         self.cfg = cfg
         self.start_workers(cfg.num_workers, supervisor, wait)
 

@@ -8,9 +8,11 @@ from typing import Any
 import ray
 
 from actors.common import ActorGroup, ActorMixin, join, split_evenly
+from actors.faults import Supervisor
 from actors.placement import Ask, cluster_has_gpus, engine_bundle
 from rollout.engine import RolloutEngine
 from rollout.records import Prompt, Sample
+from rollout.settings import RolloutConfig
 
 
 @ray.remote
@@ -36,7 +38,7 @@ class RolloutGroup(ActorGroup):
 
     kind = "rollout"
 
-    def __init__(self, model_path: str, cfg: Any, supervisor: Any = None, wait: bool = True):
+    def __init__(self, model_path: str, cfg: RolloutConfig, supervisor: Supervisor | None = None, wait: bool = True):
         self.model_path, self.cfg = model_path, cfg
         self.gpu = cluster_has_gpus()
         self.held: Callable[[], int] = lambda: 0  # set by the driver, like weights_of

@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import ray
 
 from actors.faults import DEATHS, death_cause
 from actors.learner import LearnerGroup
+from actors.placement import cluster_has_gpus
 from actors.rollout import RolloutGroup
 from learner.weights import host_copy
 from rollout.records import AUTO, BUCKET_BYTES
+from rollout.settings import SyncConfig
 from rollout.vllm_worker import open_weight_group
 
 
@@ -162,7 +164,7 @@ def make_transport(
     """``auto``: NCCL broadcast on GPUs, the object store on CPU (zero-copy tensors, faster here
     than a gloo broadcast: ``python bench/weight_sync.py --model smollm2``, docs/PERFORMANCE.md 2).
     ``timeout_s``: a collective push's broadcast timeout (``fault_tolerance.push_timeout_s``)."""
-    gpu = ray.cluster_resources().get("GPU", 0) > 0
+    gpu = cluster_has_gpus()
     if kind == "auto":
         kind = "nccl" if gpu else "object_store"
     if kind == "object_store":
@@ -252,7 +254,7 @@ class WeightSync:
             self.learners.pushed_weights(self.state.engine_version)  # the learner's weights are still that version
             self.kept = True
 
-    def due(self, s: float | str, sync: Any, metrics: dict) -> int:
+    def due(self, s: float | str, sync: SyncConfig, metrics: dict) -> int:
         """After a step (``metrics``: its learner metrics, {} when it trained nothing): the learner
         steps since the last push when it is time to push now, else 0. Every s steps, or with s =
         auto when the drift the next step's samples would have passes ``sync.target_kl``."""

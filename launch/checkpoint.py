@@ -18,7 +18,8 @@ from pathlib import Path
 import ray
 
 from actors.weight_sync import AutoInterval
-from launch.config import SyncRLConfig, dump_config, interval_text, parse_interval
+from launch.config import SyncRLConfig, dump_config
+from rollout.records import interval_text, parse_interval
 
 ENGINE_WEIGHTS = "engine_weights.safetensors"
 

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from launch.config import ConfigError, LoggingConfig, dump_config, load_config
+from launch.config import ConfigError, LoggingConfig, SyncRLConfig, dump_config, load_config
 
 # The exit status of bad input (a ConfigError: a recipe, a field, a file or a line of it); 1 is a
 # run that failed (an actor died past its restart budget), as with any uncaught error.
@@ -297,7 +297,7 @@ def resumed_config(run_dir: str):
     return load_config(saved)
 
 
-def check_inputs(cfg):
+def check_inputs(cfg: SyncRLConfig):
     """What a run reads (the model, the task or the data set and every record of it, each reward
     route's model or functions) checked before Ray or any actor starts: a ConfigError names the
     field, and the file and row. Returns the data as read (``rollout.data.RunData``): the run

@@ -12,12 +12,12 @@ from pathlib import Path
 import ray
 
 from actors.controller import NAMESPACE
-from launch.config import ConfigError
+from launch.config import ConfigError, SyncRLConfig
 
 CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")  # written by `ray start --head` on this machine
 
 
-def required_cpus(cfg) -> int:
+def required_cpus(cfg: SyncRLConfig) -> int:
     r = cfg.rollout
     return int(math.ceil(r.num_workers * r.num_cpus_per_worker)) + cfg.reward.num_workers + cfg.learner.num_ranks
 
@@ -44,7 +44,7 @@ def check_answers(address: str, named_by: str, timeout: float = 3.0) -> None:
         ) from None
 
 
-def connect_ray(cfg) -> bool:
+def connect_ray(cfg: SyncRLConfig) -> bool:
     """Attach to the cluster named by RAY_ADDRESS (as inside ``ray job submit``) or started on this
     machine with ``ray start``; else start a local one with enough logical CPUs for the run's
     actors, serving the dashboard on 127.0.0.1 (``logging.dashboard``). Returns True if it started one."""
@@ -77,7 +77,7 @@ def connect_ray(cfg) -> bool:
 
 
 @contextmanager
-def ray_session(cfg) -> Iterator[None]:
+def ray_session(cfg: SyncRLConfig) -> Iterator[None]:
     """Ray for one command (``syncrl train``, ``eval``, an experiment's transfer evaluation): a
     local cluster this started is shut down at the end, one it attached to is left running."""
     started = connect_ray(cfg)

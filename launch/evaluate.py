@@ -20,7 +20,7 @@ from actors.placement import check_cluster
 from actors.reward import RewardGroup
 from actors.rollout import RolloutGroup
 from actors.value import ValueGroup
-from launch.config import ConfigError, engine_settings
+from launch.config import ConfigError, EvalConfig, SyncRLConfig, engine_settings
 from rewards.judge import judge
 from rollout.beam_search import beam_search
 from rollout.data import test_prompts
@@ -41,7 +41,7 @@ class Evaluator:
         rollouts: RolloutGroup,
         rewards: RewardGroup,
         prompts: list[Prompt],
-        cfg: Any,
+        cfg: EvalConfig,
         rollout_max_new_tokens: int,
         ks=(1,),
     ):
@@ -120,7 +120,7 @@ def value_result(samples: list[Sample], score) -> dict[str, float]:
     return value_diagnostics([v_s0[tuple(s.prompt_ids)] for s in samples], values[len(prompts) :], samples)
 
 
-def model_engines(model_dirs: list[str], cfg: Any, supervisor: Supervisor):
+def model_engines(model_dirs: list[str], cfg: SyncRLConfig, supervisor: Supervisor):
     """For each folder in turn, (its index, the folder, rollout engines holding its weights):
     engines start once per run of interchangeable folders (each next one's weights are loaded into
     the running engines, as a push does) and stop when the iteration ends."""
@@ -145,7 +145,7 @@ def model_engines(model_dirs: list[str], cfg: Any, supervisor: Supervisor):
 
 def evaluate_models(
     model_dirs: list[str],
-    cfg: Any,
+    cfg: SyncRLConfig,
     task: str | None,
     ks=(1,),
     beams: tuple[int, ...] = (),
@@ -202,7 +202,7 @@ def judge_samples(samples: list[Sample]) -> list[float]:
 
 
 def judged_evaluation(
-    model_dirs: list[str], cfg: Any, baseline: str, reward_model: str | None = None
+    model_dirs: list[str], cfg: SyncRLConfig, baseline: str, reward_model: str | None = None
 ) -> list[dict[str, float]]:
     """The chat task's judged evaluation of each folder against ``baseline``'s greedy answers to
     the same held-out prompts (``judged_summary``: win rate and LC win rate under the judge, mean
@@ -292,7 +292,7 @@ def value_folders(model_dirs: list[str], value: str | None) -> list[str]:
 
 def main(
     model_dirs: list[str],
-    cfg: Any,
+    cfg: SyncRLConfig,
     task: str | None,
     ks: tuple[int, ...],
     output: str | None,

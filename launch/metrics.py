@@ -15,9 +15,8 @@ from typing import Any
 import ray
 
 from actors.controller import eval_prefix, metric_values, scalar_tag
-from launch.config import interval_text
 from rollout.evaluation import VALUE_COLUMNS
-from rollout.records import Sample, TrainBatch
+from rollout.records import Sample, TrainBatch, interval_text
 
 
 def _mean(values: list[float]) -> float:

@@ -29,6 +29,7 @@ from rewards.preferences import draw_preference, expected_agreement, temperature
 from rollout.chat import chat_prompts
 from rollout.errors import ConfigError
 from rollout.records import Sample
+from rollout.settings import SyncRLConfig
 
 PAIR_SEED = 4321  # the engines' sampling seed for the answers (prompt i: PAIR_SEED + i)
 
@@ -105,7 +106,7 @@ def check_samples(samples: int) -> None:
 
 def make_pairs(
     model: str,
-    cfg: Any,
+    cfg: SyncRLConfig,
     out_dir: str,
     num_prompts: int,
     heldout_prompts: int,
@@ -186,7 +187,9 @@ def rm_pair_accuracy(records: list[dict], chosen_scores: list[float], rejected_s
     }
 
 
-def check_reward_model(rm_dir: str, pairs_path: str, cfg: Any, model: str | None, best_of: int) -> dict[str, Any]:
+def check_reward_model(
+    rm_dir: str, pairs_path: str, cfg: SyncRLConfig, model: str | None, best_of: int
+) -> dict[str, Any]:
     """``syncrl rm-check``: pair accuracy on ``pairs_path``, and with ``model`` best-of-N win rates."""
     from rewards.reward_model import RewardModelScorer
     from rollout.data import read_data
@@ -210,7 +213,7 @@ def check_reward_model(rm_dir: str, pairs_path: str, cfg: Any, model: str | None
     return result
 
 
-def best_of_n(model: str, cfg: Any, scorer: Any, n: int) -> dict[str, Any]:
+def best_of_n(model: str, cfg: SyncRLConfig, scorer: Any, n: int) -> dict[str, Any]:
     """On the chat test prompts (``eval.num_questions``): the base model's greedy answers, and n
     samples each (``rollout.temperature``); win rates under the judge against the greedy answer
     of the sample the reward model ranks first, of the first sample (a random pick), and of the

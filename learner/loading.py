@@ -4,9 +4,9 @@ the value model and the reward model alike."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+
+from rollout.settings import ModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -47,15 +47,12 @@ def attn_implementation(setting: str, gpu: bool, dtype: torch.dtype = torch.bflo
     return setting
 
 
-def load_kwargs(model: Any, gpu: bool) -> dict:
-    """The ``from_pretrained`` keyword arguments of the model settings (``ModelConfig``,
-    duck-typed; None: every setting "auto", no remote code) for the policy, the reference and
-    the value model."""
-    load = dict(
-        dtype=model_dtype(getattr(model, "dtype", "auto"), gpu),
-        trust_remote_code=bool(getattr(model, "trust_remote_code", False)),
-    )
-    attn = attn_implementation(getattr(model, "attn_implementation", "auto"), gpu, load["dtype"])
+def load_kwargs(model: ModelConfig | None, gpu: bool) -> dict:
+    """The ``from_pretrained`` keyword arguments of the model settings (None: the defaults, every
+    setting "auto" and no remote code) for the policy, the reference and the value model."""
+    model = model or ModelConfig()
+    load = dict(dtype=model_dtype(model.dtype, gpu), trust_remote_code=model.trust_remote_code)
+    attn = attn_implementation(model.attn_implementation, gpu, load["dtype"])
     if attn is not None:
         load["attn_implementation"] = attn
     return load

@@ -15,7 +15,6 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -38,11 +37,12 @@ from learner.value import ValueModel
 from learner.weights import RankWeights, is_partitioned
 from rollout.phases import Phases, imports_without_gc
 from rollout.records import LossSpec, TrainBatch, TrainSequence
+from rollout.settings import LearnerConfig, ModelConfig
 
 DUMMY = TrainBatch([TrainSequence(prompt_ids=[0], response_ids=[0], behaviour_logps=[0.0])])
 
 
-def ds_config(cfg: Any, dtype: torch.dtype, lr: float | None = None) -> dict:
+def ds_config(cfg: LearnerConfig, dtype: torch.dtype, lr: float | None = None) -> dict:
     """The DeepSpeed config of a learner engine whose model is in ``dtype`` (bf16/fp16: DeepSpeed's
     mixed precision, fp32 master weights in the optimizer) (``lr``: another learning rate, e.g. the
     value model's)."""
@@ -83,7 +83,7 @@ def ds_config(cfg: Any, dtype: torch.dtype, lr: float | None = None) -> dict:
     return config
 
 
-def rank_micro_batches(batch: TrainBatch, cfg: Any, shares_prompts: bool | None = None) -> list[TrainBatch]:
+def rank_micro_batches(batch: TrainBatch, cfg: LearnerConfig, shares_prompts: bool | None = None) -> list[TrainBatch]:
     """The micro-batches a rank runs on its share: ``micro_batch_size`` rows and at most
     ``micro_batch_tokens`` tokens, a prompt shared by rows counted once when the rank packs them
     so (``shares_prompts``, ``LearnerRank.shares_prompts``; None: packing and share_prompts, as on
@@ -116,7 +116,7 @@ def skip_shm_comm_op() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def frozen_ds_config(cfg: Any, dtype: torch.dtype) -> dict:
+def frozen_ds_config(cfg: LearnerConfig, dtype: torch.dtype) -> dict:
     """The DeepSpeed config of a frozen model (the reference) on ZeRO-3 ranks: no optimizer, its
     parameters partitioned across the ranks as the policy's, and none kept whole between forwards
     (persistence threshold 0: every forward gathers each layer and frees it after), so that a
@@ -212,22 +212,22 @@ class LearnerRank(RankWeights):
     saves: ``learner.weights.RankWeights``). With
     ``needs_value`` it also holds a value model (OREO) as a second DeepSpeed engine with its own
     AdamW (``cfg.value_lr``), trained on the same micro-batches. ``model``: the model settings
-    (``ModelConfig``, duck-typed: dtype, attn_implementation, trust_remote_code; None: "auto"),
-    which every model the rank loads follows. ``reward_model``: the rank trains a reward model
+    (dtype, attn_implementation, trust_remote_code; None: the defaults), which every model the
+    rank loads follows. ``reward_model``: the rank trains a reward model
     (the model folder loaded as a one-label sequence classifier: a scalar head, read at each row's
     last token, in place of the LM head) on a ``LossSpec`` with a Bradley-Terry term."""
 
     def __init__(
         self,
         model_path: str,
-        cfg: Any,
+        cfg: LearnerConfig,
         rank: int,
         world_size: int,
         master_addr: str,
         master_port: int,
         needs_reference: bool = False,
         needs_value: bool = False,
-        model: Any = None,
+        model: ModelConfig | None = None,
         reward_model: bool = False,
     ):
         self.phases = phases = Phases()

@@ -12,12 +12,12 @@ On disk a value model is its own folder: the backbone as an ordinary Hugging Fac
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from learner.loading import model_dtype
 from learner.packing import Packed, pack, packed_mask, use_block_attention
+from rollout.settings import ModelConfig
 
 HEAD_FILE = "value_head.safetensors"
 
@@ -105,21 +105,19 @@ def token_chunks(states: list[tuple[list[int], list[int]]], max_tokens: int) -> 
 class ValueScorer:
     """V of (prompt, partial response) states with a value folder (``final/value`` of an OREO run;
     a causal LM folder gives the untrained, all-zero value model). Beam search's scorer.
-    ``model``: the model settings (``ModelConfig``, duck-typed; None: "auto"): its dtype and
-    trust_remote_code (not its attn_implementation: packed scoring passes a 4-D attention mask,
-    which flash-attention cannot take)."""
+    ``model``: the model settings (None: the defaults): its dtype and trust_remote_code (not its
+    attn_implementation: packed scoring passes a 4-D attention mask, which flash-attention cannot
+    take)."""
 
-    def __init__(self, folder: str, max_tokens: int = 2048, threads: int = 0, model: Any = None):
+    def __init__(self, folder: str, max_tokens: int = 2048, threads: int = 0, model: ModelConfig | None = None):
         import os
 
         gpu = torch.cuda.is_available()
         if not gpu:  # a 1-CPU Ray actor runs 1 thread; score with the cores this process may use
             torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
         self.device = torch.device("cuda" if gpu else "cpu")
-        load = dict(
-            dtype=model_dtype(getattr(model, "dtype", "auto"), gpu),
-            trust_remote_code=bool(getattr(model, "trust_remote_code", False)),
-        )
+        model = model or ModelConfig()
+        load = dict(dtype=model_dtype(model.dtype, gpu), trust_remote_code=model.trust_remote_code)
         self.model = ValueModel.from_pretrained(folder, **load).to(self.device).eval()
         self.block_attention = use_block_attention(self.model.backbone)  # a chunk's prompts attend block by block
         self.max_tokens = max_tokens

@@ -1,41 +1,21 @@
 """Routing: each sample's ``source`` picks the reward function that scores it.
 
-Routes come from the ``reward`` section of the configuration (``RewardRoute``), taken here by
-their fields only (``kind``, ``model_path``, ``timeout_s``, ``require_boxed``, ``batch_size``,
-``batch_tokens``, ``dtype``, ``label_index``, ``function``, ``weights``, ``on_error``): any
-object with those attributes, or a dict of them, is a route. One run can so mix verifiable prompts
-(``math_verify``) and open-ended ones (``reward_model``).
+Routes are the ``reward`` section's ``RewardRoute``s (``rollout.settings``; a dict of their fields
+is validated into one). One run can so mix verifiable prompts (``math_verify``), open-ended ones
+(``reward_model``) and the user's own functions (``python``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from types import SimpleNamespace
-from typing import Any, Protocol
+from typing import Any
 
 from rewards.base import RewardFunction, RewardResult, RewardRouteError
 from rollout.records import Sample
-
-KINDS = ("math_verify", "reward_model", "python")
-
-
-class Route(Protocol):
-    """What the router reads of a route (``launch.config.RewardRoute`` is one)."""
-
-    kind: str
-    model_path: str | None
-    timeout_s: float
-    require_boxed: bool
-    batch_size: int
-    batch_tokens: int
-    dtype: str
-    label_index: int | None
-    function: str | list[str] | None
-    weights: list[float] | None
-    on_error: str
+from rollout.settings import RewardConfig, RewardRoute
 
 
-def build_scorer(route: Route, name: str = "default") -> RewardFunction:
+def build_scorer(route: RewardRoute, name: str = "default") -> RewardFunction:
     """The reward function a route (named ``name``) describes."""
     if route.kind == "math_verify":
         from rewards.math_verify import MathVerifier
@@ -44,8 +24,6 @@ def build_scorer(route: Route, name: str = "default") -> RewardFunction:
     if route.kind == "reward_model":
         from rewards.reward_model import RewardModelScorer
 
-        if not route.model_path:
-            raise ValueError("a reward_model route needs model_path")
         return RewardModelScorer(
             route.model_path,
             batch_size=route.batch_size,
@@ -53,52 +31,21 @@ def build_scorer(route: Route, name: str = "default") -> RewardFunction:
             dtype=route.dtype,
             label_index=route.label_index,
         )
-    if route.kind == "python":
-        from rewards.python_function import PythonReward
+    from rewards.python_function import PythonReward  # kind "python": RewardRoute allows no other
 
-        functions = [route.function] if isinstance(route.function, str) else list(route.function or [])
-        if not functions:
-            raise ValueError("a python route needs function")
-        return PythonReward(functions, route.weights, route.timeout_s, route.on_error, route=name)
-    raise ValueError(f"unknown reward kind {route.kind!r}; expected one of {KINDS}")
-
-
-def _as_route(route: Route | Mapping[str, Any]) -> Route:
-    if isinstance(route, Mapping):
-        fields = {
-            "model_path": None,
-            "timeout_s": 5.0,
-            "batch_size": 16,
-            "require_boxed": False,
-            "batch_tokens": 0,
-            "dtype": "auto",
-            "label_index": None,
-            "function": None,
-            "weights": None,
-            "on_error": "fail",
-            **route,
-        }
-        return SimpleNamespace(**fields)  # type: ignore[return-value]
-    return route
+    return PythonReward(route.functions, route.weights, route.timeout_s, route.on_error, route=name)
 
 
 class RewardRouter:
     """Scores a mixed batch: samples go to the route named by their ``source`` (an unknown source
     goes to ``default``), each route's scorer is built once, on first use (or all of them at
     ``start()``, as a reward worker does), and the results come back in the order of the input.
+    The routes and the default are checked as the ``reward`` section checks them (``RewardConfig``).
     """
 
-    def __init__(self, routes: Mapping[str, Route | Mapping[str, Any]], default: str = "default") -> None:
-        self.routes = {name: _as_route(route) for name, route in routes.items()}
-        if default not in self.routes:
-            raise ValueError(f"default route {default!r} is not one of {sorted(self.routes)}")
-        for name, route in self.routes.items():
-            if route.kind not in KINDS:
-                raise ValueError(f"route {name!r}: unknown reward kind {route.kind!r}; expected one of {KINDS}")
-            if route.kind == "reward_model" and not route.model_path:
-                raise ValueError(f"route {name!r}: kind 'reward_model' needs model_path")
-            if route.kind == "python" and not route.function:
-                raise ValueError(f"route {name!r}: kind 'python' needs function")
+    def __init__(self, routes: Mapping[str, RewardRoute | Mapping[str, Any]], default: str = "default") -> None:
+        checked = RewardConfig.model_validate({"routes": dict(routes), "default": default})
+        self.routes: dict[str, RewardRoute] = checked.routes
         self.default = default
         self._scorers: dict[str, RewardFunction] = {}
 

@@ -28,9 +28,12 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rollout.records import LossSpec, Sample, TrainBatch, TrainSequence
+
+if TYPE_CHECKING:  # the settings' algorithm.name is built from ALGORITHMS: they import this module
+    from rollout.settings import AlgorithmConfig
 
 
 def group_by_prompt(samples: list[Sample]) -> dict[str, list[Sample]]:
@@ -271,14 +274,15 @@ class Context:
 
 
 # The algorithms by name: each turns its settings (an ``AlgorithmConfig``) and a Context into an
-# Algorithm. ``algorithm.name`` takes exactly these names (launch/config.py reads them here).
-ALGORITHMS: dict[str, Callable[[Any, Context], Algorithm]] = {}
+# Algorithm. ``algorithm.name`` takes exactly these names (rollout/settings.py reads them here).
+Builder = Callable[["AlgorithmConfig", Context], Algorithm]
+ALGORITHMS: dict[str, Builder] = {}
 
 
 def register(name: str):
     """Add an algorithm builder to ``ALGORITHMS`` under ``name``."""
 
-    def add(builder: Callable[[Any, Context], Algorithm]) -> Callable[[Any, Context], Algorithm]:
+    def add(builder: Builder) -> Builder:
         ALGORITHMS[name] = builder
         return builder
 
@@ -286,25 +290,23 @@ def register(name: str):
 
 
 def make_algorithm(
-    cfg: Any,
+    cfg: AlgorithmConfig,
     seed: int = 0,
     token_texts: Callable[[list[int]], list[str]] | None = None,
     reward_ids: Callable[[Sample], list[int]] | None = None,
     sampling_temperature: float = 1.0,
 ) -> Algorithm:
-    """Build the algorithm an ``AlgorithmConfig`` names (``ALGORITHMS``; duck-typed: rollout does
-    not import launch). ``token_texts`` maps token ids to their texts (OREO's step level finds steps
-    with it); ``reward_ids`` gives the token ids a reward model reads for a sample (reward_model;
-    the driver makes it with ``rewards.reward_model.reward_token_ids``, which the reward worker
-    scores). ``sampling_temperature``: the rollout engines' (``rollout.temperature``); only a GRPO
-    term takes its log-probs at it (its importance ratio compares them with the sampler's), every
-    other term at 1 (``LossSpec.temperature``)."""
-    if cfg.name not in ALGORITHMS:
-        raise ValueError(f"algorithm.name: unknown algorithm {cfg.name!r}; known: {', '.join(ALGORITHMS)}")
+    """Build the algorithm an ``AlgorithmConfig`` names (``ALGORITHMS``). ``token_texts`` maps token
+    ids to their texts (OREO's step level finds steps with it); ``reward_ids`` gives the token ids a
+    reward model reads for a sample (reward_model; the driver makes it with
+    ``rewards.reward_model.reward_token_ids``, which the reward worker scores).
+    ``sampling_temperature``: the rollout engines' (``rollout.temperature``); only a GRPO term takes
+    its log-probs at it (its importance ratio compares them with the sampler's), every other term at
+    1 (``LossSpec.temperature``)."""
     return ALGORITHMS[cfg.name](cfg, Context(seed, token_texts, reward_ids, sampling_temperature))
 
 
-def _common(cfg: Any, ctx: Context) -> dict[str, Any]:
+def _common(cfg: AlgorithmConfig, ctx: Context) -> dict[str, Any]:
     """Every policy loss knows the sampler's temperature and the clip range: the learner measures
     the drift of the engines' log-probs from its own with them, whatever the terms."""
     return dict(
@@ -315,12 +317,12 @@ def _common(cfg: Any, ctx: Context) -> dict[str, Any]:
     )
 
 
-def _dpo_terms(cfg: Any) -> dict[str, Any]:
+def _dpo_terms(cfg: AlgorithmConfig) -> dict[str, Any]:
     return dict(beta=cfg.beta, ld_alpha=cfg.ld_alpha, nll_coef=cfg.nll_coef)
 
 
 @register("grpo")
-def _grpo(cfg: Any, ctx: Context) -> Algorithm:
+def _grpo(cfg: AlgorithmConfig, ctx: Context) -> Algorithm:
     return Algorithm(
         "grpo",
         lambda samples: build_grpo_batch(samples, cfg.scale_by_std, cfg.skip_uniform_groups),
@@ -329,7 +331,7 @@ def _grpo(cfg: Any, ctx: Context) -> Algorithm:
 
 
 @register("dpo")
-def _dpo(cfg: Any, ctx: Context) -> Algorithm:
+def _dpo(cfg: AlgorithmConfig, ctx: Context) -> Algorithm:
     return Algorithm(
         "dpo",
         lambda samples: build_dpo_batch(samples, batch_rng(ctx.seed, samples)),
@@ -338,14 +340,14 @@ def _dpo(cfg: Any, ctx: Context) -> Algorithm:
 
 
 @register("group_dpo")
-def _group_dpo(cfg: Any, ctx: Context) -> Algorithm:
+def _group_dpo(cfg: AlgorithmConfig, ctx: Context) -> Algorithm:
     return Algorithm(
         "group_dpo", build_group_dpo_batch, LossSpec(dpo_weight=1.0, **_dpo_terms(cfg), **_common(cfg, ctx))
     )
 
 
 @register("group_dpo_grpo")
-def _group_dpo_grpo(cfg: Any, ctx: Context) -> Algorithm:
+def _group_dpo_grpo(cfg: AlgorithmConfig, ctx: Context) -> Algorithm:
     return Algorithm(
         "group_dpo_grpo",
         lambda samples: build_group_dpo_batch(samples, with_advantages=True, scale_by_std=cfg.scale_by_std),
@@ -356,7 +358,7 @@ def _group_dpo_grpo(cfg: Any, ctx: Context) -> Algorithm:
 
 
 @register("oreo")
-def _oreo(cfg: Any, ctx: Context) -> Algorithm:
+def _oreo(cfg: AlgorithmConfig, ctx: Context) -> Algorithm:
     return Algorithm(
         "oreo",
         lambda samples: build_oreo_batch(samples, cfg.level, cfg.step_delimiter, ctx.token_texts),
@@ -372,14 +374,14 @@ def _oreo(cfg: Any, ctx: Context) -> Algorithm:
 
 
 @register("rejection_sampling")
-def _rejection_sampling(cfg: Any, ctx: Context) -> Algorithm:
+def _rejection_sampling(cfg: AlgorithmConfig, ctx: Context) -> Algorithm:
     return Algorithm(
         "rejection_sampling", build_rejection_sampling_batch, LossSpec(sft_weight=1.0, **_common(cfg, ctx))
     )
 
 
 @register("reward_model")
-def _reward_model(cfg: Any, ctx: Context) -> Algorithm:
+def _reward_model(cfg: AlgorithmConfig, ctx: Context) -> Algorithm:
     if ctx.reward_ids is None:
         raise ValueError("reward_model needs reward_ids: the token ids a reward model reads for a sample")
     return Algorithm(

@@ -35,6 +35,7 @@ from typing import Any
 
 from rollout.errors import ConfigError
 from rollout.records import Prompt, Sample
+from rollout.settings import DataConfig, SyncRLConfig
 from rollout.tasks import make_task
 
 OFFLINE_VERSION = -1  # policy_version of samples that no engine generated
@@ -56,8 +57,8 @@ class ColumnKeys:
     reward: str = "reward"
 
     @staticmethod
-    def of(data: Any) -> ColumnKeys:
-        """The keys of a ``DataConfig`` (duck-typed)."""
+    def of(data: DataConfig) -> ColumnKeys:
+        """The column keys the data settings name (``data.*_key``)."""
         return ColumnKeys(**{k: getattr(data, f"{k}_key") for k in ColumnKeys.__dataclass_fields__})
 
     def kinds(self) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -472,7 +473,7 @@ class RunData:
     file: DataFile | None = None
 
 
-def read_run_data(cfg: Any) -> RunData:
+def read_run_data(cfg: SyncRLConfig) -> RunData:
     """The run's data, read once and checked (before Ray starts): ``data.task``'s splits, or the
     data set at ``data.path``. Data of responses trains offline: every stage needs s = inf."""
     d = cfg.data
@@ -509,7 +510,7 @@ def prompt_lengths(prompts: list[Prompt], tokenizer: Any) -> dict[str, int]:
     return {p.id: len(i) for p, i in zip(prompts, ids)}
 
 
-def training_items(cfg: Any, run_data: RunData, tokenizer: Any) -> list:
+def training_items(cfg: SyncRLConfig, run_data: RunData, tokenizer: Any) -> list:
     """The items a run's steps draw from: prompts (a generated task or a data set of prompts), or
     sample groups (a data set of responses), every prompt within data.max_prompt_tokens."""
     d = cfg.data

