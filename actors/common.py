@@ -136,7 +136,7 @@ class ActorGroup:
 
     def _restore(self, i: int, version: int | None) -> None:
         """Bring replacement worker i up to date (the rollout group loads the weights of
-        ``version``, by default those the engines hold: it alone has ``held``/``reload``, which
+        ``version``, by default those the engines hold: it alone has ``held``/``update_worker``, which
         ``Calls`` uses for calls made with a version)."""
 
     def start_workers(self, count: int, supervisor: Supervisor | None = None, wait: bool = True) -> None:

@@ -27,7 +27,7 @@ NAMESPACE = "syncrl"
 # ``syncrl_<field>_<source>``, its source's characters but [a-zA-Z0-9_] written ``_`` (``metric_name``).
 DESCRIPTIONS = {
     "step": "steps done",
-    "policy_version": "learner (policy) version",
+    "learner_version": "the learner's weights version (steps trained)",
     "engine_version": "version the engines hold",
     "sync_interval": "learner steps between weight pushes (0: inf, offline; -1: auto)",
     "pushed_after": "on a step that pushed: learner steps since the previous push (0: no push)",
@@ -66,7 +66,7 @@ EVAL_GAUGES = (
     "truncated_rate",
     "response_len_mean",
     "questions",
-    "policy_version",
+    "learner_version",
     "time_s",
 )
 

@@ -151,12 +151,12 @@ class Calls:
             if self.group.replacements[i] == self.started[i]:  # not replaced yet (by another call)
                 self.group.replace(i, cause, self.version)
             elif self.version is not None:
-                self.group.reload(i, self.version)
+                self.group.update_worker(i, self.version)
             reloaded.add(i)
             self._submit(i)
             pending[i] = self.refs[i]
             deadline[i] = None if timeout is None else time.monotonic() + timeout
         for i in reloaded:  # back to the weights the engines hold now
             if self.version is not None and self.version != self.group.held():
-                self.group.reload(i, self.group.held())
+                self.group.update_worker(i, self.group.held())
         return [results[i] for i in sorted(results)]

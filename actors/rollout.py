@@ -57,11 +57,12 @@ class RolloutGroup(ActorGroup):
     def _restore(self, i: int, version: int | None) -> None:
         version = self.held() if version is None else version
         if version != 0:  # a new engine has the base model's weights (version 0)
-            self.reload(i, version)
+            self.update_worker(i, version)
         for hook in self.on_replace:
             hook(i)
 
-    def reload(self, i: int, version: int) -> None:
+    def update_worker(self, i: int, version: int) -> None:
+        """Worker i takes the weights of ``version`` (0: the base model's: a fresh start)."""
         if version == 0:
             self.restart(i)
             return
@@ -104,13 +105,11 @@ class RolloutGroup(ActorGroup):
         """Beam search's ``expand`` over every worker (rollout.beam_search); results in request order."""
         return join(self._spread("expand_steps", requests, seed, n, stop=stop, temperature=temperature).collect())
 
-    def update_weights(self, named_tensors: list, version: int) -> None:
-        """One ``ray.put`` of the weights, read by every worker."""
-        self.reload_all(ray.put(named_tensors), version)
-
-    def reload_all(self, weights: ray.ObjectRef, version: int) -> None:
-        """Every worker loads the weights held in the object store at ``weights``."""
-        self.call(lambda w, i: w.update_weights.remote(weights, version))
+    def update_weights(self, weights: list | ray.ObjectRef, version: int) -> None:
+        """Every worker takes ``weights`` as ``version``: (name, tensor) pairs, put in the object
+        store once, or a ref to weights held there."""
+        ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
+        self.call(lambda w, i: w.update_weights.remote(ref, version))
 
     def weights_checksums(self) -> list[str]:
         return self.call(lambda w, i: w.weights_checksum.remote())

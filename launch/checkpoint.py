@@ -95,7 +95,7 @@ def restore(run_dir: str, state: RunState, learners, rollouts, transport) -> Non
     engine_file = ckpt / ENGINE_WEIGHTS
     if engine_file.is_file():  # the engines lagged the learner: give them exactly what they had
         ray.get(learners.workers[0].load_pushed_weights.remote(str(engine_file), state.engine_version))
-        rollouts.reload_all(learners.pushed_weights(state.engine_version), state.engine_version)
+        rollouts.update_weights(learners.pushed_weights(state.engine_version), state.engine_version)
     elif state.engine_version > 0:
         transport.push(learners, rollouts, state.engine_version)
 

@@ -57,7 +57,7 @@ def step_record(
     return {
         "step": state.step + 1,
         "stage": stage,
-        "policy_version": state.learner_version,
+        "learner_version": state.learner_version,
         "engine_version": state.engine_version,
         "sync_interval": interval_text(sync_interval),
         "staleness_mean": _mean(staleness),
@@ -221,7 +221,7 @@ class MetricsLog:
         self._scalars("train", record, record["step"])
         controller.report.remote(record)
         line = (
-            f"step {record['step']} [{record['stage']}] s={record['sync_interval']} v={record['policy_version']} "
+            f"step {record['step']} [{record['stage']}] s={record['sync_interval']} v={record['learner_version']} "
             f"reward={record['reward_mean']:.3f} loss={record['loss']:.4f} len={record['response_len_mean']:.1f} "
             f"stale<={record['staleness_max']} gen={record['time_gen_s']:.1f}s train={record['time_train_s']:.1f}s "
             f"sync={record['time_sync_s']:.1f}s"

@@ -29,7 +29,7 @@ EVAL = {
     "correct_any_format": 0.25,
     "truncated_rate": 0.0,
     "pass@1": 0.25,
-    "policy_version": 2,
+    "learner_version": 2,
     "time_s": 1.5,
 }
 BEAM = {**EVAL, "beam": 2, "finished_answers_mean": 1.5}
@@ -296,7 +296,7 @@ def test_grafana_dashboard_has_what_grafana_needs_and_queries_emitted_gauges():
         "ray_syncrl_kl",
         "ray_syncrl_staleness_mean",
         "ray_syncrl_sync_interval",
-        "ray_syncrl_policy_version",
+        "ray_syncrl_learner_version",
         "ray_syncrl_engine_version",
         "ray_syncrl_time_train_s",
         "ray_syncrl_tokens_generated",

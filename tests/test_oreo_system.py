@@ -155,7 +155,7 @@ def test_oreo_stage_after_grpo_killed_and_resumed_ends_with_the_same_weights(
     assert (killed / "checkpoints" / "step_000003" / "value").is_dir()
     run(None, resume=str(killed))
 
-    keys = ("step", "stage", "policy_version", "engine_version", "prompts_hash", "reward_mean", "sequences")
+    keys = ("step", "stage", "learner_version", "engine_version", "prompts_hash", "reward_mean", "sequences")
     assert [{k: r[k] for k in keys} for r in read_metrics(killed)] == [{k: r[k] for k in keys} for r in rows]
     for part in ("final", "final/value"):
         whole, resumed = _tensors(tmp_path / "whole" / part), _tensors(killed / part)

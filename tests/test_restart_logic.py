@@ -100,7 +100,7 @@ def record(step: int) -> dict:
         "step": step,
         "stage": "main",
         "sync_interval": 1,
-        "policy_version": step,
+        "learner_version": step,
         "reward_mean": 0.0,
         "loss": 0.0,
         "response_len_mean": 1.0,

@@ -87,7 +87,7 @@ def test_sync_interval_bounds_staleness_and_engine_weights(
         assert all(r["sample_versions"] == [0] for r in rows)
     else:
         for r in rows:  # the engines hold the newest version whose number is a multiple of s steps
-            assert r["engine_version"] == r["policy_version"] - r["policy_version"] % s
+            assert r["engine_version"] == r["learner_version"] - r["learner_version"] % s
         assert len(set(engine)) == len({r["engine_version"] for r in rows})
     if s == 1:
         assert all(r["staleness_max"] == 0 for r in rows)
@@ -98,7 +98,7 @@ def test_sync_interval_bounds_staleness_and_engine_weights(
     if s == 1:  # staleness 0: the engine's and the learner's log-probs of the same weights (fp32)
         assert all(r["drift_kl_s0"] < 1e-4 for r in trained)
     assert all(
-        r["pushed_after"] == (s if r["engine_version"] == r["policy_version"] else 0) for r in rows if s != math.inf
+        r["pushed_after"] == (s if r["engine_version"] == r["learner_version"] else 0) for r in rows if s != math.inf
     )
     check_startup(tmp_path, rows[0], reference=recipe == "tiny-dpo")
 
@@ -437,7 +437,7 @@ def test_auto_interval_pushes_when_the_policy_drifts(ray_cluster, tiny_llama, ti
         rows = read_metrics(tmp_path / str(lr))
         assert all(r["sync_interval"] == "auto" for r in rows)
         for r in rows:  # pushed_after: the steps since the previous push, on the steps that pushed
-            assert (r["pushed_after"] > 0) == (r["engine_version"] == r["policy_version"])
+            assert (r["pushed_after"] > 0) == (r["engine_version"] == r["learner_version"])
         pushes[lr] = [r["step"] for r in rows if r["pushed_after"]]
     assert pushes[1e-12] == [5], pushes  # the drift stays the mismatch: only max_interval pushes
     assert len(pushes[0.05]) >= 2, pushes
@@ -461,7 +461,7 @@ def test_killed_run_resumes_with_the_same_data_and_versions(ray_cluster, tiny_ll
     keys = (
         "step",
         "stage",
-        "policy_version",
+        "learner_version",
         "engine_version",
         "sample_versions",
         "prompts_hash",
@@ -486,7 +486,7 @@ def test_g2d_two_stages(ray_cluster, tiny_llama, tiny_reward_model, tmp_path):
     rows = read_metrics(tmp_path)
     assert [r["stage"] for r in rows] == ["grpo-warmup"] * 2 + ["offline-dpo"] * 3
     assert [r["sync_interval"] for r in rows] == [1, 1, "inf", "inf", "inf"]
-    warm = rows[1]["policy_version"]
+    warm = rows[1]["learner_version"]
     assert warm == 2
     for r in rows[2:]:  # every DPO sample comes from the warmed-up policy, which the engines keep
         assert r["sample_versions"] == [warm] and r["engine_version"] == warm
