@@ -108,13 +108,17 @@ class LearnerGroup(ActorGroup):
         """V of (prompt ids, response ids) states with the learner's value model (beam search's scorer)."""
         return self.on_all("score_states", states)[0]
 
-    def pushed_weights(self, version: int) -> ray.ObjectRef:
-        """A ref to the weights pushed to the engines as ``version``: rank 0's kept copy, or, when
-        none was kept and the learner's weights are still that version, exported (and kept) now."""
-        ref = ray.get(self.workers[0].pushed_weights.remote(version), timeout=self.supervisor.timeout(self.kind))
-        if ref is None:
-            ref = self.call(lambda w, i: w.export_weights.remote(version))[0]
-        return ref
+    def export_weights(self) -> list:
+        """The learner's weights, stored by rank 0 (refs to its buckets in the object store)."""
+        return self.call(lambda w, i: w.export_weights.remote())[0]
+
+    def save_stored(self, path: str, stored: list) -> None:
+        """Stored weights written by rank 0 as one safetensors file."""
+        ray.get(self.workers[0].save_stored.remote(path, stored), timeout=self.supervisor.timeout(self.kind))
+
+    def store_file(self, path: str) -> list:
+        """A safetensors file of weights, stored by rank 0 (as ``export_weights``)."""
+        return ray.get(self.workers[0].store_file.remote(path), timeout=self.supervisor.timeout(self.kind))
 
     def on_all(self, method: str, *args: Any) -> list:
         """Call a method on every rank (collective methods need all of them) and wait."""

@@ -3,8 +3,9 @@
 A transport has one method, ``push(learners, rollouts, version, keep)``. Every learner rank takes
 part (ZeRO-3 gathers each parameter collectively); rank 0 sends the full tensors, in Hugging Face
 names, and every rollout engine loads them in place, bucket by bucket as they arrive, and adopts
-``version``. With ``keep`` learner rank 0 also keeps the pushed weights on the host (what a
-replacement engine or a checkpoint needs once the learner has moved past the engines' version).
+``version``. With ``keep`` the push returns the pushed weights as learner rank 0 stored them on
+its host (what a replacement engine or a checkpoint needs once the learner has moved past the
+engines' version), which ``WeightSync`` keeps.
 
 - ``ObjectStoreTransport``: rank 0 puts the weights in Ray's object store once; each engine reads
   them from there. Works everywhere, across nodes, with no setup.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import ray
@@ -39,15 +41,14 @@ from rollout.vllm_worker import open_weight_group
 
 
 class WeightTransport(Protocol):
-    def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int, keep: bool = True) -> None: ...
+    def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int, keep: bool = True) -> list | None: ...
 
 
 class ObjectStoreTransport:
-    def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int, keep: bool = True) -> None:
-        weights = learners.call(lambda w, i: w.export_weights.remote(version, keep))[
-            0
-        ]  # rank 0's ref; the data stays put
-        rollouts.call(lambda w, i: w.update_weights.remote(weights, version))
+    def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int, keep: bool = True) -> list | None:
+        stored = learners.export_weights()  # refs to rank 0's buckets; the data stays put
+        rollouts.call(lambda w, i: w.update_weights.remote(stored, version))
+        return stored
 
 
 # -- collective broadcast: code that runs inside the learner actors (through ActorMixin.call) ---
@@ -57,10 +58,11 @@ def _join_group(learner, host: str, port: int, world: int, backend: str, timeout
     )
 
 
-def _send(learner, with_group: bool, version: int = 0, keep: bool = True) -> list[tuple[str, tuple, str]] | None:
-    """On every learner rank: gather each tensor; rank 0 broadcasts it (and keeps a host copy with
-    ``keep``). Returns the metadata on rank 0. A failed broadcast (an engine lost) does not stop
-    the gathers, which every rank must finish: it is raised once they are done."""
+def _send(learner, with_group: bool, keep: bool = True) -> tuple[list[tuple[str, tuple, str]], list | None] | None:
+    """On every learner rank: gather each tensor; rank 0 broadcasts it (and stores a host copy
+    with ``keep``). Returns the metadata and what was stored on rank 0. A failed broadcast (an
+    engine lost) does not stop the gathers, which every rank must finish: it is raised once they
+    are done."""
     meta, sent, failed = [], [], None
     for name, tensor, partitioned in learner.gathered_weights():  # one gathered parameter at a time
         meta.append((name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch.")))
@@ -75,9 +77,8 @@ def _send(learner, with_group: bool, version: int = 0, keep: bool = True) -> lis
         return None
     if failed is not None:  # a plain error: torch's DistBackendError does not pickle
         raise RuntimeError(f"the weight broadcast failed: {type(failed).__name__}: {failed}")
-    if with_group and keep:  # stored after the broadcasts, while the engines load what they received
-        learner.keep_weights(version, sent)
-    return meta
+    # stored after the broadcasts, while the engines load what they received
+    return meta, learner.store_all(sent) if with_group and keep else None
 
 
 def group_layout(receivers: list[int]) -> tuple[int, list[int]]:
@@ -112,15 +113,14 @@ class CollectiveTransport:
         ]
         ray.get(joins, timeout=wait)
         if not hasattr(self, "meta"):  # names, shapes and dtypes do not change during a run: learn them once
-            self.meta = ray.get([w.call.remote(_send, False) for w in learners.workers], timeout=wait)[0]
+            self.meta = ray.get([w.call.remote(_send, False) for w in learners.workers], timeout=wait)[0][0]
 
-    def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int, keep: bool = True) -> None:
+    def push(self, learners: LearnerGroup, rollouts: RolloutGroup, version: int, keep: bool = True) -> list | None:
         while True:  # again after a lost engine is replaced (the restart budget bounds it)
-            sends = learners.calls(lambda w, i: w.call.remote(_send, True, version, keep))
+            sends = learners.calls(lambda w, i: w.call.remote(_send, True, keep))
             lost = self._receive(rollouts, version)
             if not lost:
-                sends.collect()
-                return
+                return sends.collect()[0][1]
             self._recover(learners, rollouts, sends, lost)
 
     def _receive(self, rollouts: RolloutGroup, version: int) -> dict[int, str]:
@@ -219,40 +219,82 @@ class AutoInterval:
         return expected is not None and expected > target_kl
 
 
+class KeptWeights:
+    """The weights pushed to the engines, by version, the newest ``count`` of them, as learner rank 0
+    stored them (refs to its buckets in the object store): a replacement engine loads the version
+    the engines hold from here, and a checkpoint taken while they lag the learner saves it. With
+    sync.overlap a generation started before a push may run again on the version before it: 2."""
+
+    def __init__(self, count: int = 1):
+        self.count, self.versions = count, {}
+
+    def keep(self, version: int, stored: list) -> None:
+        versions = {v: w for v, w in self.versions.items() if v != version}
+        versions[version] = stored  # the newest last (after a restart from an earlier checkpoint too)
+        self.versions = dict(list(versions.items())[-self.count :])
+
+    def __contains__(self, version: int) -> bool:
+        return version in self.versions
+
+    def __getitem__(self, version: int) -> list:
+        return self.versions[version]
+
+
 class WeightSync:
     """The weights the engines hold, and when they get the learner's: the one owner of the
-    transport, the engines' version (in the run state), whether learner rank 0 keeps what it
-    pushed, and the decision "push now?" (every s learner steps, or ``AutoInterval``; s changes
-    live). The loop asks ``due`` after each step and calls ``push``.
+    transport, the engines' version (in the run state), the host copies of what was pushed
+    (``KeptWeights``, saved in and restored from a checkpoint), and the decision "push now?"
+    (every s learner steps, or ``AutoInterval``; s changes live). The loop asks ``due`` after each
+    step and calls ``push``.
 
     ``state``: the run state (``launch.checkpoint.RunState``: ``learner_version``,
     ``engine_version``, ``steps_since_sync``, ``auto_sync``), read and written here.
     ``rollouts`` None: a run without engines (offline data, no evaluation) only syncs the
     reference. A replacement engine loads the weights of the version the engines hold
-    (``RolloutGroup.held``/``weights_of`` read them here)."""
+    (``RolloutGroup.held``/``weights_of`` read them here). ``kept_versions``: 2 when a stage
+    overlaps generation with training, else 1."""
 
-    def __init__(self, kind: str, learners: LearnerGroup, rollouts: RolloutGroup | None, state, timeout_s: float):
+    def __init__(
+        self,
+        kind: str,
+        learners: LearnerGroup,
+        rollouts: RolloutGroup | None,
+        state,
+        timeout_s: float,
+        kept_versions: int = 1,
+    ):
         self.learners, self.rollouts, self.state, self.transport = learners, rollouts, state, None
+        self.kept = KeptWeights(kept_versions)
         if rollouts is not None:
             rollouts.on_replace.clear()  # a collective transport of a previous learner group regrouped there
             self.transport = make_transport(kind, learners, rollouts, timeout_s)
-            rollouts.held, rollouts.weights_of = lambda: self.state.engine_version, learners.pushed_weights
-        self.kept = True  # the engines hold the base model (on disk), or weights a checkpoint restored
+            rollouts.held, rollouts.weights_of = lambda: self.state.engine_version, self.weights_of
+
+    def weights_of(self, version: int) -> list:
+        """The weights pushed as ``version``, as stored: kept, or, while they are still the
+        learner's weights, exported (and kept) now."""
+        if version not in self.kept:
+            if version != self.state.learner_version:
+                raise RuntimeError(
+                    f"the weights of version {version} are not kept (kept: {sorted(self.kept.versions)})"
+                )
+            self.kept.keep(version, self.learners.export_weights())
+        return self.kept[version]
 
     @staticmethod
     def may_lag(s: float | str, overlap: bool) -> bool:
         """Whether the learner can train past the engines' weights before its next push (s > 1 or
-        auto, or a prefetch generating on them while it trains): then rank 0 keeps the weights it
-        pushed on the host, for a replacement engine and a checkpoint. With s = 1 the learner's
+        auto, or a prefetch generating on them while it trains): then a host copy of the weights
+        pushed is kept, for a replacement engine and a checkpoint. With s = 1 the learner's
         own weights serve."""
         return s != 1 or overlap
 
     def interval(self, s: float | str, overlap: bool) -> None:
         """The sync interval of this step: an s changed to more than 1 after a push that kept
-        nothing keeps the engines' weights now, while the learner still has them."""
-        if self.may_lag(s, overlap) and not self.kept and self.rollouts is not None:
-            self.learners.pushed_weights(self.state.engine_version)  # the learner's weights are still that version
-            self.kept = True
+        nothing keeps the engines' weights now, while the learner still has them (version 0, the
+        base model, is on disk)."""
+        if self.may_lag(s, overlap) and self.rollouts is not None and self.state.engine_version != 0:
+            self.weights_of(self.state.engine_version)
 
     def due(self, s: float | str, sync: SyncConfig, metrics: dict) -> int:
         """After a step (``metrics``: its learner metrics, {} when it trained nothing): the learner
@@ -270,11 +312,33 @@ class WeightSync:
 
     def push(self, ref_sync: bool, keep: bool) -> None:
         """The learner's weights to every engine, as the learner's version (and to the reference,
-        with ``ref_sync``). ``keep``: rank 0 keeps a host copy of them (``may_lag``)."""
+        with ``ref_sync``). ``keep``: a host copy of them is kept (``may_lag``)."""
         if self.rollouts is not None:
-            self.transport.push(self.learners, self.rollouts, self.state.learner_version, keep)
-            self.state.engine_version = self.state.learner_version
-            self.kept = keep
+            version = self.state.learner_version
+            stored = self.transport.push(self.learners, self.rollouts, version, keep)
+            self.state.engine_version = version
+            if keep:
+                self.kept.keep(version, stored)
         if ref_sync:
             self.learners.on_all("sync_reference")
         self.state.steps_since_sync = 0
+
+    def save_engine_weights(self, path: Path) -> None:
+        """A checkpoint's copy of the weights the engines hold, when they lag the learner (none
+        for version 0, the base model on disk, or for the learner's own weights)."""
+        version = self.state.engine_version
+        if self.rollouts is not None and version not in (0, self.state.learner_version):
+            self.learners.save_stored(str(path), self.weights_of(version))
+
+    def restore_engine_weights(self, path: Path) -> None:
+        """After the learner loaded a checkpoint: the engines get exactly the weights they held
+        (``path``, written by ``save_engine_weights``; else the learner's own, pushed)."""
+        version = self.state.engine_version
+        if self.rollouts is None:
+            return
+        if path.is_file():
+            stored = self.learners.store_file(str(path))
+            self.kept.keep(version, stored)
+            self.rollouts.update_weights(stored, version)
+        elif version > 0:
+            self.kept.keep(version, self.transport.push(self.learners, self.rollouts, version, keep=True))

@@ -55,7 +55,7 @@ def copy_baseline(path: str, repeat: int) -> tuple[float, int]:
 # -- instrumented pushes: code run inside the actors (through ActorMixin.call) -----------------
 def _export_timed(learner) -> tuple[list | None, float]:
     t0 = time.perf_counter()
-    weights = learner.export_weights(-1)
+    weights = learner.export_weights()
     return weights, time.perf_counter() - t0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import ray
 
-from actors.weight_sync import AutoInterval
+from actors.weight_sync import AutoInterval, WeightSync
 from launch.config import SyncRLConfig, dump_config
 from rollout.records import interval_text, parse_interval
 
@@ -58,14 +58,13 @@ def checkpoints(run_dir: str) -> list[Path]:
     return sorted(Path(run_dir, "checkpoints").glob("step_*"), key=lambda p: int(p.name.removeprefix("step_")))
 
 
-def save_checkpoint(run_dir: str, cfg: SyncRLConfig, state: RunState, learners) -> Path:
+def save_checkpoint(run_dir: str, cfg: SyncRLConfig, state: RunState, learners, sync: WeightSync) -> Path:
     final = Path(run_dir, "checkpoints", f"step_{state.step:06d}")
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     learners.on_all("save_checkpoint", str(tmp), {})  # the live settings are in the run state
-    if state.engine_version not in (0, state.learner_version):  # version 0: the base model, on disk already
-        ray.get(learners.workers[0].save_pushed_weights.remote(str(tmp / ENGINE_WEIGHTS), state.engine_version))
+    sync.save_engine_weights(tmp / ENGINE_WEIGHTS)
     (tmp / "run_state.json").write_text(state.to_json())
     (tmp / "config.yaml").write_text(dump_config(cfg))
     os.replace(tmp, final)
@@ -86,18 +85,13 @@ def load_state(run_dir: str) -> RunState:
     return RunState.from_json((ckpt / "run_state.json").read_text())
 
 
-def restore(run_dir: str, state: RunState, learners, rollouts, transport) -> None:
+def restore(run_dir: str, state: RunState, learners, sync: WeightSync) -> None:
     """Bring the actors of a resumed run to the checkpoint: learner state, then engine weights."""
     if state.step == 0:
         return
     ckpt = latest_checkpoint(run_dir)
     learners.on_all("load_checkpoint", str(ckpt))
-    engine_file = ckpt / ENGINE_WEIGHTS
-    if engine_file.is_file():  # the engines lagged the learner: give them exactly what they had
-        ray.get(learners.workers[0].load_pushed_weights.remote(str(engine_file), state.engine_version))
-        rollouts.update_weights(learners.pushed_weights(state.engine_version), state.engine_version)
-    elif state.engine_version > 0:
-        transport.push(learners, rollouts, state.engine_version)
+    sync.restore_engine_weights(ckpt / ENGINE_WEIGHTS)
 
 
 def save_final(run_dir: str, cfg: SyncRLConfig, state: RunState, learners, model_path: str) -> Path | None:

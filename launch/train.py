@@ -210,12 +210,16 @@ class Driver:
         """The weight transport, and the actors brought to the run state (the last checkpoint's,
         for a resumed or restarted run), with a data source at its position."""
         learners, cfg = self.learners, self.cfg
+        overlap = any(stage.sync.overlap for stage in self.stages)  # a prefetch may need the version before a push
         self.sync = WeightSync(
-            cfg.sync.transport, learners, self.rollouts, self.state, cfg.fault_tolerance.push_timeout_s
+            cfg.sync.transport,
+            learners,
+            self.rollouts,
+            self.state,
+            cfg.fault_tolerance.push_timeout_s,
+            kept_versions=2 if overlap else 1,
         )
-        if any(stage.sync.overlap for stage in self.stages):  # a prefetch may need the version before a push
-            ray.get(learners.workers[0].set_pushed_kept.remote(2))
-        restore(self.run_dir, self.state, learners, self.rollouts, self.sync.transport)
+        restore(self.run_dir, self.state, learners, self.sync)
         self.source = make_source(self.cfg, self.data, self.rollouts, self.state.data_position)
         self.apply_live(dict(self.state.live))  # a resumed or restarted run's live settings
 
@@ -352,7 +356,7 @@ class Driver:
         where = latest_checkpoint(self.run_dir)
         if spent.failure.kind != "learner" and not self.mid_step:
             try:
-                where = save_checkpoint(self.run_dir, self.cfg, self.state, self.learners)
+                where = save_checkpoint(self.run_dir, self.cfg, self.state, self.learners, self.sync)
             except Exception as err:  # the learner may be failing too: the last checkpoint stands
                 print(f"[restart] no checkpoint at the stop ({err!r})", flush=True)
         hint = (
@@ -387,7 +391,7 @@ class Driver:
             self.evaluate()
             self.evaluated_at = state.step
         if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
-            save_checkpoint(self.run_dir, cfg, state, self.learners)
+            save_checkpoint(self.run_dir, cfg, state, self.learners, self.sync)
 
 
 def load_tokenizer(model_path: str, trust_remote_code: bool = False):

@@ -1,7 +1,7 @@
 """The learner rank's weights as others need them: exported for a push (gathered one parameter
-at a time under ZeRO-3, in buckets), kept for the engines that lag, checksummed, saved as a
-checkpoint or a Hugging Face folder, and copied into the reference. A mixin of ``LearnerRank``
-(learner/trainer.py), which trains."""
+at a time under ZeRO-3, in buckets), checksummed, saved as a checkpoint or a Hugging Face folder,
+and copied into the reference. A mixin of ``LearnerRank`` (learner/trainer.py), which trains.
+Which pushed weights are kept, and for what, is the driver's ``actors.weight_sync.WeightSync``."""
 
 from __future__ import annotations
 
@@ -22,9 +22,8 @@ def is_partitioned(param: torch.Tensor) -> bool:
 
 
 class RankWeights:
-    """Export, keep, checksum, save and load a learner rank's weights (``LearnerRank`` sets
-    ``engine``, ``value_engine``, ``reference``, ``rank``, ``world_size``, ``version`` and the
-    kept-weights fields these read)."""
+    """Export, checksum, save and load a learner rank's weights (``LearnerRank`` sets ``engine``,
+    ``value_engine``, ``reference``, ``rank``, ``world_size`` and ``version``)."""
 
     def named_full_weights(self, engine=None):
         """Yield (name, full tensor) of the policy (or of another engine's module, e.g. the value
@@ -49,27 +48,21 @@ class RankWeights:
             else:
                 yield name, param.detach(), False
 
-    def export_weights(self, version: int, keep: bool = True) -> Any:
+    def export_weights(self) -> list | None:
         """The full weights stored on rank 0, bucket by bucket as the gathers come
         (``store_weights``: the actor puts each bucket in the object store, so rank 0 holds one
-        bucket beyond what it stored), and with ``keep`` kept as the weights pushed as ``version``;
-        None on the other ranks (which take part in ZeRO-3's gathers)."""
+        bucket beyond what it stored); None on the other ranks (which take part in ZeRO-3's
+        gathers)."""
         named = self.host_named()
         if self.rank != 0:
             for _ in named:  # the gathers
                 pass
             return None
-        stored = [self.store_weights(bucket) for bucket in buckets(named, BUCKET_BYTES)]
-        if keep:
-            self.keep_pushed(version, stored)
-        return stored
+        return [self.store_weights(bucket) for bucket in buckets(named, BUCKET_BYTES)]
 
-    def keep_weights(self, version: int, weights: list[tuple[str, torch.Tensor]]) -> Any:
-        """Store ``weights`` on CPU, bucket by bucket, and keep them as the weights pushed as
-        ``version``; returns what was stored."""
-        stored = [self.store_weights([(n, t.cpu()) for n, t in bucket]) for bucket in buckets(weights, BUCKET_BYTES)]
-        self.keep_pushed(version, stored)
-        return stored
+    def store_all(self, weights: list[tuple[str, torch.Tensor]]) -> list:
+        """``weights`` stored on the host, bucket by bucket (what ``export_weights`` returns)."""
+        return [self.store_weights([(n, t.cpu()) for n, t in bucket]) for bucket in buckets(weights, BUCKET_BYTES)]
 
     def store_weights(self, bucket: list[tuple[str, torch.Tensor]]) -> Any:
         """A copy of one bucket that later steps do not change (the actor's: into the object store,
@@ -80,39 +73,18 @@ class RankWeights:
         """The tensors of what ``export_weights``/``keep_weights`` stored (a list of stored buckets)."""
         return [named for bucket in stored for named in bucket]
 
-    # The weights pushed to the engines (rank 0), by version, the newest ``pushed_kept`` of them: a
-    # checkpoint taken while the engines lag the learner stores them, so a resumed run gives the
-    # engines exactly what they had, and a replacement engine loads them. With sync.overlap a
-    # generation started before a push may have to run again on the version before it: 2 kept.
-    pushed: dict[int, Any] = {}
-    pushed_kept: int = 1
-
-    def keep_pushed(self, version: int, stored: Any) -> None:
-        pushed = {v: w for v, w in self.pushed.items() if v != version}
-        pushed[version] = stored  # the newest last
-        self.pushed = dict(list(pushed.items())[-self.pushed_kept :])
-
-    def set_pushed_kept(self, count: int) -> None:
-        self.pushed_kept = count
-
-    def pushed_weights(self, version: int) -> Any:
-        """The weights pushed as ``version`` (rank 0), as stored: what a replacement engine loads.
-        None when they were not kept but are still this rank's weights (the group exports them)."""
-        if version in self.pushed:
-            return self.pushed[version]
-        if version == self.version:
-            return None
-        raise RuntimeError(f"the weights of version {version} are not kept (kept: {sorted(self.pushed)})")
-
-    def save_pushed_weights(self, path: str, version: int) -> None:
+    def save_stored(self, path: str, stored: list) -> None:
+        """Stored weights (``export_weights``'s) written as one safetensors file (a checkpoint's
+        engine weights)."""
         from safetensors.torch import save_file
 
-        save_file({n: t.contiguous() for n, t in self.load_stored(self.pushed_weights(version))}, path)
+        save_file({n: t.contiguous() for n, t in self.load_stored(stored)}, path)
 
-    def load_pushed_weights(self, path: str, version: int) -> None:
+    def store_file(self, path: str) -> list:
+        """A safetensors file of weights, stored as ``export_weights`` stores them."""
         from safetensors.torch import load_file
 
-        self.keep_weights(version, list(load_file(path).items()))
+        return self.store_all(list(load_file(path).items()))
 
     def sync_reference(self) -> None:
         """Reference sync: the frozen reference becomes a copy of the current policy. Under ZeRO-3

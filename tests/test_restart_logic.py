@@ -149,17 +149,19 @@ def test_dpo_ties_depend_on_the_batch_not_on_the_batches_before():
     assert random.Random(1).random() != batch_rng(1, batch).random()
 
 
-def test_rank_zero_keeps_the_newest_pushed_versions():
-    from learner.trainer import LearnerRank
+def test_weight_sync_keeps_the_newest_pushed_versions():
+    from actors.weight_sync import WeightSync
 
-    rank = SimpleNamespace(pushed={}, pushed_kept=2, version=6)
+    exports = []
+    learners = SimpleNamespace(export_weights=lambda: exports.append("exported") or f"w{len(exports)}")
+    sync = WeightSync("object_store", learners, None, SimpleNamespace(learner_version=6), 1.0, kept_versions=2)
     for version in (2, 4, 6):
-        LearnerRank.keep_pushed(rank, version, f"w{version}")
-    assert list(rank.pushed) == [4, 6]
-    LearnerRank.keep_pushed(rank, 2, "w2 again")  # after a restart from an earlier checkpoint: newest is last
-    assert list(rank.pushed) == [6, 2] and LearnerRank.pushed_weights(rank, 2) == "w2 again"
+        sync.kept.keep(version, f"w{version}")
+    assert list(sync.kept.versions) == [4, 6]
+    sync.kept.keep(2, "w2 again")  # after a restart from an earlier checkpoint: newest is last
+    assert list(sync.kept.versions) == [6, 2] and sync.weights_of(2) == "w2 again"
     with pytest.raises(RuntimeError, match="version 4 are not kept"):
-        LearnerRank.pushed_weights(rank, 4)
-    assert json.dumps(sorted(rank.pushed)) == "[2, 6]"
-    rank.version = 8  # pushed with nothing kept (s = 1), and still the learner's weights: the group exports them
-    assert LearnerRank.pushed_weights(rank, 8) is None
+        sync.weights_of(4)
+    assert json.dumps(sorted(sync.kept.versions)) == "[2, 6]" and exports == []
+    sync.state.learner_version = 8  # pushed with nothing kept (s = 1), and still the learner's weights: exported
+    assert sync.weights_of(8) == "w1" and exports == ["exported"] and list(sync.kept.versions) == [2, 8]

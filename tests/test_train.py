@@ -231,13 +231,9 @@ def test_push_into_tensor_parallel_engines_and_past_an_engine_lost_at_a_push(ray
         assert rollouts.call(lambda w, i: w.weight_receivers.remote()) == [2, 2]
         assert [(e["actor"], e["cause"].split(" ")[0]) for e in supervisor.events] == [("rollout-1", "died")]
         assert "during a weight push" in supervisor.events[0]["cause"]
-        assert ray_cluster.get(learners.workers[0].call.remote(lambda rank: sorted(rank.pushed))) == []
         # what a replacement engine would load: exported on demand while the learner still has version 2
-        stored = learners.pushed_weights(2)  # the learner's buckets in the object store
+        stored = learners.export_weights()  # the learner's buckets in the object store
         assert {n for bucket in ray_cluster.get(stored) for n, _ in bucket} == {m[0] for m in transport.meta}
-        assert ray_cluster.get(learners.workers[0].call.remote(lambda rank: sorted(rank.pushed))) == [2]
-        with pytest.raises(Exception, match="the weights of version 1 are not kept"):
-            learners.pushed_weights(1)
     finally:
         rollouts.shutdown()
         learners.shutdown()
