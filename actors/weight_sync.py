@@ -264,7 +264,7 @@ class WeightSync:
         kept_versions: int = 1,
     ):
         self.learners, self.rollouts, self.state, self.transport = learners, rollouts, state, None
-        self.kept = KeptWeights(kept_versions)
+        self.kept, self.overlap = KeptWeights(kept_versions), False
         if rollouts is not None:
             rollouts.on_replace.clear()  # a collective transport of a previous learner group regrouped there
             self.transport = make_transport(kind, learners, rollouts, timeout_s)
@@ -281,26 +281,33 @@ class WeightSync:
             self.kept.keep(version, self.learners.export_weights())
         return self.kept[version]
 
-    @staticmethod
-    def may_lag(s: float | str, overlap: bool) -> bool:
+    def may_lag(self) -> bool:
         """Whether the learner can train past the engines' weights before its next push (s > 1 or
         auto, or a prefetch generating on them while it trains): then a host copy of the weights
         pushed is kept, for a replacement engine and a checkpoint. With s = 1 the learner's
         own weights serve."""
-        return s != 1 or overlap
+        return self.state.sync_interval != 1 or self.overlap
 
-    def interval(self, s: float | str, overlap: bool) -> None:
-        """The sync interval of this step: an s changed to more than 1 after a push that kept
-        nothing keeps the engines' weights now, while the learner still has them (version 0, the
-        base model, is on disk)."""
-        if self.may_lag(s, overlap) and self.rollouts is not None and self.state.engine_version != 0:
+    def set_interval(self, s: float | str, overlap: bool) -> float | str:
+        """The sync interval of this step (the live one, ``syncrl ctl``), into the run state. An s
+        changed to more than 1 after a push that kept nothing keeps the engines' weights now, while
+        the learner still has them (version 0, the base model, is on disk)."""
+        self.state.sync_interval, self.overlap = s, overlap
+        if self.may_lag() and self.rollouts is not None and self.state.engine_version != 0:
             self.weights_of(self.state.engine_version)
+        return s
 
-    def due(self, s: float | str, sync: SyncConfig, metrics: dict) -> int:
+    def begin_stage(self, sync: SyncConfig) -> None:
+        """A new stage (its interval already in the run state): the engines get the current
+        policy, the stage's first step starts in sync."""
+        self.overlap = sync.overlap
+        self.push(sync.ref_sync)
+
+    def due(self, sync: SyncConfig, metrics: dict) -> int:
         """After a step (``metrics``: its learner metrics, {} when it trained nothing): the learner
         steps since the last push when it is time to push now, else 0. Every s steps, or with s =
         auto when the drift the next step's samples would have passes ``sync.target_kl``."""
-        state = self.state
+        state, s = self.state, self.state.sync_interval
         if s == AUTO:
             state.auto_sync.observe(metrics)
             now = bool(metrics) and state.auto_sync.due(
@@ -310,9 +317,10 @@ class WeightSync:
             now = state.steps_since_sync >= s
         return state.steps_since_sync if now else 0
 
-    def push(self, ref_sync: bool, keep: bool) -> None:
+    def push(self, ref_sync: bool, keep: bool | None = None) -> None:
         """The learner's weights to every engine, as the learner's version (and to the reference,
-        with ``ref_sync``). ``keep``: a host copy of them is kept (``may_lag``)."""
+        with ``ref_sync``). ``keep``: a host copy of them is kept (None: when ``may_lag``)."""
+        keep = self.may_lag() if keep is None else keep
         if self.rollouts is not None:
             version = self.state.learner_version
             stored = self.transport.push(self.learners, self.rollouts, version, keep)

@@ -249,18 +249,13 @@ class Driver:
             group.shutdown()
         ray.kill(self.controller)
 
-    def push(self, ref_sync: bool, s: float | str, stage) -> None:
-        self.sync.push(ref_sync, keep=self.sync.may_lag(s, stage.sync.overlap))
-
     def sync_interval(self, stage) -> float | str:
         """The live settings (``syncrl ctl``), applied from this step, and the sync interval."""
         settings = live_settings(self.controller, self.log)
         self.changed = {k: v for k, v in settings["live"].items() if self.state.live.get(k) != v}
         if self.changed:
             self.apply_live(self.changed)
-        s = self.state.sync_interval = settings["sync_interval"]
-        self.sync.interval(s, stage.sync.overlap)
-        return s
+        return self.sync.set_interval(settings["sync_interval"], stage.sync.overlap)
 
     def evaluate_at_start(self) -> None:
         """eval.at_start, before the first step (a part of the start-up, in startup.json)."""
@@ -303,7 +298,7 @@ class Driver:
             stage = self.stages[index]
             if index != state.stage_index:  # a new stage starts from the current policy, with its own s
                 state.begin_stage(index, stage.sync.interval, self.controller)
-                self.push(stage.sync.ref_sync, stage.sync.interval, stage)
+                self.sync.begin_stage(stage.sync)
             while state.step_in_stage < stage.steps:
                 s = self.sync_interval(stage)  # and the live settings, from this step
                 stage, algorithm = self.stages[index], self.algorithms[index]
@@ -323,9 +318,9 @@ class Driver:
                     state.learner_version += 1
                     state.steps_since_sync += 1
                 t3 = time.perf_counter()
-                pushed_after = self.sync.due(s, stage.sync, loss)  # steps since the last push, when pushing now
+                pushed_after = self.sync.due(stage.sync, loss)  # steps since the last push, when pushing now
                 if pushed_after:
-                    self.push(stage.sync.ref_sync, s, stage)
+                    self.sync.push(stage.sync.ref_sync)
                 t4 = time.perf_counter()
                 record = step_record(state, stage.name, s, samples, batch, loss, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
                 self.end_step({**record, "pushed_after": pushed_after})
