@@ -58,19 +58,22 @@ def restarts(rows: list[dict]) -> list[tuple[int, str, str]]:
     return [(r["step"], e["actor"], e["cause"].split(" ")[0]) for r in rows for e in r["restarts"]]
 
 
+@pytest.mark.parametrize("s", ["2", "auto"])
 def test_killed_and_hung_rollout_and_reward_workers_are_replaced_losing_nothing(
-    ray_cluster, tiny_llama, tiny_reward_model, tmp_path
+    ray_cluster, tiny_llama, tiny_reward_model, tmp_path, s
 ):
-    """GRPO, s = 2, prefetched generation (sync.overlap): a reward worker killed after step 1, the
-    rollout worker killed after step 3 (the engines then lag the learner: the replacement must
-    load the pushed version, not the learner's), and the rollout worker hung after step 5 (the
-    next push and the prefetch behind it time out; the prefetch started before the push must run
-    again on the version before it)."""
+    """GRPO, s = 2 or auto, prefetched generation (sync.overlap): a reward worker killed after
+    step 1, the rollout worker killed after step 3 (with s = 2 the engines then lag the learner:
+    the replacement must load the pushed version, not the learner's), and the rollout worker hung
+    after step 5 (the next push and the prefetch behind it time out; the prefetch started before
+    the push must run again on the version before it). With auto the chaos run must make the same
+    push decisions as the clean one."""
     from launch.run import run
 
     overrides = [
         "steps=7",
-        "sync.interval=2",
+        f"sync.interval={s}",
+        "sync.target_kl=0.1",  # auto: here it pushes after some steps, not after others
         "sync.overlap=true",
         "logging.weight_checksums=true",
         "fault_tolerance.generate_timeout_s=30",
@@ -95,7 +98,11 @@ def test_killed_and_hung_rollout_and_reward_workers_are_replaced_losing_nothing(
 
     clean, chaos = read_metrics(tmp_path / "clean"), read_metrics(tmp_path / "chaos")
     assert comparable(chaos) == comparable(clean)
-    assert [r["engine_version"] for r in chaos] == [0, 2, 2, 4, 4, 6, 6]
+    if s == "2":
+        assert [r["engine_version"] for r in chaos] == [0, 2, 2, 4, 4, 6, 6]
+    else:
+        pushes = [r["pushed_after"] for r in chaos]
+        assert 0 < sum(p > 0 for p in pushes) < len(pushes), pushes  # auto decided both ways
     events = restarts(chaos)
     assert [(actor, cause) for _, actor, cause in events] == [
         ("reward-0", "died"),
