@@ -66,7 +66,7 @@ EVAL_GAUGES = (
     "truncated_rate",
     "response_len_mean",
     "questions",
-    "learner_version",
+    "policy_version",  # of an evaluation: the engines' version it graded
     "time_s",
 )
 

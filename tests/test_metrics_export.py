@@ -29,7 +29,7 @@ EVAL = {
     "correct_any_format": 0.25,
     "truncated_rate": 0.0,
     "pass@1": 0.25,
-    "learner_version": 2,
+    "policy_version": 2,
     "time_s": 1.5,
 }
 BEAM = {**EVAL, "beam": 2, "finished_answers_mean": 1.5}
@@ -65,9 +65,16 @@ def full_record(step: int = 0, reward: float = 0.5, sync_interval: float = 2) ->
         "lr": 1e-3,
         "grpo_loss": 0.3,
         "clip_frac": 0.125,
+        "drift_kl": 0.01,
+        "drift_kl_s0": 1e-12,
+        "drift_kl_s1": 0.01,
+        "drift_ratio_mean": 1.0,
+        "drift_ratio_max": 1.5,
+        "drift_ess": 0.98,
+        "drift_clip_frac": 0.02,
     }
     record = step_record(state, "main", sync_interval, samples, batch, loss, 1.0, 0.5, 2.0, 0.25)
-    record.update(time=1_800_000_000.0 + step, time_wall_s=4.0, restarts=[])
+    record.update(time=1_800_000_000.0 + step, time_wall_s=4.0, restarts=[], pushed_after=0)
     return record
 
 

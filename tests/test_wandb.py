@@ -29,7 +29,7 @@ EVAL = {
     "correct_any_format": 0.25,
     "truncated_rate": 0.0,
     "pass@1": 0.25,
-    "learner_version": 2,
+    "policy_version": 2,
     "time_s": 1.5,
     "accuracy/gsm8k": 0.5,
     "questions/gsm8k": 4,
