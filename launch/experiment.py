@@ -178,7 +178,8 @@ def run_summary(run_dir: Path) -> dict[str, float]:
         "tokens_trained": sum(s.get("tokens_trained", 0) for s in steps),
         "minutes": sum(s["time_gen_s"] + s["time_score_s"] + s["time_train_s"] + s["time_sync_s"] for s in steps) / 60,
         "wall_minutes": sum(s.get("time_wall_s", 0.0) for s in steps) / 60,  # step 1's includes the start-up
-        "pushes": sum(bool(s.get("pushed_after")) for s in steps),
+        # steps that pushed (runs recorded before pushed_after existed: nan)
+        "pushes": sum(s["pushed_after"] > 0 for s in steps) if "pushed_after" in steps[0] else math.nan,
         "sync_s": sum(s["time_sync_s"] for s in steps),
         # the mean over steps of drift_kl (the engines' policy against the learner's, on the step's
         # samples, before its update): nan for runs without engine log-probs (offline file rows)
