@@ -13,6 +13,8 @@ from launch.config import ConfigError
 from launch.experiment import (
     arm_configs,
     arm_run_dir,
+    for_experiment,
+    load_experiments,
     main,
     mean_pm_se,
     mean_se,
@@ -94,6 +96,19 @@ def test_merge_and_arm_configs():
 
 
 @pytest.mark.system
+def test_every_shipped_experiment_validates():
+    """launch/experiments/paper.yaml: every arm of every experiment is a valid configuration (with
+    its own recipe where it names one), and arms differ in what they set."""
+    spec = load_experiments("paper")
+    for name in spec["experiments"]:
+        own = for_experiment(spec, name)
+        configs = arm_configs(own, name, own["seeds"])
+        assert len(configs) == len(own["experiments"][name]["arms"]) * len(own["seeds"]), name
+        dirs = {arm_run_dir(Path("out"), arm, cfg).parent.name.rsplit("-", 1)[1] for (arm, _), cfg in configs.items()}
+        assert len(dirs) == len(own["experiments"][name]["arms"]), name  # no two arms the same run
+        transfer_config(own)
+
+
 def test_experiment_runs_every_arm_and_seed_once(ray_cluster, tiny_llama, tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
