@@ -306,10 +306,11 @@ class WeightSync:
     def due(self, sync: SyncConfig, metrics: dict) -> int:
         """After a step (``metrics``: its learner metrics, {} when it trained nothing): the learner
         steps since the last push when it is time to push now, else 0. Every s steps, or with s =
-        auto when the drift the next step's samples would have passes ``sync.target_kl``."""
+        auto when the drift the next step's samples would have passes ``sync.target_kl``. The
+        drift is observed whatever s is, so a run switched to auto live decides from its history."""
         state, s = self.state, self.state.sync_interval
+        state.auto_sync.observe(metrics)
         if s == AUTO:
-            state.auto_sync.observe(metrics)
             now = bool(metrics) and state.auto_sync.due(
                 state.steps_since_sync, sync.target_kl, sync.min_interval, sync.max_interval
             )
