@@ -113,3 +113,18 @@ def test_auto_is_a_sync_interval():
     assert parse_interval("auto") == parse_interval(" AUTO ") == AUTO and interval_text(AUTO) == "auto"
     with pytest.raises(ValueError, match="'auto'"):
         parse_interval("sometimes")
+
+
+def test_weight_sync_observes_the_drift_whatever_s_is():
+    """A run at s = 4 switched live to auto decides from the drift its earlier steps measured."""
+    from types import SimpleNamespace
+
+    from actors.weight_sync import WeightSync
+    from rollout.settings import SyncConfig
+
+    state = SimpleNamespace(sync_interval=4, steps_since_sync=2, auto_sync=AutoInterval(), learner_version=2)
+    sync, cfg = WeightSync("object_store", None, None, state, 1.0), SyncConfig(target_kl=0.01)
+    assert sync.due(cfg, {"drift_kl_s0": 0.0, "drift_kl_s1": 0.004}) == 0  # s = 4: not yet
+    assert state.auto_sync.growth == pytest.approx(math.sqrt(0.004))
+    state.sync_interval = AUTO  # `syncrl ctl set-sync-interval auto`
+    assert sync.due(cfg, {"drift_kl_s0": 0.0, "drift_kl_s2": 0.012}) == 2  # predicted(2) = 0.012 > 0.01
