@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from launch.config import ConfigError, SyncRLConfig, apply_override, config_from_dict, resolve_recipe
-from launch.metrics import read_jsonl
+from launch.metrics import mean_or_nan, read_jsonl
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
 
@@ -183,12 +183,8 @@ def run_summary(run_dir: Path) -> dict[str, float]:
         "sync_s": sum(s["time_sync_s"] for s in steps),
         # the mean over steps of drift_kl (the engines' policy against the learner's, on the step's
         # samples, before its update): nan for runs without engine log-probs (offline file rows)
-        "drift_kl_mean": _mean([s["drift_kl"] for s in steps if "drift_kl" in s]),
+        "drift_kl_mean": mean_or_nan([s["drift_kl"] for s in steps if "drift_kl" in s]),
     }
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:

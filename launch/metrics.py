@@ -19,7 +19,8 @@ from rollout.evaluation import VALUE_COLUMNS
 from rollout.records import Sample, TrainBatch, interval_text
 
 
-def _mean(values: list[float]) -> float:
+def mean_or_nan(values: list[float]) -> float:
+    """The mean, or nan for no values."""
     return sum(values) / len(values) if values else float("nan")
 
 
@@ -31,8 +32,8 @@ def per_source(samples: list[Sample]) -> dict[str, float]:
         by_source[s.source].append(s)
     groups = sorted(by_source.items())
     return {
-        **{f"reward_mean/{source}": _mean([s.reward for s in group]) for source, group in groups},
-        **{f"response_len_mean/{source}": _mean([s.response_len for s in group]) for source, group in groups},
+        **{f"reward_mean/{source}": mean_or_nan([s.reward for s in group]) for source, group in groups},
+        **{f"response_len_mean/{source}": mean_or_nan([s.response_len for s in group]) for source, group in groups},
         **{f"samples/{source}": len(group) for source, group in groups},
     }
 
@@ -60,13 +61,13 @@ def step_record(
         "learner_version": state.learner_version,
         "engine_version": state.engine_version,
         "sync_interval": interval_text(sync_interval),
-        "staleness_mean": _mean(staleness),
+        "staleness_mean": mean_or_nan(staleness),
         "staleness_max": max(staleness, default=0),
         "sample_versions": sorted({s.policy_version for s in samples}),
         "prompts_hash": hashlib.sha1(" ".join(dict.fromkeys(s.prompt_id for s in samples)).encode()).hexdigest()[:12],
-        "reward_mean": _mean([s.reward for s in samples]),
-        "response_len_mean": _mean([s.response_len for s in samples]),
-        "truncated_frac": _mean([s.finish_reason == "length" for s in samples]),
+        "reward_mean": mean_or_nan([s.reward for s in samples]),
+        "response_len_mean": mean_or_nan([s.response_len for s in samples]),
+        "truncated_frac": mean_or_nan([s.finish_reason == "length" for s in samples]),
         "grader_timeouts": sum(
             bool((s.reward_info or {}).get("timed_out")) for s in samples
         ),  # scored 0 after the grader's limit
