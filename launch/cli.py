@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from launch.config import ConfigError, LoggingConfig, SyncRLConfig, dump_config, load_config
+from launch.live import LIVE_KEYS
 
 # The exit status of bad input (a ConfigError: a recipe, a field, a file or a line of it); 1 is a
 # run that failed (an actor died past its restart budget), as with any uncaught error.
@@ -59,11 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     knob = ctl_commands.add_parser(
         "set", help="change a learning knob from the next step on (syncrl ctl set learner.lr 1e-6)"
     )
-    knob.add_argument(
-        "key",
-        help="learner.lr, learner.value_lr, algorithm.beta, algorithm.kl_coef, algorithm.entropy_coef, "
-        "algorithm.grpo_weight, algorithm.nll_coef, algorithm.kl_reg, rollout.temperature or sync.target_kl",
-    )
+    knob.add_argument("key", help=", ".join(LIVE_KEYS))
     knob.add_argument("value", help="the value, as YAML (as --set takes it)")
     ctl_commands.add_parser("pause", help="pause at the next step boundary")
     ctl_commands.add_parser("resume", help="resume a paused run")

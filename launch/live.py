@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from launch.config import SyncRLConfig, config_from_dict, dump_config
+from launch.config import SyncRLConfig, config_from_dict
 from rollout.algorithms import make_algorithm
 
 # The settings a running job takes, each applied from the next step. An algorithm or sync key
@@ -37,7 +37,7 @@ def with_live(cfg: SyncRLConfig, live: dict[str, Any]) -> SyncRLConfig:
     """``cfg`` with the live settings ``live`` (already checked) in place, in every stage."""
     if not live:
         return cfg
-    return config_from_dict(_tree_with(yaml.safe_load(dump_config(cfg)), live), "live settings")
+    return config_from_dict(_tree_with(cfg.model_dump(mode="json"), live), "live settings")
 
 
 def _tree_with(tree: dict, live: dict[str, Any]) -> dict:
@@ -58,7 +58,7 @@ class LiveSettings:
     live change cannot add one)."""
 
     def __init__(self, cfg: SyncRLConfig, has_reference: bool, has_value: bool):
-        self.tree = yaml.safe_load(dump_config(cfg))
+        self.tree = cfg.model_dump(mode="json")
         self.has_reference, self.has_value = has_reference, has_value
 
     def check(self, key: str, value: Any, live: dict[str, Any]) -> Any:
