@@ -63,7 +63,7 @@ def save_checkpoint(run_dir: str, cfg: SyncRLConfig, state: RunState, learners, 
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    learners.on_all("save_checkpoint", str(tmp), {})  # the live settings are in the run state
+    learners.on_all("save_checkpoint", str(tmp))
     sync.save_engine_weights(tmp / ENGINE_WEIGHTS)
     (tmp / "run_state.json").write_text(state.to_json())
     (tmp / "config.yaml").write_text(dump_config(cfg))

@@ -87,11 +87,16 @@ class Driver:
         """Live settings set since the last step, from this step on (``launch.live``)."""
         self.state.live.update(changed)
         self.configure(self.state.live)
-        for key, value_model in (("learner.lr", False), ("learner.value_lr", True)):
-            if key in changed:
-                self.learners.on_all("set_lr", changed[key], value_model)
+        self.set_learning_rates(changed)
         if isinstance(self.source, RolloutSource):
             self.source.temperature = self.cfg.rollout.temperature
+
+    def set_learning_rates(self, live: dict) -> None:
+        """The learner's (and value model's) learning rates that ``live`` sets (the optimizers
+        start at the recipe's)."""
+        for key, value_model in (("learner.lr", False), ("learner.value_lr", True)):
+            if key in live:
+                self.learners.on_all("set_lr", live[key], value_model)
 
     def initial_state(self) -> RunState:
         return RunState(sync_interval=self.stages[0].sync.interval)
@@ -221,7 +226,7 @@ class Driver:
         )
         restore(self.run_dir, self.state, learners, self.sync)
         self.source = make_source(self.cfg, self.data, self.rollouts, self.state.data_position)
-        self.apply_live(dict(self.state.live))  # a resumed or restarted run's live settings
+        self.set_learning_rates(self.state.live)  # a resumed or restarted run's (the rest is in self.cfg)
 
     def restart_learners(self, failure: ActorFailure) -> None:
         """A learner rank died or hung: restart the group from the last checkpoint (from the start

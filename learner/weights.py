@@ -117,9 +117,9 @@ class RankWeights:
         return None if self.value_engine is None else self.weights_checksum(self.value_engine)
 
     # -- checkpoints --------------------------------------------------------------------------
-    def save_checkpoint(self, folder: str, client_state: dict) -> None:
-        """Model, optimizer and scheduler state of every rank, plus ``client_state`` and RNG."""
-        state = dict(client_state, version=self.version, torch_rng=torch.get_rng_state(), py_rng=random.getstate())
+    def save_checkpoint(self, folder: str) -> None:
+        """Model, optimizer and scheduler state of every rank, its version and RNG."""
+        state = dict(version=self.version, torch_rng=torch.get_rng_state(), py_rng=random.getstate())
         self.engine.save_checkpoint(folder, tag="state", client_state=state)
         if self.value_engine is not None:
             self.value_engine.save_checkpoint(str(Path(folder, "value")), tag="state")

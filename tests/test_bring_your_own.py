@@ -265,7 +265,7 @@ def test_reward_model_on_zero3_ranks_and_from_a_checkpoint(ray_cluster, tiny_lla
         try:
             runs[name] = [group.train_step(batch, spec) for _ in range(2)]
             if name == "zero3":
-                group.on_all("save_checkpoint", str(tmp_path / "ckpt"), {})
+                group.on_all("save_checkpoint", str(tmp_path / "ckpt"))
                 after = [group.train_step(batch, spec)["loss"] for _ in range(2)]
                 group.on_all("load_checkpoint", str(tmp_path / "ckpt"))
                 assert [group.train_step(batch, spec)["loss"] for _ in range(2)] == pytest.approx(after, rel=1e-5)

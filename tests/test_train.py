@@ -620,7 +620,7 @@ def test_reference_sync_makes_the_reference_the_policy(ray_cluster, tiny_llama, 
     try:
         loads = group.call(lambda w, i: w.call.remote(sharded_loads))
         initial = state()
-        group.on_all("save_checkpoint", str(tmp_path / "ckpt"), {})
+        group.on_all("save_checkpoint", str(tmp_path / "ckpt"))
         kl = [group.train_step(build_grpo_batch(samples), spec)["kl"] for _ in range(3)]
         group.on_all("sync_reference")
         synced = state()
