@@ -184,7 +184,13 @@ def run_summary(run_dir: Path) -> dict[str, float]:
         # the mean over steps of drift_kl (the engines' policy against the learner's, on the step's
         # samples, before its update): nan for runs without engine log-probs (offline file rows)
         "drift_kl_mean": mean_or_nan([s["drift_kl"] for s in steps if "drift_kl" in s]),
+        # the value model's diagnostics on the last evaluation's answers (runs with a value model)
+        **{key: last[key] for key in VALUE_KEYS if key in last},
     }
+
+
+# an evaluation record's value-model diagnostics (rollout.evaluation.value_diagnostics) the summary tabulates
+VALUE_KEYS = ("value_auc_s0", "value_auc_last", "value_mse_last", "value_mse_constant")
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -267,6 +273,7 @@ def summarize(
         ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
         curves[arm] = ([read_jsonl(r / "metrics.jsonl") for r in runs], sums)
+    lines += _value_table(curves)
     if transfer is not None:
         lines += _transfer_table(transfer, exp["arms"], configs, out)
     plot = _plot(curves, out / f"{experiment}.png", exp["title"])
@@ -275,6 +282,24 @@ def summarize(
     text = "\n".join(lines) + "\n"
     (out / f"{experiment}.md").write_text(text)
     return text
+
+
+def _value_table(curves: dict[str, tuple[list[list[dict]], list[dict]]]) -> list[str]:
+    """The value model's diagnostics at the last evaluation, for the arms that train one."""
+    rows = [(arm, sums) for arm, (_, sums) in curves.items() if all("value_auc_last" in s for s in sums)]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Value model at the last evaluation, on the evaluated answers (mean +- standard error over seeds):",
+        "",
+        "| arm | AUC V(s_0) | AUC V(last) | MSE V(last) | MSE of a constant |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, sums in rows:
+        cells = [arm] + [mean_pm_se([s[key] for s in sums]) for key in VALUE_KEYS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _transfer_table(

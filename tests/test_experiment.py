@@ -20,6 +20,7 @@ from launch.experiment import (
     mean_se,
     merge,
     overrides_tree,
+    summarize,
     transfer_config,
     transfer_file,
 )
@@ -93,6 +94,29 @@ def test_merge_and_arm_configs():
         transfer_config({**SPEC, "transfer": {"eval": {"num_questions": 3}}})
     assert mean_se([1.0, 2.0, 3.0]) == (2.0, pytest.approx((1 / 3) ** 0.5))
     assert mean_pm_se([1.0, 2.0, 3.0]) == "2.000 +- 0.577" and mean_pm_se([0.25], "{:.2f}") == "0.25"
+
+
+def test_summary_tabulates_the_value_model_of_arms_that_train_one(tmp_path):
+    """Records alone (as docs/results keeps them): the value table lists the arms whose last
+    evaluation has the value diagnostics, with their mean +- SE over seeds, and only those."""
+    configs = arm_configs(SPEC, "mini", [0, 1])
+    step = {"reward_mean": 0.5, "response_len_mean": 4.0, "time_gen_s": 1.0, "time_score_s": 0.0}
+    step |= {"time_train_s": 1.0, "time_sync_s": 0.0, "pushed_after": 0}
+    aucs = {0: (0.6, 0.8), 1: (0.7, 0.9)}
+    for (arm, seed), cfg in configs.items():
+        run = arm_run_dir(tmp_path, arm, cfg)
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(json.dumps({**step, "step": 1}) + "\n")
+        last = {"step": 1, "accuracy": 0.5, "response_len_mean": 4.0}
+        if arm == "grpo":
+            s0, end = aucs[seed]
+            last |= {"value_auc_s0": s0, "value_auc_last": end, "value_mse_last": 0.1 * seed, "value_mse_constant": 0.2}
+        evals = [{"step": 0, "accuracy": 0.25, "response_len_mean": 4.0}, last]
+        (run / "eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+        (run / "finished.json").write_text("{}")
+    table = summarize(SPEC, "mini", configs, tmp_path, "cmd").split("Value model")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "AUC" not in line]
+    assert rows == ["| grpo | 0.650 +- 0.050 | 0.850 +- 0.050 | 0.050 +- 0.050 | 0.200 +- 0.000 |"]
 
 
 @pytest.mark.system
