@@ -13,8 +13,10 @@ docs/results) without the model folders, and the tables remade from them with
 still compares all its arms. The summary (``OUT/EXPERIMENT.md`` and ``OUT/EXPERIMENT.png``)
 gives per arm the held-out accuracy before and after (mean +- standard error over seeds), the change,
 response length, and compute (generated and trained tokens). A ``transfer`` section (settings
-merged over the recipe, naming an ``eval.task``) also evaluates the base model and every trained
-model on that task, in one engine start per seed; each result is kept next to its run.
+merged over the recipe, naming an ``eval.task``; or a list of them) also evaluates the base model
+and every trained model on that task, in one engine start per seed; each result is kept next to
+its run. A ``chat`` transfer is judged: win rates against the base model's greedy answers under
+the gold judge, and the chat route's reward model's mean score (``launch.evaluate.judged_evaluation``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import yaml
 
 from launch.config import ConfigError, SyncRLConfig, apply_override, config_from_dict, resolve_recipe
 from launch.metrics import mean_or_nan, read_jsonl
+from rollout.tasks import CHAT
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
 
@@ -118,27 +121,40 @@ def run_arms(configs: dict[tuple[str, int], SyncRLConfig], out: Path) -> None:
         )
 
 
-def transfer_config(spec: dict, overrides: dict | None = None) -> SyncRLConfig | None:
-    """The ``transfer`` evaluation settings merged over the recipe (None if the file has none)."""
-    if not spec.get("transfer"):
-        return None
+def transfer_configs(spec: dict, overrides: dict | None = None) -> list[SyncRLConfig]:
+    """The ``transfer`` evaluations' settings, each merged over the recipe: ``transfer`` is one
+    mapping or a list of them (none: the file has no ``transfer``, or it is null)."""
+    transfers = spec.get("transfer") or []
     base = yaml.safe_load(resolve_recipe(spec["recipe"]).read_text())
-    cfg = config_from_dict(merge(merge(base, overrides or {}), spec["transfer"]), "experiments file, transfer")
-    if not cfg.eval.task:
-        raise ConfigError("experiments file, transfer: needs eval.task (the task to evaluate the trained models on)")
-    return cfg
+    configs = []
+    for index, transfer in enumerate([transfers] if isinstance(transfers, dict) else transfers):
+        where = "experiments file, transfer" + (f" {index}" if not isinstance(transfers, dict) else "")
+        cfg = config_from_dict(merge(merge(base, overrides or {}), transfer), where)
+        if not cfg.eval.task:
+            raise ConfigError(f"{where}: needs eval.task (the task to evaluate the trained models on)")
+        configs.append(cfg)
+    return configs
 
 
 def transfer_file(cfg: SyncRLConfig) -> str:
     e = cfg.eval
-    settings = json.dumps([cfg.model.path, e.model_dump(mode="json"), cfg.data.model_dump(mode="json")], sort_keys=True)
+    parts = [cfg.model.path, e.model_dump(mode="json"), cfg.data.model_dump(mode="json")]
+    if e.task == CHAT:  # judged: the reward model whose mean score it reports is part of the result
+        parts.append(chat_reward_model(cfg))
+    settings = json.dumps(parts, sort_keys=True)
     return f"transfer-{e.task}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}.json"
+
+
+def chat_reward_model(cfg: SyncRLConfig) -> str | None:
+    """The reward model folder of the route that scores chat prompts, if that route is one."""
+    route = cfg.reward.routes.get(CHAT) or cfg.reward.routes[cfg.reward.default]
+    return route.model_path if route.kind == "reward_model" else None
 
 
 def run_transfer(cfg: SyncRLConfig, runs: list[Path], out: Path) -> None:
     """Evaluate the base model and each run's final model on the transfer task, those not done."""
     from launch.cluster import ray_session
-    from launch.evaluate import evaluate_models
+    from launch.evaluate import evaluate_models, judged_evaluation
     from launch.models import resolve_model
 
     targets = [(out / "runs" / "base", resolve_model(cfg.model.path))] + [(r, str(r / "final")) for r in runs]
@@ -153,23 +169,29 @@ def run_transfer(cfg: SyncRLConfig, runs: list[Path], out: Path) -> None:
             )
     print(f"[experiment] transfer: {cfg.eval.task} on {len(todo)} models", flush=True)
     with ray_session(cfg):
-        results = evaluate_models([model for _, model in todo], cfg, cfg.eval.task)
+        models = [model for _, model in todo]
+        if cfg.eval.task == CHAT:  # judged against the base model's greedy answers (README, "Judged evaluation")
+            results = judged_evaluation(models, cfg, targets[0][1], chat_reward_model(cfg))
+        else:
+            results = evaluate_models(models, cfg, cfg.eval.task)
     for (d, _), result in zip(todo, results):
         d.mkdir(parents=True, exist_ok=True)
         (d / transfer_file(cfg)).write_text(json.dumps(result, indent=1))
 
 
 def run_summary(run_dir: Path) -> dict[str, float]:
-    evals = [e for e in read_jsonl(run_dir / "eval.jsonl") if "beam" not in e]  # greedy (beam search: its own records)
+    # the run's own evaluations (greedy; beam search has its own records): none where its arms
+    # are compared by transfers only (the chat experiments): the accuracy columns are then nan
+    evals = [e for e in read_jsonl(run_dir / "eval.jsonl") if "beam" not in e]
     steps = read_jsonl(run_dir / "metrics.jsonl")
-    if not evals or not steps:
-        raise ValueError(f"{run_dir}: no eval.jsonl or metrics.jsonl")
-    first, last = evals[0], evals[-1]
+    if not steps:
+        raise ValueError(f"{run_dir}: no metrics.jsonl")
+    first, last = (evals[0], evals[-1]) if evals else ({}, {})
     return {
-        "accuracy_start": first["accuracy"],
-        "accuracy_end": last["accuracy"],
-        "gain": last["accuracy"] - first["accuracy"],
-        "eval_len_end": last["response_len_mean"],
+        "accuracy_start": first.get("accuracy", math.nan),
+        "accuracy_end": last.get("accuracy", math.nan),
+        "gain": last.get("accuracy", math.nan) - first.get("accuracy", math.nan),
+        "eval_len_end": last.get("response_len_mean", math.nan),
         "train_len_first": steps[0]["response_len_mean"],
         "train_len_last": steps[-1]["response_len_mean"],
         "reward_last3": sum(s["reward_mean"] for s in steps[-3:]) / len(steps[-3:]),
@@ -212,7 +234,7 @@ def summarize(
     configs: dict[tuple[str, int], SyncRLConfig],
     out: Path,
     command: str,
-    transfer: SyncRLConfig | None = None,
+    transfers: list[SyncRLConfig] = (),
 ) -> str:
     """The experiment's Markdown table ``OUT/EXPERIMENT.md`` (and a plot next to it), from the runs."""
     exp = spec["experiments"][experiment]
@@ -274,7 +296,7 @@ def summarize(
         lines.append("| " + " | ".join(map(str, cells)) + " |")
         curves[arm] = ([read_jsonl(r / "metrics.jsonl") for r in runs], sums)
     lines += _value_table(curves)
-    if transfer is not None:
+    for transfer in transfers:
         lines += _transfer_table(transfer, exp["arms"], configs, out)
     plot = _plot(curves, out / f"{experiment}.png", exp["title"])
     if plot:
@@ -307,32 +329,47 @@ def _transfer_table(
 ) -> list[str]:
     e = cfg.eval
     shot = "one-shot" if cfg.data.one_shot else "zero-shot"
+    tokens = e.max_new_tokens or cfg.rollout.max_new_tokens
+    if e.task == CHAT:
+        rm = chat_reward_model(cfg)
+        columns = [("win rate", "win_rate", "{:.3f}"), ("LC win rate", "lc_win_rate", "{:.3f}")]
+        columns += [("judge score", "judge_mean", "{:.3f}")] + ([("RM score", "rm_mean", "{:.3f}")] if rm else [])
+        columns += [("response length", "response_len_mean", "{:.1f}"), ("truncated", "truncated_rate", "{:.2f}")]
+        intro = (
+            f"Judged ({'greedy' if e.temperature == 0 else f'temperature {e.temperature}'}, up to {tokens} new "
+            f"tokens) on {e.num_questions} held-out `chat` prompts against the base model's greedy answers: win rate "
+            "and length-controlled win rate under the judge (rewards/judge.py), its mean score"
+            + (f", the reward model's ({rm})" if rm else "")
+            + ", length and truncation; mean +- standard error over seeds."
+        )
+    else:
+        columns = [("accuracy", "accuracy", "{:.3f}"), ("boxed", "boxed_rate", "{:.2f}")]
+        columns += [("response length", "response_len_mean", "{:.1f}")]
+        intro = (
+            f"Transfer: greedy accuracy on {e.num_questions} held-out `{e.task}` questions ({shot}, up to "
+            f"{tokens} new tokens), mean +- standard error over seeds."
+        )
     lines = [
         "",
-        f"Transfer: greedy accuracy on {e.num_questions} held-out `{e.task}` questions ({shot}, up to "
-        f"{e.max_new_tokens or cfg.rollout.max_new_tokens} new tokens), mean +- standard error over seeds.",
+        intro,
         "",
-        "| model | seeds | accuracy | boxed | response length |",
-        "|---|---|---|---|---|",
+        "| model | seeds | " + " | ".join(name for name, _, _ in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
     ]
     rows = [("base model", [out / "runs" / "base"])]
     rows += [(arm, [arm_run_dir(out, a, c) for (a, _), c in configs.items() if a == arm]) for arm in arms]
     for name, dirs in rows:
         found = [json.loads((d / transfer_file(cfg)).read_text()) for d in dirs if (d / transfer_file(cfg)).is_file()]
         if not found:
-            lines.append(f"| {name} | 0 | not run | | |")
+            lines.append(f"| {name} | 0 | not run |" + " |" * (len(columns) - 1))
             continue
-
-        def col(key: str, fmt: str = "{:.3f}") -> str:
-            return mean_pm_se([r[key] for r in found], fmt)
-
-        cells = [name, len(found), col("accuracy"), col("boxed_rate", "{:.2f}"), col("response_len_mean", "{:.1f}")]
+        cells = [name, len(found), *(mean_pm_se([r[key] for r in found], fmt) for _, key, fmt in columns)]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return lines
 
 
 def _plot(curves: dict[str, tuple[list[list[dict]], list[dict]]], path: Path, title: str) -> Path | None:
-    """Training reward, response length and drift KL per step (mean over seeds), and the held-out
+    """Training reward, response length, entropy and drift KL per step (mean over seeds), and the held-out
     accuracy after training per arm (mean +- standard error, the dashed line: before)."""
     if not curves:
         return None
@@ -341,10 +378,12 @@ def _plot(curves: dict[str, tuple[list[list[dict]], list[dict]]], path: Path, ti
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_r, ax_l, ax_d, ax_a) = plt.subplots(1, 4, figsize=(18, 3.8), gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
+    fig, (ax_r, ax_l, ax_e, ax_d, ax_a) = plt.subplots(
+        1, 5, figsize=(22, 3.8), gridspec_kw={"width_ratios": [1, 1, 1, 1, 0.8]}
+    )
     for index, (arm, (runs, sums)) in enumerate(curves.items()):
         steps = min(len(r) for r in runs)
-        for ax, key in ((ax_r, "reward_mean"), (ax_l, "response_len_mean"), (ax_d, "drift_kl")):
+        for ax, key in ((ax_r, "reward_mean"), (ax_l, "response_len_mean"), (ax_e, "entropy_mean"), (ax_d, "drift_kl")):
             if all(key in r[i] for r in runs for i in range(steps)):  # drift: none for offline file rows
                 ys = [sum(r[i][key] for r in runs) / len(runs) for i in range(steps)]
                 ax.plot(range(1, steps + 1), ys, label=arm, color=f"C{index}")
@@ -355,6 +394,7 @@ def _plot(curves: dict[str, tuple[list[list[dict]], list[dict]]], path: Path, ti
     ax_a.set_xticks(range(len(curves)), list(curves), rotation=25, ha="right", fontsize=7)
     ax_r.set(xlabel="learner step", ylabel="training reward (mean over seeds)")
     ax_l.set(xlabel="learner step", ylabel="response length (tokens)")
+    ax_e.set(xlabel="learner step", ylabel="mean token entropy (trained tokens)")
     ax_d.set(xlabel="learner step", ylabel="drift KL, engines vs learner (before the step)")
     ax_a.set(ylabel="held-out accuracy after (before: dashed)")
     ax_r.legend(fontsize=7)
@@ -379,17 +419,17 @@ def main(
     spec = for_experiment(load_experiments(spec_path), experiment)
     tree = overrides_tree(overrides)
     configs = arm_configs(spec, experiment, seeds or spec["seeds"], tree)  # every arm validated before any run
-    transfer = transfer_config(spec, tree)
+    transfers = transfer_configs(spec, tree)
     if not summary_only:
         # seed by seed, each round with its transfer evaluations: a cut-short experiment leaves
         # complete records (the transfer needs the model folders, which are not kept in git)
         for seed in dict.fromkeys(seed for _, seed in configs):
             round_ = {key: cfg for key, cfg in configs.items() if key[1] == seed}
             run_arms(round_, Path(out))
-            if transfer is not None:
+            for transfer in transfers:
                 run_transfer(
                     transfer, [arm_run_dir(Path(out), arm, cfg) for (arm, _), cfg in round_.items()], Path(out)
                 )
     command = f"syncrl experiment {spec_path} {experiment}" + "".join(f" --set {o}" for o in overrides)
-    print(summarize(spec, experiment, configs, Path(out), command, transfer))
+    print(summarize(spec, experiment, configs, Path(out), command, transfers))
     return 0

@@ -3,7 +3,8 @@ DeepSpeed ranks: a verl-layout parquet file trains GRPO with math-verify and a P
 function routed by data_source; a TRL-layout preference data set saved with save_to_disk trains
 DPO; a reward model trained by syncrl (tiny-rm) scores as its trainer does; a reward model trained
 on judge-labelled chat pairs then rewards the chat half of a GRPO run on chat + math (math_verify
-for the math half), whose model `syncrl eval --task chat` judges against the base model."""
+for the math half), an experiment arm whose transfer judges its model against the base model as
+`syncrl eval --task chat` does."""
 
 from __future__ import annotations
 
@@ -159,23 +160,37 @@ def test_chat_reward_model_rewards_mixed_grpo_then_judged_eval(ray_cluster, tiny
     assert main(["rm-check", final, "--pairs", str(pairs / "heldout.jsonl")]) == 0
     assert "reward model accuracy vs the judge:" in capsys.readouterr().out
 
-    grpo = tiny_config(
-        "tiny-grpo",
-        tiny_llama,
-        "data.task=chat+add-1digit",
-        "steps=2",
-        f"reward.routes={{math: {{kind: math_verify}}, chat: {{kind: reward_model, model_path: {final}}}}}",
-        "reward.default=math",
+    # the GRPO run as an experiment arm, whose transfer judges it (and the base model) on chat
+    import yaml
+
+    from launch.experiment import arm_configs, arm_run_dir, for_experiment, load_experiments, overrides_tree
+
+    routes = f"reward.routes={{math: {{kind: math_verify}}, chat: {{kind: reward_model, model_path: {final}}}}}"
+    spec = {
+        "recipe": "tiny-grpo",
+        "seeds": [0],
+        "transfer": {"eval": {"task": "chat", "num_questions": 6, "max_new_tokens": 16}},
+        "experiments": {"mixed": {"title": "Chat and math", "claim": "none", "arms": {"grpo": {}}}},
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    overrides = [f"model.path={tiny_llama}", "data.task=chat+add-1digit", "steps=2", routes, "reward.default=math"]
+    overrides += ["data.prompts_per_step=4", "rollout.max_new_tokens=12", "learner.lr=5e-3", "eval.at_end=true"]
+    overrides += ["rollout.cpu_kv_cache_gib=0.25", "logging.progress_bar=false", "eval.num_questions=4"]
+    experiment = [str(tmp_path / "spec.yaml"), "mixed", "--out", str(tmp_path / "exp")]
+    assert main(["experiment", *experiment, *(a for o in overrides for a in ("--set", o))]) == 0
+    spec_seen = for_experiment(load_experiments(str(tmp_path / "spec.yaml")), "mixed")
+    grpo = arm_run_dir(
+        tmp_path / "exp", "grpo", arm_configs(spec_seen, "mixed", [0], overrides_tree(overrides))["grpo", 0]
     )
-    run(grpo, str(tmp_path / "grpo"))
-    rows = read_metrics(tmp_path / "grpo")
+    rows = read_metrics(grpo)
     assert all(r["trained"] and r.get("samples/chat", 0) + r.get("samples/math", 0) == 16 for r in rows)
     assert sum(r.get("samples/chat", 0) for r in rows) and sum(r.get("samples/math", 0) for r in rows)  # both routes
     assert all(r["reward_mean/chat"] == r["reward_mean/chat"] for r in rows if "reward_mean/chat" in r)  # not NaN
     assert all(0 <= r["reward_mean/math"] <= 1 for r in rows if "reward_mean/math" in r)
+    capsys.readouterr()
 
     out = tmp_path / "eval.json"
-    models = [tiny_llama, str(tmp_path / "grpo" / "final"), "--task", "chat", "--reward-model", final]
+    models = [tiny_llama, str(grpo / "final"), "--task", "chat", "--reward-model", final]
     assert main(["eval", *models, "--num-questions", "6", "--max-new-tokens", "16", "--output", str(out), *engine]) == 0
     printed = capsys.readouterr().out
     assert "win_rate" in printed and "lc_win_rate" in printed and "rm_mean" in printed
@@ -184,6 +199,13 @@ def test_chat_reward_model_rewards_mixed_grpo_then_judged_eval(ray_cluster, tiny
     assert base["questions"] == trained["questions"] == 6 and 0 <= trained["win_rate"] <= 1
     for key in ("judge_mean", "rm_mean", "response_len_mean", "truncated_rate", "lc_win_rate_stderr"):
         assert trained[key] == trained[key], key
+    # the experiment's transfer judged the same greedy answers: the same figures, in its table
+    (judged,) = grpo.glob("transfer-chat-*.json")
+    assert json.loads(judged.read_text()) | {"baseline": None} == trained | {"baseline": None}
+    assert json.loads((tmp_path / "exp" / "runs" / "base" / judged.name).read_text())["win_rate"] == 0.5
+    table = (tmp_path / "exp" / "mixed.md").read_text().split("Judged")[1]
+    row = next(line for line in table.splitlines() if line.startswith("| grpo |")).split(" | ")
+    assert row[2:5] == [f"{trained[k]:.3f}" for k in ("win_rate", "lc_win_rate", "judge_mean")]
 
 
 def test_a_reward_model_that_loads_only_on_a_worker_fails_in_one_line(tiny_reward_model, tmp_path):

@@ -21,7 +21,7 @@ from launch.experiment import (
     merge,
     overrides_tree,
     summarize,
-    transfer_config,
+    transfer_configs,
     transfer_file,
 )
 
@@ -89,9 +89,15 @@ def test_merge_and_arm_configs():
     assert arm_run_dir(out, "grpo", arm_configs(other, "other", [0])["grpo", 0]) != arm_run_dir(
         out, "grpo", again["grpo", 0]
     )
-    assert transfer_config(SPEC).eval.task == "add-1digit" and transfer_config({**SPEC, "transfer": None}) is None
+    assert [c.eval.task for c in transfer_configs(SPEC)] == ["add-1digit"] and transfer_configs(
+        {**SPEC, "transfer": None}
+    ) == []
     with pytest.raises(ConfigError, match="transfer: needs eval.task"):
-        transfer_config({**SPEC, "transfer": {"eval": {"num_questions": 3}}})
+        transfer_configs({**SPEC, "transfer": {"eval": {"num_questions": 3}}})
+    two = transfer_configs({**SPEC, "transfer": [{"eval": {"task": "chat"}}, {"eval": {"task": "add-2digit"}}]})
+    assert [c.eval.task for c in two] == ["chat", "add-2digit"]
+    with pytest.raises(ConfigError, match="transfer 1: needs eval.task"):
+        transfer_configs({**SPEC, "transfer": [{"eval": {"task": "chat"}}, {"eval": {"num_questions": 3}}]})
     assert mean_se([1.0, 2.0, 3.0]) == (2.0, pytest.approx((1 / 3) ** 0.5))
     assert mean_pm_se([1.0, 2.0, 3.0]) == "2.000 +- 0.577" and mean_pm_se([0.25], "{:.2f}") == "0.25"
 
@@ -130,7 +136,7 @@ def test_every_shipped_experiment_validates():
         assert len(configs) == len(own["experiments"][name]["arms"]) * len(own["seeds"]), name
         dirs = {arm_run_dir(Path("out"), arm, cfg).parent.name.rsplit("-", 1)[1] for (arm, _), cfg in configs.items()}
         assert len(dirs) == len(own["experiments"][name]["arms"]), name  # no two arms the same run
-        transfer_config(own)
+        transfer_configs(own)
 
 
 def test_experiment_runs_every_arm_and_seed_once(ray_cluster, tiny_llama, tmp_path, capsys):
@@ -194,6 +200,6 @@ def test_experiment_runs_every_arm_and_seed_once(ray_cluster, tiny_llama, tmp_pa
     assert kept.count("done before, kept") == 4 and "[experiment] transfer" not in kept
     assert (out / "mini.md").read_text() == table
     lost = arm_run_dir(out, "grpo", configs["grpo", 1])
-    (lost / transfer_file(transfer_config(SPEC, overrides_tree(overrides)))).unlink()
+    (lost / transfer_file(transfer_configs(SPEC, overrides_tree(overrides))[0])).unlink()
     with pytest.raises(ConfigError, match=f"{lost}.*no final model"):
         main(str(spec), "mini", None, str(tmp_path / "out"), overrides, summary_only=False)
