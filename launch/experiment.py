@@ -234,7 +234,7 @@ def summarize(
     configs: dict[tuple[str, int], SyncRLConfig],
     out: Path,
     command: str,
-    transfers: list[SyncRLConfig] = (),
+    transfers: list[SyncRLConfig] | None = None,
 ) -> str:
     """The experiment's Markdown table ``OUT/EXPERIMENT.md`` (and a plot next to it), from the runs."""
     exp = spec["experiments"][experiment]
@@ -296,7 +296,7 @@ def summarize(
         lines.append("| " + " | ".join(map(str, cells)) + " |")
         curves[arm] = ([read_jsonl(r / "metrics.jsonl") for r in runs], sums)
     lines += _value_table(curves)
-    for transfer in transfers:
+    for transfer in transfers or []:
         lines += _transfer_table(transfer, exp["arms"], configs, out)
     plot = _plot(curves, out / f"{experiment}.png", exp["title"])
     if plot:
