@@ -384,9 +384,11 @@ def _plot(curves: dict[str, tuple[list[list[dict]], list[dict]]], path: Path, ti
     for index, (arm, (runs, sums)) in enumerate(curves.items()):
         steps = min(len(r) for r in runs)
         for ax, key in ((ax_r, "reward_mean"), (ax_l, "response_len_mean"), (ax_e, "entropy_mean"), (ax_d, "drift_kl")):
-            if all(key in r[i] for r in runs for i in range(steps)):  # drift: none for offline file rows
-                ys = [sum(r[i][key] for r in runs) / len(runs) for i in range(steps)]
-                ax.plot(range(1, steps + 1), ys, label=arm, color=f"C{index}")
+            # a step without the key (a DPO step without a pair trains and measures nothing; offline
+            # file rows have no drift) is a gap in the arm's curve
+            ys = [mean_or_nan([r[i][key] for r in runs if key in r[i]]) for i in range(steps)]
+            if not all(math.isnan(y) for y in ys):
+                ax.plot(range(1, steps + 1), ys, label=arm, color=f"C{index}", marker=".", markersize=3)
         mean, se = mean_se([s["accuracy_end"] for s in sums])
         ax_a.bar(index, mean, yerr=0 if math.isnan(se) else se, color=f"C{index}", capsize=4)
     before = mean_se([s["accuracy_start"] for _, sums in curves.values() for s in sums])[0]
