@@ -44,9 +44,8 @@ class RewardRouter:
     """
 
     def __init__(self, routes: Mapping[str, RewardRoute | Mapping[str, Any]], default: str = "default") -> None:
-        checked = RewardConfig.model_validate({"routes": dict(routes), "default": default})
-        self.routes: dict[str, RewardRoute] = checked.routes
-        self.default = default
+        self.config = RewardConfig.model_validate({"routes": dict(routes), "default": default})
+        self.routes: dict[str, RewardRoute] = self.config.routes
         self._scorers: dict[str, RewardFunction] = {}
 
     def start(self) -> None:
@@ -64,7 +63,7 @@ class RewardRouter:
 
     def route_name(self, sample: Sample) -> str:
         """The route that scores ``sample``: its source if that is a route, else the default."""
-        return sample.source if sample.source in self.routes else self.default
+        return self.config.route_name(sample.source)
 
     def scorer(self, name: str) -> RewardFunction:
         """The reward function of route ``name``, built on first use."""

@@ -275,6 +275,10 @@ class RewardConfig(Section):
             raise ValueError(f"default route {self.default!r} is not one of routes {sorted(self.routes)}")
         return self
 
+    def route_name(self, source: str) -> str:
+        """The route that scores a prompt of ``source``: the source if that is a route, else the default."""
+        return source if source in self.routes else self.default
+
 
 class LearnerConfig(Section):
     num_ranks: int = Field(1, ge=1)
