@@ -137,8 +137,11 @@ def transfer_configs(spec: dict, overrides: dict | None = None) -> list[SyncRLCo
 
 
 def transfer_file(cfg: SyncRLConfig) -> str:
+    """The name of a transfer result: the task and a hash of the settings that differ from the
+    defaults (as ``arm_run_dir``'s fingerprint: a new option with a default keeps the name)."""
     e = cfg.eval
-    parts = [cfg.model.path, e.model_dump(mode="json"), cfg.data.model_dump(mode="json")]
+    parts = [cfg.model.path, e.model_dump(mode="json", exclude_defaults=True)]
+    parts.append(cfg.data.model_dump(mode="json", exclude_defaults=True))
     if e.task == CHAT:  # judged: the reward model whose mean score it reports is part of the result
         parts.append(chat_reward_model(cfg))
     settings = json.dumps(parts, sort_keys=True)
@@ -147,7 +150,7 @@ def transfer_file(cfg: SyncRLConfig) -> str:
 
 def chat_reward_model(cfg: SyncRLConfig) -> str | None:
     """The reward model folder of the route that scores chat prompts, if that route is one."""
-    route = cfg.reward.routes.get(CHAT) or cfg.reward.routes[cfg.reward.default]
+    route = cfg.reward.routes[cfg.reward.route_name(CHAT)]
     return route.model_path if route.kind == "reward_model" else None
 
 
@@ -328,7 +331,6 @@ def _transfer_table(
     cfg: SyncRLConfig, arms: dict, configs: dict[tuple[str, int], SyncRLConfig], out: Path
 ) -> list[str]:
     e = cfg.eval
-    shot = "one-shot" if cfg.data.one_shot else "zero-shot"
     tokens = e.max_new_tokens or cfg.rollout.max_new_tokens
     if e.task == CHAT:
         rm = chat_reward_model(cfg)
@@ -346,7 +348,8 @@ def _transfer_table(
         columns = [("accuracy", "accuracy", "{:.3f}"), ("boxed", "boxed_rate", "{:.2f}")]
         columns += [("response length", "response_len_mean", "{:.1f}")]
         intro = (
-            f"Transfer: greedy accuracy on {e.num_questions} held-out `{e.task}` questions ({shot}, up to "
+            f"Transfer: greedy accuracy on {e.num_questions} held-out `{e.task}` questions "
+            f"({'one-shot' if cfg.data.one_shot else 'zero-shot'}, up to "
             f"{tokens} new tokens), mean +- standard error over seeds."
         )
     lines = [

@@ -94,6 +94,17 @@ def test_merge_and_arm_configs():
     ) == []
     with pytest.raises(ConfigError, match="transfer: needs eval.task"):
         transfer_configs({**SPEC, "transfer": {"eval": {"num_questions": 3}}})
+    # a transfer result's name hashes only the settings off their defaults (a new option keeps it)
+    (plain,) = transfer_configs(SPEC)
+    (explicit,) = transfer_configs({**SPEC, "transfer": {"eval": {"task": "add-1digit", "beam_max_steps": 16}}})
+    assert transfer_file(plain) == transfer_file(explicit)
+    (other,) = transfer_configs({**SPEC, "transfer": {"eval": {"task": "add-1digit", "num_questions": 7}}})
+    assert transfer_file(other) != transfer_file(plain)
+    # ... so the transfer results kept in git (docs/results) are found by today's schema, which
+    # has gained options with defaults since they were written
+    kept = Path(__file__).parents[1] / "docs" / "results" / "runs" / "base"
+    (g2d,) = transfer_configs(for_experiment(load_experiments("paper"), "g2d"))
+    assert (kept / transfer_file(g2d)).is_file(), sorted(p.name for p in kept.iterdir())
     two = transfer_configs({**SPEC, "transfer": [{"eval": {"task": "chat"}}, {"eval": {"task": "add-2digit"}}]})
     assert [c.eval.task for c in two] == ["chat", "add-2digit"]
     with pytest.raises(ConfigError, match="transfer 1: needs eval.task"):
