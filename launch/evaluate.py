@@ -8,7 +8,9 @@ engine start: each next folder's weights are loaded into the running engines, as
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -184,15 +186,63 @@ CHUNK_TOKENS = 16384  # generate_in_chunks: about this many new tokens per call
 
 
 def generate_in_chunks(
-    rollouts: RolloutGroup, prompts: list[Prompt], n: int, seed: int, **sampling: Any
+    rollouts: RolloutGroup,
+    prompts: list[Prompt],
+    n: int,
+    seed: int,
+    store: Path | None = None,
+    key: dict[str, Any] | None = None,
+    **sampling: Any,
 ) -> list[Sample]:
     """``rollouts.generate`` in calls of a few prompts (about ``CHUNK_TOKENS`` new tokens each at
     ``max_tokens``), so that no call runs into the hung-worker timeout on a slow machine; prompt i
-    is still sampled with seed + i, as in one call."""
+    is still sampled with seed + i, as in one call.
+
+    With ``store`` (a JSON-lines file: a header of the settings, then one sample a line), each
+    call's samples are appended as they come, and a later call with the same settings (``key``,
+    n, seed, sampling, the prompt ids) starts after the calls the file already holds, so that a
+    long generation killed half way resumes; a file of other settings is a ConfigError naming
+    them (remove it to start over)."""
     per_call = max(1, CHUNK_TOKENS // (n * sampling.get("max_tokens", 128)))
     samples: list[Sample] = []
-    for start in range(0, len(prompts), per_call):
-        samples += rollouts.generate(prompts[start : start + per_call], n=n, seed=seed + start, **sampling)
+    if store is not None:
+        header = {"key": key or {}, "n": n, "seed": seed, "sampling": sampling, "prompts": [p.id for p in prompts]}
+        samples = stored_samples(store, header, n, per_call)
+    for start in range(len(samples) // n, len(prompts), per_call):
+        chunk = rollouts.generate(prompts[start : start + per_call], n=n, seed=seed + start, **sampling)
+        samples += chunk
+        if store is not None:
+            with store.open("a") as f:
+                f.write("".join(json.dumps(dataclasses.asdict(s)) + "\n" for s in chunk))
+                f.flush()
+                os.fsync(f.fileno())
+    return samples
+
+
+def stored_samples(store: Path, header: dict[str, Any], n: int, per_call: int) -> list[Sample]:
+    """The samples of the whole calls ``store`` holds for these settings (see
+    ``generate_in_chunks``), the file rewritten to hold just them (a call cut while it was written
+    is dropped); a new file with the header when there is none."""
+    lines = store.read_text().splitlines() if store.exists() else []
+    if lines:
+        stored = json.loads(lines[0])
+        if stored != header:
+            differ = sorted(k for k in header if stored.get(k) != header[k])
+            raise ConfigError(
+                f"{store}: answers of other settings ({', '.join(differ)} differ); remove the file to start over"
+            )
+    samples = []
+    for line in lines[1:]:
+        try:
+            samples.append(Sample(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError):
+            break
+    done = len(samples) // n
+    whole = len(header["prompts"]) if done >= len(header["prompts"]) else done // per_call * per_call
+    samples = samples[: whole * n]
+    tmp = store.with_name(store.name + ".tmp")
+    tmp.write_text("".join(json.dumps(x) + "\n" for x in [header, *map(dataclasses.asdict, samples)]))
+    tmp.replace(store)
     return samples
 
 

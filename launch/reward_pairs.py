@@ -7,7 +7,8 @@ each pair labelled by a simulated labeller (``rewards.preferences``: a Bradley-T
 judge's scores at ``--label-temperature``, with an optional length bias). It writes
 ``DIR/pairs.jsonl`` (training pairs, the layout ``algorithm.name: reward_model`` reads),
 ``DIR/heldout.jsonl`` (pairs of other prompts, for ``syncrl rm-check``) and ``DIR/summary.json``,
-and prints the labels' agreement with the judge. Then
+and prints the labels' agreement with the judge. The answers are kept in ``DIR/answers.jsonl`` as
+they come: the same command, killed half way, resumes after the answers it has. Then
 ``syncrl train smollm2-rm --set data.path=DIR/pairs.jsonl`` trains the reward model.
 
 ``syncrl rm-check RM_DIR --pairs DIR/heldout.jsonl [--model BASE --best-of 16]``: the reward
@@ -136,6 +137,8 @@ def make_pairs(
             prompts,
             samples,
             PAIR_SEED,
+            store=out / "answers.jsonl",
+            key={"model": model},
             temperature=cfg.rollout.temperature,
             max_tokens=cfg.rollout.max_new_tokens,
         )

@@ -261,6 +261,48 @@ def test_generation_in_chunks_seeds_each_prompt_as_one_call():
     assert [(c[0], c[2]) for c in calls] == [([0, 1, 2, 3], 7), ([4, 5, 6, 7], 11), ([8, 9], 15)]
 
 
+def test_generation_in_chunks_resumes_from_its_store(tmp_path):
+    """A stored generation killed half way (after a call, or while a call was written) resumes
+    after its whole calls with the same seeds; a store of other settings is refused by name."""
+    from launch.evaluate import generate_in_chunks
+    from rollout.errors import ConfigError
+    from rollout.records import Prompt, Sample
+
+    calls = []
+
+    class Engines:
+        def __init__(self, fail_at=None):
+            self.fail_at = fail_at
+
+        def generate(self, prompts, n, seed, **sampling):
+            if len(calls) == self.fail_at:
+                raise RuntimeError("killed")
+            calls.append(seed)
+            return [
+                Sample(p.id, [1], [seed + i, k], [-0.5, -0.25], "stop", 0)
+                for i, p in enumerate(prompts)
+                for k in range(n)
+            ]
+
+    prompts = [Prompt(f"p{i}", [{"role": "user", "content": f"q{i}"}]) for i in range(10)]
+    whole = generate_in_chunks(Engines(), prompts, 2, 7, max_tokens=2048)  # calls of 4 prompts
+    calls.clear()
+    store = tmp_path / "answers.jsonl"
+    with pytest.raises(RuntimeError):
+        generate_in_chunks(Engines(fail_at=2), prompts, 2, 7, store=store, key={"model": "m"}, max_tokens=2048)
+    assert calls == [7, 11] and len(store.read_text().splitlines()) == 1 + 16
+    with store.open("a") as f:  # a call cut while it was written
+        f.write('{"prompt_id": "p8", "prompt_ids"')
+    calls.clear()
+    resumed = generate_in_chunks(Engines(), prompts, 2, 7, store=store, key={"model": "m"}, max_tokens=2048)
+    assert calls == [15] and resumed == whole
+    calls.clear()
+    again = generate_in_chunks(Engines(), prompts, 2, 7, store=store, key={"model": "m"}, max_tokens=2048)
+    assert calls == [] and again == whole and len(store.read_text().splitlines()) == 1 + 20
+    with pytest.raises(ConfigError, match=r"answers\.jsonl: answers of other settings \(key, seed differ\)"):
+        generate_in_chunks(Engines(), prompts, 2, 8, store=store, key={"model": "other"}, max_tokens=2048)
+
+
 def test_a_python_route_names_the_judge():
     """The judge as a reward route (labelling, control arms): the chat samples of a mixed batch,
     scored in the route's grader process, get the judge's score; math goes to math_verify."""
