@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -213,10 +214,15 @@ def generate_in_chunks(
         samples += chunk
         if store is not None:
             with store.open("a") as f:
-                f.write("".join(json.dumps(dataclasses.asdict(s)) + "\n" for s in chunk))
+                f.write(json_lines(map(dataclasses.asdict, chunk)))
                 f.flush()
                 os.fsync(f.fileno())
     return samples
+
+
+def json_lines(records: Iterable[dict[str, Any]]) -> str:
+    """Records as JSON lines (a store's header and samples)."""
+    return "".join(json.dumps(r) + "\n" for r in records)
 
 
 def stored_samples(store: Path, header: dict[str, Any], n: int, per_call: int) -> list[Sample]:
@@ -241,7 +247,7 @@ def stored_samples(store: Path, header: dict[str, Any], n: int, per_call: int) -
     whole = len(header["prompts"]) if done >= len(header["prompts"]) else done // per_call * per_call
     samples = samples[: whole * n]
     tmp = store.with_name(store.name + ".tmp")
-    tmp.write_text("".join(json.dumps(x) + "\n" for x in [header, *map(dataclasses.asdict, samples)]))
+    tmp.write_text(json_lines([header, *map(dataclasses.asdict, samples)]))
     tmp.replace(store)
     return samples
 
